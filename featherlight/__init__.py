@@ -1,0 +1,16 @@
+"""featherlight: a lean, fast, trustworthy PyTorch training framework with the Lightning user API.
+
+``import featherlight as L`` gives the names a Lightning program uses (``L.LightningModule``,
+``L.Trainer``...); ``featherlight.pytorch`` stands in for ``lightning.pytorch``.
+"""
+from featherlight.__about__ import __version__
+from featherlight.callbacks.callback import Callback
+from featherlight.core.datamodule import LightningDataModule
+from featherlight.core.module import LightningModule
+from featherlight.trainer.trainer import Trainer
+from featherlight.utilities.rank_zero import _init_package_logging
+from featherlight.utilities.seed import seed_everything
+
+_init_package_logging()
+
+__all__ = ["Callback", "LightningDataModule", "LightningModule", "Trainer", "seed_everything", "__version__"]

@@ -1,0 +1,1 @@
+from featherlight.callbacks.callback import Callback

@@ -1,0 +1,188 @@
+"""The Callback base class: every hook the trainer calls on callbacks, each a no-op by default."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
+from torch.optim import Optimizer
+
+if TYPE_CHECKING:
+    from featherlight.core.module import LightningModule
+    from featherlight.trainer.trainer import Trainer
+
+
+class Callback:
+    """Abstract base for callbacks. Override only the hooks you need: the trainer skips the rest.
+
+    ``state_key`` identifies the callback's state in a checkpoint; make it unique when a callback
+    may be added several times with different arguments (see ``_generate_state_key``).
+    """
+
+    @property
+    def state_key(self) -> str:
+        """Identifier of this callback's state in ``checkpoint["callbacks"]``."""
+        return self.__class__.__qualname__
+
+    @property
+    def _legacy_state_key(self) -> type:
+        return type(self)
+
+    def _generate_state_key(self, **kwargs: Any) -> str:
+        """A state key built from the class name and ``kwargs``, e.g. ``ModelCheckpoint{'monitor': 'x'}``."""
+        return f"{self.__class__.__qualname__}{repr(kwargs)}"
+
+    def setup(self, trainer: "Trainer", pl_module: "LightningModule", stage: str) -> None:
+        """Called when fit, validate, test, predict, or tune begins."""
+
+    def teardown(self, trainer: "Trainer", pl_module: "LightningModule", stage: str) -> None:
+        """Called when fit, validate, test, predict, or tune ends."""
+
+    def on_fit_start(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
+        """Called when fit begins."""
+
+    def on_fit_end(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
+        """Called when fit ends."""
+
+    def on_sanity_check_start(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
+        """Called when the validation sanity check starts."""
+
+    def on_sanity_check_end(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
+        """Called when the validation sanity check ends."""
+
+    def on_train_batch_start(self, trainer: "Trainer", pl_module: "LightningModule", batch: Any, batch_idx: int) -> None:
+        """Called when the train batch begins."""
+
+    def on_train_batch_end(
+        self, trainer: "Trainer", pl_module: "LightningModule", outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Called when the train batch ends. ``outputs`` is ``{"loss": ...}`` or the dict training_step returned."""
+
+    def on_train_epoch_start(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
+        """Called when the train epoch begins."""
+
+    def on_train_epoch_end(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
+        """Called when the train epoch ends."""
+
+    def on_validation_epoch_start(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
+        """Called when the val epoch begins."""
+
+    def on_validation_epoch_end(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
+        """Called when the val epoch ends."""
+
+    def on_test_epoch_start(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
+        """Called when the test epoch begins."""
+
+    def on_test_epoch_end(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
+        """Called when the test epoch ends."""
+
+    def on_predict_epoch_start(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
+        """Called when the predict epoch begins."""
+
+    def on_predict_epoch_end(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
+        """Called when the predict epoch ends."""
+
+    def on_validation_batch_start(
+        self, trainer: "Trainer", pl_module: "LightningModule", batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        """Called when the validation batch begins."""
+
+    def on_validation_batch_end(
+        self,
+        trainer: "Trainer",
+        pl_module: "LightningModule",
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Called when the validation batch ends."""
+
+    def on_test_batch_start(
+        self, trainer: "Trainer", pl_module: "LightningModule", batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        """Called when the test batch begins."""
+
+    def on_test_batch_end(
+        self,
+        trainer: "Trainer",
+        pl_module: "LightningModule",
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Called when the test batch ends."""
+
+    def on_predict_batch_start(
+        self, trainer: "Trainer", pl_module: "LightningModule", batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        """Called when the predict batch begins."""
+
+    def on_predict_batch_end(
+        self,
+        trainer: "Trainer",
+        pl_module: "LightningModule",
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Called when the predict batch ends."""
+
+    def on_train_start(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
+        """Called when the train begins."""
+
+    def on_train_end(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
+        """Called when the train ends."""
+
+    def on_validation_start(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
+        """Called when the validation loop begins."""
+
+    def on_validation_end(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
+        """Called when the validation loop ends."""
+
+    def on_test_start(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
+        """Called when the test begins."""
+
+    def on_test_end(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
+        """Called when the test ends."""
+
+    def on_predict_start(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
+        """Called when the predict begins."""
+
+    def on_predict_end(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
+        """Called when predict ends."""
+
+    def on_exception(self, trainer: "Trainer", pl_module: "LightningModule", exception: BaseException) -> None:
+        """Called when any trainer execution is interrupted by an exception."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Called when saving a checkpoint: the callback's state."""
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Called when loading a checkpoint: restore the state returned by :meth:`state_dict`."""
+
+    def on_save_checkpoint(
+        self, trainer: "Trainer", pl_module: "LightningModule", checkpoint: dict[str, Any]
+    ) -> None:
+        """Called when saving a checkpoint to give you a chance to store anything else you might want to save."""
+
+    def on_load_checkpoint(
+        self, trainer: "Trainer", pl_module: "LightningModule", checkpoint: dict[str, Any]
+    ) -> None:
+        """Called when loading a model checkpoint."""
+
+    def on_before_backward(self, trainer: "Trainer", pl_module: "LightningModule", loss: Tensor) -> None:
+        """Called before ``loss.backward()``."""
+
+    def on_after_backward(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
+        """Called after ``loss.backward()`` and before optimizers are stepped."""
+
+    def on_before_optimizer_step(
+        self, trainer: "Trainer", pl_module: "LightningModule", optimizer: Optimizer
+    ) -> None:
+        """Called before ``optimizer.step()``."""
+
+    def on_before_zero_grad(self, trainer: "Trainer", pl_module: "LightningModule", optimizer: Optimizer) -> None:
+        """Called before ``optimizer.zero_grad()``."""

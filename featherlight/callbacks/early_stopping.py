@@ -1,0 +1,5 @@
+from featherlight.callbacks.callback import Callback
+
+
+class EarlyStopping(Callback):
+    _monitors_metrics = True

@@ -1,0 +1,240 @@
+"""``save_hyperparameters()``, ``hparams`` and ``hparams_initial`` for modules and datamodules."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import types
+from argparse import Namespace
+from collections.abc import Mapping, MutableMapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from featherlight.utilities.parsing import AttributeDict, collect_init_args, is_picklable
+
+_PRIMITIVE_TYPES = (bool, int, float, str)
+_PLAIN_CONTAINERS = (list, tuple, dict, set, frozenset)
+# Values that pickle trivially; skipping the pickle probe for them keeps save_hyperparameters() cheap.
+_TRIVIALLY_PICKLABLE = (type(None), bool, int, float, complex, str, bytes)
+
+
+def _copy_value(value: Any) -> Any:
+    """Deep-copy plain containers (so later in-place edits of a saved list/dict do not leak into the initial
+    snapshot); share every other object (models, datasets, tensors ... may be large or not copyable)."""
+    if isinstance(value, _PLAIN_CONTAINERS):
+        try:
+            return copy.deepcopy(value)
+        except Exception:
+            return value
+    return value
+
+
+def _snapshot(hparams: Any) -> Any:
+    if isinstance(hparams, dict):
+        return AttributeDict({k: _copy_value(v) for k, v in hparams.items()})
+    try:  # a non-dict mapping such as an OmegaConf DictConfig: copy it as a whole
+        return copy.deepcopy(hparams)
+    except Exception:
+        return AttributeDict({k: _copy_value(v) for k, v in hparams.items()})
+
+
+def _contains_module(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, nn.Module):
+        return True
+    if depth < 4:  # configs nest shallowly; the bound protects against self-referential containers
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return any(_contains_module(v, depth + 1) for v in value)
+        if isinstance(value, Mapping):
+            return any(_contains_module(v, depth + 1) for v in value.values())
+    return False
+
+
+class HyperparametersMixin:
+    """Gives a class ``save_hyperparameters()`` and the ``hparams`` / ``hparams_initial`` properties.
+
+    Differences from Lightning, on purpose:
+
+    * a hyperparameter that is (or contains) an ``nn.Module``, or that cannot be pickled, is an error rather
+      than a warning (a module's weights belong in the ``state_dict``; an unpicklable value would break every
+      checkpoint later);
+    * ``hparams_initial`` deep-copies only plain containers (list/tuple/dict/set); other values are shared
+      with ``hparams`` instead of being deep-copied;
+    * mixing argument names and a config object in one call, or naming an argument ``__init__`` does not
+      have, raises a ``ValueError`` that says so.
+    """
+
+    __jit_unused_properties__: list[str] = ["hparams", "hparams_initial"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._log_hyperparams = False
+
+    def save_hyperparameters(
+        self,
+        *args: Any,
+        ignore: Sequence[str] | str | None = None,
+        frame: types.FrameType | None = None,
+        logger: bool = True,
+    ) -> None:
+        """Store constructor arguments (or a config object) in :attr:`hparams`; checkpoints and loggers use them.
+
+        Call it from ``__init__``:
+
+        * ``self.save_hyperparameters()``: every named argument of ``__init__`` (``**kwargs`` entries included,
+          ``*args`` excluded) of this class *and* of the ``__init__`` calls up the ``super().__init__()`` chain
+          of the same object, the most-derived class winning on name clashes;
+        * ``self.save_hyperparameters("lr", "hidden")``: only these ``__init__`` arguments;
+        * ``self.save_hyperparameters(config)`` with one ``dict`` / ``argparse.Namespace`` / mapping: its
+          contents (a dict or Namespace is copied into an :class:`AttributeDict`; another mapping is kept as is).
+
+        Repeated calls merge into the existing ``hparams``.
+
+        Args:
+            *args: argument names, or a single config object. A single empty/``None`` config is a no-op.
+            ignore: name(s) to leave out; also removed from hparams saved by earlier calls (e.g. a parent class).
+            frame: the ``__init__`` frame to read arguments from (default: the caller's frame).
+            logger: whether the trainer should send these hyperparameters to its loggers.
+
+        Raises:
+            ValueError: if a value is (or contains) an ``nn.Module`` or cannot be pickled, if a named argument
+                does not exist, or if the arguments are neither names nor a single supported config object.
+        """
+        self._log_hyperparams = logger
+        if len(args) == 1 and (args[0] is None or (isinstance(args[0], Mapping) and not args[0])):
+            return
+
+        if frame is None:
+            current = inspect.currentframe()
+            frame = current.f_back if current is not None else None
+        try:
+            init_args = self._collect_init_args(frame)
+        finally:
+            del frame  # frames reference their locals; do not keep the whole call stack alive
+
+        if ignore is None:
+            ignored: list[str] = []
+        elif isinstance(ignore, str):
+            ignored = [ignore]
+        else:
+            ignored = [name for name in ignore if isinstance(name, str)]
+        kept_args = {k: v for k, v in init_args.items() if k not in ignored}
+
+        from_container = False
+        if not args:
+            hp: Any = kept_args
+            hparams_name: str | None = "kwargs" if hp else None
+        else:
+            names = [a for a in args if isinstance(a, str)]
+            objects = [a for a in args if not isinstance(a, str)]
+            if (names and objects) or len(objects) > 1:
+                raise ValueError(
+                    "save_hyperparameters() takes either names of __init__ arguments or a single config object"
+                    " (dict, argparse.Namespace or another mapping), not both and not several objects."
+                )
+            if objects:
+                hp = self._to_hparams_dict(objects[0])
+                hparams_name = next((k for k, v in kept_args.items() if v is objects[0]), None)
+                from_container = True
+            else:
+                unknown = [n for n in names if n not in init_args]
+                if unknown:
+                    raise ValueError(
+                        f"save_hyperparameters(): {unknown} not among the __init__ arguments"
+                        f" {sorted(init_args)} of {type(self).__name__}."
+                    )
+                hp = {n: kept_args[n] for n in names if n in kept_args}
+                hparams_name = "kwargs"
+
+        if not from_container:
+            hp = self._to_hparams_dict(hp)
+        for name in ignored:
+            if name in hp:
+                del hp[name]
+        self._check_storable(hp, from_container)
+
+        self._hparams_name = hparams_name
+        if isinstance(hp, dict) and isinstance(self.hparams, dict):
+            self.hparams.update(hp)
+        else:
+            self._hparams = hp
+        self.remove_ignored_hparams(ignored)
+        self._hparams_initial = _snapshot(self._hparams)
+
+    def _collect_init_args(self, frame: types.FrameType | None) -> dict[str, Any]:
+        if dataclasses.is_dataclass(self):
+            # A dataclass calls save_hyperparameters() from __post_init__: its fields are the init args.
+            return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        if frame is None:
+            return {}
+        init_args: dict[str, Any] = {}
+        for local_args in collect_init_args(frame, [], classes=(HyperparametersMixin,), obj=self):
+            init_args.update(local_args)
+        return init_args
+
+    @staticmethod
+    def _check_storable(hp: Mapping, from_container: bool) -> None:
+        fix = (
+            "Remove it from the object passed to save_hyperparameters()."
+            if from_container
+            else "Exclude it with self.save_hyperparameters(ignore=[{key!r}])."
+        )
+        for key, value in hp.items():
+            if isinstance(value, nn.Module):
+                raise ValueError(
+                    f"save_hyperparameters(): argument {key!r} is an nn.Module; its weights are already saved in"
+                    f" the checkpoint's state_dict. " + fix.format(key=key)
+                )
+            if _contains_module(value):
+                raise ValueError(
+                    f"save_hyperparameters(): argument {key!r} contains an nn.Module; module weights belong in"
+                    f" the checkpoint's state_dict, not in hparams. " + fix.format(key=key)
+                )
+            if not isinstance(value, _TRIVIALLY_PICKLABLE) and not is_picklable(value):
+                raise ValueError(
+                    f"save_hyperparameters(): argument {key!r} ({type(value).__name__}) cannot be pickled, so it"
+                    f" cannot be stored in a checkpoint. " + fix.format(key=key)
+                )
+
+    @staticmethod
+    def _to_hparams_dict(hp: Any) -> MutableMapping:
+        if isinstance(hp, Namespace):
+            hp = vars(hp)
+        if isinstance(hp, dict):
+            return AttributeDict(hp)
+        if isinstance(hp, _PRIMITIVE_TYPES):
+            raise ValueError(
+                f"save_hyperparameters() got the value {hp!r}; pass argument names as strings or one config"
+                " object (dict, argparse.Namespace or another mapping)."
+            )
+        if not isinstance(hp, MutableMapping):
+            raise ValueError(
+                f"save_hyperparameters() cannot store a {type(hp).__name__}; pass a dict, an argparse.Namespace"
+                " or another mutable mapping."
+            )
+        return hp
+
+    def remove_ignored_hparams(self, ignore_list: Sequence[str]) -> None:
+        """Drop these names from the saved hyperparameters (e.g. ones a parent class saved)."""
+        hparams = self.hparams
+        for key in ignore_list:
+            if key in hparams:
+                del hparams[key]
+
+    @property
+    def hparams(self) -> AttributeDict | MutableMapping:
+        """The saved hyperparameters; mutable. Empty :class:`AttributeDict` before ``save_hyperparameters()``."""
+        hparams = getattr(self, "_hparams", None)
+        if hparams is None:
+            hparams = AttributeDict()
+            self._hparams = hparams
+        return hparams
+
+    @property
+    def hparams_initial(self) -> AttributeDict | MutableMapping:
+        """A fresh copy of the hyperparameters as they were right after the last ``save_hyperparameters()``
+        (edits of :attr:`hparams`, or of the returned copy, do not show here)."""
+        initial = getattr(self, "_hparams_initial", None)
+        if initial is None:
+            return AttributeDict()
+        return _snapshot(initial)

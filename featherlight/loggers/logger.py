@@ -1,0 +1,252 @@
+"""Base class and shared helpers for experiment loggers."""
+
+from __future__ import annotations
+
+import enum
+import functools
+import inspect
+import os
+from abc import ABC, abstractmethod
+from argparse import Namespace
+from collections.abc import Mapping, MutableMapping
+from dataclasses import asdict, is_dataclass
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+
+from featherlight.utilities.rank_zero import rank_zero_only
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["Logger", "DummyLogger", "rank_zero_experiment"]
+
+
+class Logger(ABC):
+    """Base class for experiment loggers.
+
+    Subclasses must implement :attr:`name`, :attr:`version`, :meth:`log_metrics` and :meth:`log_hyperparams`.
+    Loggers that write to the local file system should also report :attr:`save_dir`, :attr:`root_dir` and
+    :attr:`log_dir`; the others return ``None``.
+    """
+
+    @property
+    @abstractmethod
+    def name(self) -> Optional[str]:
+        """The experiment name."""
+
+    @property
+    @abstractmethod
+    def version(self) -> Optional[Union[int, str]]:
+        """The experiment version."""
+
+    @property
+    def root_dir(self) -> Optional[str]:
+        """Directory holding every version of this experiment, or ``None`` if nothing is saved locally."""
+        return None
+
+    @property
+    def log_dir(self) -> Optional[str]:
+        """Directory of the current version of the experiment, or ``None`` if nothing is saved locally."""
+        return None
+
+    @property
+    def save_dir(self) -> Optional[str]:
+        """Top-level directory the logger was asked to save into, or ``None`` if nothing is saved locally."""
+        return None
+
+    @property
+    def group_separator(self) -> str:
+        """Separator the logger uses to group metrics into sections (``"/"``)."""
+        return "/"
+
+    @abstractmethod
+    def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
+        """Record ``metrics`` (name -> scalar value) at global ``step``."""
+
+    @abstractmethod
+    def log_hyperparams(self, params: Union[dict[str, Any], Namespace], *args: Any, **kwargs: Any) -> None:
+        """Record hyperparameters given as a dict or :class:`~argparse.Namespace`."""
+
+    def log_graph(self, model: torch.nn.Module, input_array: Optional[torch.Tensor] = None) -> None:
+        """Record the computational graph of ``model`` traced with ``input_array``. No-op by default."""
+
+    def save(self) -> None:
+        """Persist buffered log data. No-op by default."""
+
+    def finalize(self, status: str) -> None:
+        """Finish the experiment; ``status`` is e.g. ``"success"``, ``"failed"`` or ``"aborted"``.
+
+        The default implementation calls :meth:`save`.
+        """
+        self.save()
+
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        """Called by the checkpoint callback after it saved a new checkpoint. No-op by default."""
+
+
+class _DummyExperiment:
+    """Stand-in experiment: every attribute is a method that does nothing and returns ``None``."""
+
+    def nop(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def __getattr__(self, _: str) -> Callable[..., None]:
+        return self.nop
+
+    def __getitem__(self, idx: Any) -> _DummyExperiment:
+        return self
+
+    def __setitem__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def rank_zero_experiment(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Decorate a logger's ``experiment`` getter so that ranks other than 0 get a no-op dummy experiment.
+
+    This keeps non-zero ranks from creating files or connections while user code such as
+    ``self.logger.experiment.add_image(...)`` still runs everywhere.
+    """
+
+    @functools.wraps(fn)
+    def experiment(self: Any) -> Any:
+        if getattr(rank_zero_only, "rank", 0) > 0:
+            return _DummyExperiment()
+        return fn(self)
+
+    return experiment
+
+
+class DummyLogger(Logger):
+    """A logger that records nothing.
+
+    Any attribute that is not defined resolves to a no-op method, so code written for a real logger runs unchanged.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._experiment = _DummyExperiment()
+
+    @property
+    def experiment(self) -> _DummyExperiment:
+        """A dummy experiment whose methods do nothing."""
+        return self._experiment
+
+    def log_metrics(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_hyperparams(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    @property
+    def name(self) -> str:
+        return ""
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    def __getitem__(self, idx: int) -> DummyLogger:
+        return self
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        # Only reached for attributes not found normally: make them all harmless no-op methods.
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+
+        def method(*args: Any, **kwargs: Any) -> None:
+            return None
+
+        return method
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# shared helpers
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _next_version(root: str) -> int:
+    """Return one more than the highest ``N`` among the ``version_N`` directories in ``root`` (0 if there are none)."""
+    try:
+        entries = os.listdir(root)
+    except OSError:
+        return 0
+    versions = []
+    for entry in entries:
+        if not entry.startswith("version_"):
+            continue
+        suffix = entry[len("version_") :]
+        if suffix.isdigit() and os.path.isdir(os.path.join(root, entry)):
+            versions.append(int(suffix))
+    return max(versions) + 1 if versions else 0
+
+
+def _version_dir(root: str, version: Union[int, str]) -> str:
+    """Return the directory of ``version`` under ``root``: ``root/version_{version}`` for an int, ``root/version``
+    for a string."""
+    return os.path.join(root, version if isinstance(version, str) else f"version_{version}")
+
+
+def _convert_params(params: Optional[Union[Mapping[str, Any], Namespace]]) -> dict[str, Any]:
+    """Return ``params`` as a plain dict: a Namespace becomes its ``vars``, ``None`` becomes ``{}``."""
+    if params is None:
+        return {}
+    if isinstance(params, Namespace):
+        return dict(vars(params))
+    return dict(params)
+
+
+def _flatten_dict(params: Mapping[Any, Any], delimiter: str = "/", parent_key: str = "") -> dict[str, Any]:
+    """Flatten nested mappings into one level, joining keys with ``delimiter``.
+
+    Namespaces and dataclass instances are flattened like mappings, and a list whose items are all mappings is
+    flattened with the item index as a key level: ``{"a": {"b": 1}, "l": [{"c": 2}]}`` -> ``{"a/b": 1, "l/0/c": 2}``.
+    Other values (including lists of scalars) are kept as they are.
+    """
+    result: dict[str, Any] = {}
+    for key, value in params.items():
+        full_key = f"{parent_key}{delimiter}{key}" if parent_key else str(key)
+        if is_dataclass(value) and not isinstance(value, type):
+            value = asdict(value)
+        elif isinstance(value, Namespace):
+            value = vars(value)
+        if isinstance(value, MutableMapping):
+            result.update(_flatten_dict(value, delimiter, full_key))
+        elif isinstance(value, list) and value and all(isinstance(item, MutableMapping) for item in value):
+            for i, item in enumerate(value):
+                result.update(_flatten_dict(item, delimiter, f"{full_key}{delimiter}{i}"))
+        else:
+            result[full_key] = value
+    return result
+
+
+def _sanitize_value(value: Any) -> Any:
+    if isinstance(value, bool) or type(value) in (int, float, str):
+        return value
+    # numpy and 0-dim torch scalars expose .item(); checked by duck typing so numpy/torch are not imported here.
+    if getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):
+        return value.item()
+    if isinstance(value, enum.Enum):
+        return f"{type(value).__name__}.{value.name}"
+    if inspect.isclass(value) or inspect.isfunction(value) or inspect.ismethod(value) or inspect.isbuiltin(value):
+        # The default repr contains a memory address, which differs between runs.
+        return getattr(value, "__qualname__", None) or getattr(value, "__name__", str(value))
+    if isinstance(value, functools.partial):
+        return f"partial({_sanitize_value(value.func)})"
+    return str(value)
+
+
+def _sanitize_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``params`` whose values are all ``bool``/``int``/``float``/``str``, for loggers that only
+    accept primitives.
+
+    Numpy and 0-dim tensor scalars become Python numbers, enum members become ``"Cls.NAME"``, classes and functions
+    become their qualified name, and everything else (lists, Namespaces, ``None``, arrays...) becomes ``str(value)``.
+    """
+    return {key: _sanitize_value(value) for key, value in params.items()}
+
+
+def _add_prefix(metrics: Mapping[str, Any], prefix: str, separator: str) -> Mapping[str, Any]:
+    """Return ``metrics`` with every key turned into ``f"{prefix}{separator}{key}"`` (unchanged if ``prefix`` is
+    empty)."""
+    if not prefix:
+        return metrics
+    return {f"{prefix}{separator}{key}": value for key, value in metrics.items()}

@@ -1,0 +1,256 @@
+"""TensorBoard logger. ``tensorboard`` (or ``tensorboardX``) is imported only when the writer is first needed."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from argparse import Namespace
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+from featherlight.loggers.logger import (
+    Logger,
+    _add_prefix,
+    _convert_params,
+    _flatten_dict,
+    _next_version,
+    _sanitize_params,
+    _version_dir,
+    rank_zero_experiment,
+)
+from featherlight.utilities.rank_zero import rank_zero_only, rank_zero_warn
+
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.tensorboard import SummaryWriter
+
+__all__ = ["TensorBoardLogger"]
+
+_PATH = Union[str, "os.PathLike[str]"]
+_INSTALL_HINT = "TensorBoardLogger needs `tensorboard`: run `pip install tensorboard` (or `pip install tensorboardX`)."
+
+
+def _module_available(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _import_summary_writer() -> tuple[type, Any]:
+    """Return ``(SummaryWriter, hparams)`` from ``torch.utils.tensorboard``, else from ``tensorboardX``."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard.summary import hparams
+    except ImportError as torch_error:
+        try:
+            from tensorboardX import SummaryWriter  # type: ignore[no-redef]
+            from tensorboardX.summary import hparams  # type: ignore[no-redef]
+        except ImportError:
+            raise ModuleNotFoundError(_INSTALL_HINT) from torch_error
+    return SummaryWriter, hparams
+
+
+class TensorBoardLogger(Logger):
+    r"""Log to TensorBoard event files in ``save_dir/name/version[/sub_dir]``.
+
+    Args:
+        save_dir: Directory under which the experiment directory is created.
+        name: Experiment name; ``None`` or ``""`` puts the versions directly in ``save_dir``.
+        version: ``None`` picks the next free ``version_N``; an int ``v`` uses ``version_{v}``; a string is used as
+            the directory name as is.
+        log_graph: Whether :meth:`log_graph` adds the model graph (traced with ``model.example_input_array``).
+        default_hp_metric: When :meth:`log_hyperparams` gets no metrics, log a placeholder ``hp_metric = -1`` so the
+            hyperparameters show up in TensorBoard's HPARAMS tab.
+        prefix: Prepended to every metric key as ``f"{prefix}-{key}"``.
+        sub_dir: Optional extra directory level under the version directory.
+        \**kwargs: Passed on to ``SummaryWriter`` (e.g. ``max_queue``, ``flush_secs``).
+
+    Raises:
+        ModuleNotFoundError: If neither ``tensorboard`` nor ``tensorboardX`` is installed.
+
+    Only global rank 0 writes anything.
+    """
+
+    NAME_HPARAMS_FILE = "hparams.yaml"
+    LOGGER_JOIN_CHAR = "-"
+
+    def __init__(
+        self,
+        save_dir: _PATH,
+        name: Optional[str] = "lightning_logs",
+        version: Optional[Union[int, str]] = None,
+        log_graph: bool = False,
+        default_hp_metric: bool = True,
+        prefix: str = "",
+        sub_dir: Optional[_PATH] = None,
+        **kwargs: Any,
+    ) -> None:
+        # Checked with find_spec so that constructing the logger does not pay for importing tensorboard.
+        if not (_module_available("tensorboard") or _module_available("tensorboardX")):
+            raise ModuleNotFoundError(_INSTALL_HINT)
+        super().__init__()
+        self._save_dir = os.fspath(save_dir)
+        self._name = name or ""
+        self._version = version
+        self._log_graph = log_graph
+        self._default_hp_metric = default_hp_metric
+        self._prefix = prefix
+        self._sub_dir = None if sub_dir is None else os.fspath(sub_dir)
+        self._kwargs = kwargs
+        self._experiment: Optional[SummaryWriter] = None
+        self.hparams: dict[str, Any] = {}
+
+    @property
+    def name(self) -> str:
+        """The experiment name."""
+        return self._name
+
+    @property
+    def version(self) -> Union[int, str]:
+        """The experiment version; resolved to the next free integer on first access if none was given."""
+        if self._version is None:
+            self._version = _next_version(self.root_dir)
+        return self._version
+
+    @property
+    def save_dir(self) -> str:
+        """The ``save_dir`` given to the constructor."""
+        return self._save_dir
+
+    @property
+    def root_dir(self) -> str:
+        """``save_dir/name``: the directory holding all versions of this experiment."""
+        return os.path.join(self._save_dir, self._name)
+
+    @property
+    def sub_dir(self) -> Optional[str]:
+        """The optional sub-directory under the version directory."""
+        return self._sub_dir
+
+    @property
+    def log_dir(self) -> str:
+        """``root_dir/version_{version}[/sub_dir]``, with ``~`` and environment variables expanded."""
+        log_dir = _version_dir(self.root_dir, self.version)
+        if self._sub_dir is not None:
+            log_dir = os.path.join(log_dir, self._sub_dir)
+        return os.path.expanduser(os.path.expandvars(log_dir))
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> SummaryWriter:
+        """The ``SummaryWriter``, created on first access (this is when tensorboard gets imported)."""
+        if self._experiment is None:
+            summary_writer_cls, _ = _import_summary_writer()
+            self._experiment = summary_writer_cls(log_dir=self.log_dir, **self._kwargs)
+        return self._experiment
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, Any], step: Optional[int] = None) -> None:
+        """Write each metric with ``add_scalar`` (a dict value is written with ``add_scalars``)."""
+        metrics = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
+        experiment = self.experiment
+        for key, value in metrics.items():
+            if isinstance(value, Mapping):
+                experiment.add_scalars(key, dict(value), step)
+                continue
+            if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+                value = value.item()
+            try:
+                experiment.add_scalar(key, value, step)
+            except Exception as ex:
+                raise ValueError(
+                    f"Cannot log metric {key!r} = {value!r} to TensorBoard: log a scalar, a 0-dim tensor or a dict"
+                    " of scalars."
+                ) from ex
+
+    @rank_zero_only
+    def log_hyperparams(
+        self,
+        params: Optional[Union[dict[str, Any], Namespace]],
+        metrics: Optional[Union[dict[str, Any], float]] = None,
+        step: Optional[int] = None,
+    ) -> None:
+        """Record hyperparameters in ``hparams.yaml`` and in TensorBoard's HPARAMS plugin.
+
+        ``metrics`` (a dict, or a single value stored as ``hp_metric``) are logged alongside; when it is ``None`` and
+        ``default_hp_metric`` is on, ``hp_metric = -1`` is logged. TensorBoard only shows hyperparameters that have
+        at least one metric, so with neither, only ``hparams.yaml`` is written.
+        """
+        params = _convert_params(params)
+        self.hparams.update(params)
+        self._save_hparams_file()
+
+        if metrics is None:
+            metrics = {"hp_metric": -1} if self._default_hp_metric else {}
+        elif not isinstance(metrics, Mapping):
+            metrics = {"hp_metric": metrics}
+        if not metrics:
+            return
+        self.log_metrics(metrics, step)
+        _, hparams = _import_summary_writer()
+        flat = _sanitize_params(_flatten_dict(params))
+        metric_values = {k: v.item() if hasattr(v, "item") else v for k, v in metrics.items()}
+        file_writer = self.experiment._get_file_writer()
+        for summary in hparams(flat, metric_values):
+            file_writer.add_summary(summary, step)
+
+    @rank_zero_only
+    def log_graph(self, model: torch.nn.Module, input_array: Optional[Any] = None) -> None:
+        """Add ``model``'s graph traced with ``input_array`` (default: ``model.example_input_array``).
+
+        Does nothing unless the logger was created with ``log_graph=True``; warns if there is no usable input.
+        """
+        if not self._log_graph:
+            return
+        import torch
+
+        if input_array is None:
+            input_array = getattr(model, "example_input_array", None)
+        if input_array is None:
+            rank_zero_warn(
+                "Could not log the model graph to TensorBoard: set `model.example_input_array` or pass `input_array`."
+            )
+            return
+        if not isinstance(input_array, (torch.Tensor, tuple)):
+            rank_zero_warn(
+                "Could not log the model graph to TensorBoard: the example input has type"
+                f" {type(input_array).__name__}; it must be a tensor or a tuple of the positional arguments of"
+                " `forward()`."
+            )
+            return
+        # Move the example input the way a batch would be moved, so tracing runs on the model's device.
+        on_before = getattr(model, "_on_before_batch_transfer", None)
+        transfer = getattr(model, "_apply_batch_transfer_handler", None)
+        if callable(on_before) and callable(transfer):
+            input_array = transfer(on_before(input_array))
+        self.experiment.add_graph(model, input_array)
+
+    def _save_hparams_file(self) -> None:
+        from featherlight.core.saving import save_hparams_to_yaml
+
+        os.makedirs(self.log_dir, exist_ok=True)
+        save_hparams_to_yaml(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE), self.hparams)
+
+    @rank_zero_only
+    def save(self) -> None:
+        """Flush the event file and write ``hparams.yaml`` if the log directory exists but the file does not."""
+        if self._experiment is not None:
+            self._experiment.flush()
+        log_dir = self.log_dir
+        if os.path.isdir(log_dir) and not os.path.isfile(os.path.join(log_dir, self.NAME_HPARAMS_FILE)):
+            self._save_hparams_file()
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        """Flush and close the writer; on ``"success"`` also make sure ``hparams.yaml`` exists."""
+        if self._experiment is not None:
+            self._experiment.flush()
+            self._experiment.close()
+        if status == "success":
+            self.save()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_experiment"] = None  # SummaryWriter holds threads and file handles: not picklable
+        return state

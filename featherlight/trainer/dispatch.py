@@ -1,0 +1,146 @@
+"""One place that calls hooks: callbacks first, then the LightningModule.
+
+Per hook, the objects that override it are found once per run, so a hook nobody overrides costs a
+dict lookup and an empty loop. When a profiler is on, each call is wrapped in its ``profile``
+context; when it is off there is no context at all. The name of the running hook is kept on the
+trainer (a plain attribute) so ``self.log`` can check where it is called from.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from featherlight.callbacks.callback import Callback
+from featherlight.core.hooks import SHARED_HOOKS, CheckpointHooks, DataHooks, ModelHooks
+
+if TYPE_CHECKING:
+    from featherlight.trainer.trainer import Trainer
+
+_DEFAULTS: dict[str, Any] = {}
+for _base in (ModelHooks, DataHooks, CheckpointHooks):
+    for _name, _fn in vars(_base).items():
+        if callable(_fn) and not _name.startswith("__"):
+            _DEFAULTS[_name] = _fn
+
+
+def _module_overrides(module: Any, name: str) -> bool:
+    if name in getattr(module, "__dict__", {}):
+        return True  # patched onto the instance
+    fn = getattr(type(module), name, None)
+    if fn is None:
+        return False
+    default = _DEFAULTS.get(name)
+    if default is None:
+        from featherlight.core.module import LightningModule
+
+        default = getattr(LightningModule, name, None)
+    return fn is not default
+
+
+def _callback_overrides(cb: Callback, name: str) -> bool:
+    if name in cb.__dict__:
+        return True
+    return getattr(type(cb), name, None) is not getattr(Callback, name, None)
+
+
+class _Dispatcher:
+    """Calls hooks on the trainer's callbacks and module, skipping objects that don't override them."""
+
+    def __init__(self, trainer: "Trainer") -> None:
+        self.trainer = trainer
+        self.callbacks: dict[str, tuple[Callable, ...]] = {}
+        self.late_callbacks: dict[str, tuple[Callable, ...]] = {}
+        self.module: dict[str, Callable | None] = {}
+        self._profiling = False
+        self._profiler: Any = None
+        self._module_obj: Any = None
+
+    def rebuild(self) -> None:
+        """Find, per hook, who overrides it. Called when a run starts (callbacks or module may change)."""
+        trainer = self.trainer
+        module = trainer.lightning_module
+        profiler = trainer.profiler
+        profiling = not getattr(profiler, "_is_passthrough", False)
+        self.callbacks.clear()
+        self.late_callbacks.clear()
+        self.module.clear()
+        for hook in SHARED_HOOKS:
+            early, late = [], []
+            for cb in trainer.callbacks:
+                if _callback_overrides(cb, hook):
+                    fn = getattr(cb, hook)
+                    if profiling:
+                        fn = _profiled(profiler, f"[Callback]{cb.state_key}.{hook}", fn)
+                    (late if getattr(cb, "_monitors_metrics", False) else early).append(fn)
+            if hook == "on_train_epoch_end":
+                # metric-monitoring callbacks (checkpointing, early stopping) run after the module here,
+                # so they see what the module logged at epoch end.
+                self.callbacks[hook] = tuple(early)
+                self.late_callbacks[hook] = tuple(late)
+            else:
+                self.callbacks[hook] = tuple(early + late)
+        self._profiling = profiling
+        self._profiler = profiler
+        self._module_obj = module
+
+    def module_hook(self, hook: str) -> Callable | None:
+        try:
+            return self.module[hook]
+        except KeyError:
+            module = self._module_obj
+            fn = getattr(module, hook) if module is not None and _module_overrides(module, hook) else None
+            if fn is not None and self._profiling:
+                fn = _profiled(self._profiler, f"[LightningModule]{type(module).__name__}.{hook}", fn)
+            self.module[hook] = fn
+            return fn
+
+    def call(self, hook: str, *args: Any) -> Any:
+        """Call ``hook`` on every callback that overrides it, then on the module; returns the module's result."""
+        trainer = self.trainer
+        cbs = self.callbacks[hook]
+        prev = trainer._current_fx
+        trainer._current_fx = hook
+        if cbs:
+            module = trainer.lightning_module
+            for fn in cbs:
+                fn(trainer, module, *args)
+        fn = self.module_hook(hook)
+        out = fn(*args) if fn is not None else None
+        late = self.late_callbacks.get(hook)
+        if late:
+            module = trainer.lightning_module
+            for fn in late:
+                fn(trainer, module, *args)
+        trainer._current_fx = prev
+        return out
+
+    def call_callbacks(self, hook: str, *args: Any) -> None:
+        trainer = self.trainer
+        prev = trainer._current_fx
+        trainer._current_fx = hook
+        module = trainer.lightning_module
+        for fn in self.callbacks[hook] + self.late_callbacks.get(hook, ()):
+            fn(trainer, module, *args)
+        trainer._current_fx = prev
+
+
+def _profiled(profiler: Any, action: str, fn: Callable) -> Callable:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with profiler.profile(action):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _call_module_hook(trainer: "Trainer", hook: str, *args: Any, **kwargs: Any) -> Any:
+    """Call a module-only hook (``configure_optimizers``, ``prepare_data``...) and return its result."""
+    module = trainer.lightning_module
+    fn = getattr(module, hook)
+    prev = trainer._current_fx
+    trainer._current_fx = hook
+    try:
+        if trainer._dispatch._profiling:
+            with trainer.profiler.profile(f"[LightningModule]{type(module).__name__}.{hook}"):
+                return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
+    finally:
+        trainer._current_fx = prev

@@ -1,0 +1,115 @@
+"""Evaluation (validation, test, sanity check) and prediction: one pass over each dataloader."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from featherlight.trainer.logging import _ResultStore
+from featherlight.trainer.states import RunningStage
+
+if TYPE_CHECKING:
+    from featherlight.trainer.trainer import Trainer
+
+_NAMES = {
+    RunningStage.VALIDATING: "validation",
+    RunningStage.SANITY_CHECKING: "validation",
+    RunningStage.TESTING: "test",
+}
+
+
+def run_evaluation(trainer: "Trainer", stage: RunningStage, loaders: list, limits: list) -> list[dict[str, float]]:
+    """Run ``validation_step``/``test_step`` over ``loaders`` (``limits[i]`` batches each).
+
+    Returns one dict per dataloader of the epoch-level metrics sent to the loggers, as floats.
+    """
+    fn = _NAMES[stage]
+    module = trainer.lightning_module
+    call = trainer._dispatch.call
+    strategy = trainer.strategy
+    precision = trainer.precision_plugin
+    step = getattr(strategy, f"{fn}_step")
+    multiple = len(loaders) > 1
+
+    store = _ResultStore(training=False)
+    store.num_dataloaders = len(loaders)
+    trainer._log.store, trainer._log.epoch_end_reached = store, False
+    previous_stage, trainer.state.stage = trainer.state.stage, stage
+    eval_hook = "on_validation_model_eval" if fn == "validation" else "on_test_model_eval"
+    train_hook = "on_validation_model_train" if fn == "validation" else "on_test_model_train"
+    if stage == RunningStage.VALIDATING and trainer.state.fn == "fit":
+        trainer._call_module("on_validation_model_zero_grad")
+    trainer._call_module(eval_hook)
+    call(f"on_{fn}_start")
+    call(f"on_{fn}_epoch_start")
+    grad_context = torch.inference_mode() if trainer._inference_mode else torch.no_grad()
+    with grad_context:
+        for dataloader_idx, (loader, limit) in enumerate(zip(loaders, limits)):
+            extra = (dataloader_idx,) if multiple else ()
+            fetch = trainer._profiled_iter(loader, fn)
+            batch_idx = 0
+            while batch_idx < limit:
+                try:
+                    batch = next(fetch)
+                except StopIteration:
+                    break
+                batch = trainer._transfer_batch(batch, dataloader_idx)
+                store.new_batch(batch, dataloader_idx if multiple else None)
+                call(f"on_{fn}_batch_start", batch, batch_idx, *extra)
+                trainer._current_fx = f"{fn}_step"
+                with precision.forward_context():
+                    output = step(batch, batch_idx, *extra)
+                trainer._current_fx = None
+                call(f"on_{fn}_batch_end", output, batch, batch_idx, *extra)
+                trainer._log_eval_step(stage)
+                batch_idx += 1
+    trainer._log.epoch_end_reached = True
+    call(f"on_{fn}_epoch_end")
+    results = trainer._log_eval_epoch(stage, len(loaders))
+    call(f"on_{fn}_end")
+    trainer._call_module(train_hook) if trainer.state.fn == "fit" else None
+    store.reset_metrics()
+    trainer.state.stage = previous_stage
+    return results
+
+
+def run_predict(trainer: "Trainer", loaders: list, limits: list, return_predictions: bool) -> Any:
+    """Run ``predict_step`` over ``loaders``; returns the outputs (a list, or a list per dataloader)."""
+    module = trainer.lightning_module
+    call = trainer._dispatch.call
+    precision = trainer.precision_plugin
+    multiple = len(loaders) > 1
+    trainer._log.store = None
+    trainer.state.stage = RunningStage.PREDICTING
+    trainer._call_module("on_predict_model_eval")
+    call("on_predict_start")
+    call("on_predict_epoch_start")
+    predictions: list[list] = [[] for _ in loaders]
+    grad_context = torch.inference_mode() if trainer._inference_mode else torch.no_grad()
+    with grad_context:
+        for dataloader_idx, (loader, limit) in enumerate(zip(loaders, limits)):
+            extra = (dataloader_idx,) if multiple else ()
+            fetch = trainer._profiled_iter(loader, "predict")
+            batch_idx = 0
+            while batch_idx < limit:
+                try:
+                    batch = next(fetch)
+                except StopIteration:
+                    break
+                batch = trainer._transfer_batch(batch, dataloader_idx)
+                call("on_predict_batch_start", batch, batch_idx, *extra)
+                trainer._current_fx = "predict_step"
+                with precision.forward_context():
+                    output = trainer.strategy.predict_step(batch, batch_idx, *extra)
+                trainer._current_fx = None
+                call("on_predict_batch_end", output, batch, batch_idx, *extra)
+                if return_predictions:
+                    predictions[dataloader_idx].append(output)
+                batch_idx += 1
+    trainer.predict_loop_predictions = predictions
+    call("on_predict_epoch_end")
+    call("on_predict_end")
+    del module
+    if not return_predictions:
+        return None
+    return predictions if multiple else predictions[0]

@@ -1,0 +1,278 @@
+"""The training loop, top to bottom: epochs, batches, one optimisation step, validation when due.
+
+Read ``run_fit`` first; everything it calls is below it in this file, except the evaluation loop
+(``eval_loop.py``). Hooks fire through ``trainer._dispatch.call`` (callbacks, then the module).
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+from torch import Tensor
+
+from featherlight.trainer.logging import _ResultStore
+from featherlight.trainer.states import RunningStage
+from featherlight.utilities.exceptions import MisconfigurationException
+from featherlight.utilities.rank_zero import WarningCache
+
+if TYPE_CHECKING:
+    from featherlight.trainer.trainer import Trainer
+
+_warnings = WarningCache()
+
+
+def run_fit(trainer: "Trainer") -> None:
+    """Train until ``max_epochs``/``max_steps``/``max_time`` or ``trainer.should_stop``."""
+    loop = trainer._loop
+    call = trainer._dispatch.call
+    module = trainer.lightning_module
+
+    trainer._load_train_dataloader()
+    call("on_train_start")
+    while not _fit_done(trainer):
+        if trainer._should_reload_train_dl():
+            trainer._load_train_dataloader()
+        _set_sampler_epoch(trainer.train_dataloader, loop.epoch)
+        store = _ResultStore(training=True)
+        trainer._log.store, trainer._log.epoch_end_reached = store, False
+        trainer.state.stage = RunningStage.TRAINING
+        module.train()
+        call("on_train_epoch_start")
+
+        num_batches = trainer.num_training_batches
+        start = loop.resume_batch_idx
+        loop.resume_batch_idx = 0
+        for batch_idx, batch, is_last in _batches(trainer, trainer.train_dataloader, num_batches, start):
+            loop.batch_idx = batch_idx
+            batch = trainer._transfer_batch(batch, 0)
+            store.new_batch(batch)
+            if call("on_train_batch_start", batch, batch_idx) == -1:
+                break
+            if module.automatic_optimization:
+                outputs = _automatic_step(trainer, batch, batch_idx, is_last)
+            else:
+                outputs = _manual_step(trainer, batch, batch_idx)
+            stepped_window = not module.automatic_optimization or _window_end(trainer, batch_idx, is_last)
+            if stepped_window and module.automatic_optimization:
+                _step_schedulers(trainer, "step", batch_idx)
+                if is_last:
+                    _step_schedulers(trainer, "epoch", batch_idx)
+            call("on_train_batch_end", outputs, batch, batch_idx)
+            loop.total_batch_idx += 1
+            if stepped_window:
+                trainer._log_train_step()
+            if _should_validate(trainer, batch_idx, is_last):
+                trainer._run_validation_in_fit()
+                trainer._log.store, trainer._log.epoch_end_reached = store, False
+                trainer.state.stage = RunningStage.TRAINING
+            if stepped_window:
+                if module.automatic_optimization:
+                    _step_schedulers(trainer, "step", batch_idx, plateau=True)
+                loop.batches_that_stepped += 1
+            if _epoch_done(trainer):
+                break
+
+        trainer._log.epoch_end_reached = True
+        call("on_train_epoch_end")
+        trainer._log_train_epoch()
+        if module.automatic_optimization:
+            _step_schedulers(trainer, "epoch", None, plateau=True)
+        loop.epoch += 1
+        store.reset_metrics()
+    call("on_train_end")
+
+
+def _batches(trainer: "Trainer", loader: Any, num_batches: float, start: int = 0):
+    """Yield ``(batch_idx, batch, is_last)``; looks one batch ahead only when the length is unknown."""
+    if num_batches == 0:
+        return
+    fetch = trainer._profiled_iter(loader, "train")
+    if not math.isinf(num_batches):
+        last = int(num_batches) - 1
+        for batch_idx in range(start, int(num_batches)):
+            try:
+                batch = next(fetch)
+            except StopIteration:
+                return
+            yield batch_idx, batch, batch_idx == last
+        return
+    # unknown length (IterableDataset): fetch one ahead to know which batch is the last
+    try:
+        batch = next(fetch)
+    except StopIteration:
+        return
+    batch_idx = start
+    while True:
+        try:
+            nxt = next(fetch)
+        except StopIteration:
+            yield batch_idx, batch, True
+            return
+        yield batch_idx, batch, False
+        batch, batch_idx = nxt, batch_idx + 1
+
+
+def _window_end(trainer: "Trainer", batch_idx: int, is_last: bool) -> bool:
+    """True on the batch that closes an accumulation window (the epoch's last batch always does)."""
+    return (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or is_last
+
+
+def _automatic_step(trainer: "Trainer", batch: Any, batch_idx: int, is_last: bool) -> dict:
+    """One batch of automatic optimisation: the closure, and ``optimizer_step`` when a window ends."""
+    module = trainer.lightning_module
+    strategy = trainer.strategy
+    precision = trainer.precision_plugin
+    call = trainer._dispatch.call
+    optimizer = strategy._lightning_optimizers[0]
+    accumulate = trainer.accumulate_grad_batches
+    zero_grad_first = batch_idx % accumulate == 0
+    result: list = []
+
+    def closure() -> Optional[Tensor]:
+        trainer._current_fx = "training_step"
+        with precision.forward_context():
+            output = strategy.training_step(batch, batch_idx)
+        trainer._current_fx = None
+        loss = _loss_from_output(output)
+        result.append(output if isinstance(output, dict) else ({"loss": loss.detach()} if loss is not None else {}))
+        if zero_grad_first:
+            call("on_before_zero_grad", optimizer.optimizer)
+            trainer._call_module("optimizer_zero_grad", trainer.current_epoch, batch_idx, optimizer.optimizer)
+        if loss is None:
+            _warnings.warn(
+                "`training_step` returned `None`. If this was on purpose, ignore this warning: the batch is skipped."
+            )
+            return None
+        if accumulate > 1:
+            loss = loss / accumulate
+            if isinstance(output, dict):
+                result[-1] = {**output, "loss": loss.detach()}
+            else:
+                result[-1] = {"loss": loss.detach()}
+        trainer._backward(loss, optimizer.optimizer)
+        return loss
+
+    if _window_end(trainer, batch_idx, is_last):
+        trainer._call_module("optimizer_step", trainer.current_epoch, batch_idx, optimizer, closure)
+        if not result:
+            raise MisconfigurationException(
+                "The closure wasn't executed. `optimizer_step` must call `optimizer.step(closure=optimizer_closure)` "
+                "(or `optimizer_closure()`): it runs training_step and backward."
+            )
+    else:
+        closure()
+    return result[-1]
+
+
+def _loss_from_output(output: Any) -> Optional[Tensor]:
+    if isinstance(output, Tensor):
+        return output
+    if output is None:
+        return None
+    if isinstance(output, dict):
+        loss = output.get("loss")
+        if loss is None:
+            raise MisconfigurationException(
+                "`training_step` returned a dict without a 'loss' key. In automatic optimization the dict must "
+                "hold the loss to backpropagate under 'loss', e.g. `return {'loss': loss, 'acc': acc}`."
+            )
+        return loss
+    raise MisconfigurationException(
+        f"`training_step` returned a {type(output).__name__}. In automatic optimization it must return the loss "
+        "tensor, a dict with a 'loss' key, or None to skip the batch."
+    )
+
+
+def _manual_step(trainer: "Trainer", batch: Any, batch_idx: int) -> dict:
+    """One batch of manual optimisation: the user's ``training_step`` steps optimizers itself."""
+    precision = trainer.precision_plugin
+    trainer._current_fx = "training_step"
+    with precision.forward_context():
+        output = trainer.strategy.training_step(batch, batch_idx)
+    trainer._current_fx = None
+    if output is None:
+        return {}
+    if isinstance(output, Tensor):
+        return {"loss": output.detach()}
+    if isinstance(output, dict):
+        return {k: (v.detach() if isinstance(v, Tensor) else v) for k, v in output.items()}
+    raise MisconfigurationException(
+        f"In manual optimization, `training_step` must return a Tensor, a dict or None; it returned "
+        f"{type(output).__name__}."
+    )
+
+
+def _step_schedulers(trainer: "Trainer", interval: str, batch_idx: Optional[int], plateau: bool = False) -> None:
+    """Step the schedulers of ``interval`` whose frequency is due (plateau ones with their monitor)."""
+    configs = trainer.lr_scheduler_configs
+    if not configs:
+        return
+    idx = (batch_idx if interval == "step" else trainer.current_epoch) + 1
+    for config in configs:
+        if config.reduce_on_plateau != plateau or config.interval != interval or idx % config.frequency:
+            continue
+        if interval == "step" and trainer._last_step_skipped:
+            # GradScaler skipped the optimizer step (inf/nan gradients): the schedule must not advance either
+            continue
+        metric = None
+        if config.reduce_on_plateau:
+            metric = trainer.callback_metrics.get(config.monitor)
+            if metric is None:
+                available = sorted(k for k in trainer.callback_metrics)
+                message = (
+                    f"ReduceLROnPlateau conditioned on metric {config.monitor} which is not available. Available "
+                    f"metrics are: {available}. Condition can be set using `monitor` key in lr scheduler dict"
+                )
+                if config.strict:
+                    raise MisconfigurationException(message)
+                _warnings.warn(message + " (skipping this scheduler step because `strict=False`)")
+                continue
+        trainer._call_module("lr_scheduler_step", config.scheduler, metric)
+
+
+def _should_validate(trainer: "Trainer", batch_idx: int, is_last: bool) -> bool:
+    """Lightning's rule: every ``val_check_interval`` batches (or on the last batch), in due epochs."""
+    if not trainer._val_enabled():
+        return False
+    every = trainer.check_val_every_n_epoch
+    if every is not None and (trainer.current_epoch + 1) % every != 0:
+        return False
+    check_batch = trainer.val_check_batch
+    if trainer.should_stop and trainer._can_stop_early():
+        return True
+    if math.isinf(check_batch):
+        return is_last
+    iteration = trainer._loop.total_batch_idx - 1 if every is None else batch_idx
+    if isinstance(trainer.limit_train_batches, int) and math.isinf(trainer._train_len):
+        return (batch_idx + 1) % trainer.limit_train_batches == 0
+    return (iteration + 1) % check_batch == 0
+
+
+def _epoch_done(trainer: "Trainer") -> bool:
+    loop = trainer._loop
+    if trainer.max_steps != -1 and loop.global_step >= trainer.max_steps:
+        return True
+    return trainer.should_stop and trainer._can_stop_early()
+
+
+def _fit_done(trainer: "Trainer") -> bool:
+    loop = trainer._loop
+    if trainer.num_training_batches == 0:
+        return True
+    if trainer.max_steps != -1 and loop.global_step >= trainer.max_steps:
+        return True
+    if trainer.max_epochs is not None and trainer.max_epochs != -1 and loop.epoch >= trainer.max_epochs:
+        return True
+    if trainer.should_stop and trainer._can_stop_early():
+        return True
+    return False
+
+
+def _set_sampler_epoch(loader: Any, epoch: int) -> None:
+    """``set_epoch`` on samplers that have it (DistributedSampler), so each epoch shuffles differently."""
+    loaders = loader._items if hasattr(loader, "_items") else [loader]
+    for dl in loaders:
+        for obj in (getattr(dl, "sampler", None), getattr(getattr(dl, "batch_sampler", None), "sampler", None)):
+            if obj is not None and hasattr(obj, "set_epoch"):
+                obj.set_epoch(epoch)

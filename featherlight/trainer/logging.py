@@ -1,0 +1,346 @@
+"""The ``self.log`` store: values kept as tensors, reduced only when somebody reads them.
+
+A ``self.log`` call costs a dict lookup, a detach and a list append. Nothing is moved, reduced or
+synchronised with the host per step: step values are read (and turned into numbers by the
+progress bar and the loggers) at log intervals; epoch values are reduced once, at epoch end, across
+ranks when ``sync_dist=True``.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Union
+
+import torch
+from torch import Tensor
+
+from featherlight.utilities.apply_func import extract_batch_size
+from featherlight.utilities.exceptions import MisconfigurationException
+
+if TYPE_CHECKING:
+    from featherlight.trainer.trainer import Trainer
+
+# Where `self.log` may be called, and what it may do there: (allowed on_step, allowed on_epoch,
+# default on_step, default on_epoch). Hooks missing from this table forbid logging.
+_STEP_HOOK = ((False, True), (False, True), True, False)
+_EPOCH_HOOK = ((False, True), (False, True), False, True)
+_EPOCH_END_HOOK = ((False,), (True,), False, True)
+_LOG_OPTIONS: dict[str, tuple] = {
+    "training_step": _STEP_HOOK,
+    "on_before_backward": _STEP_HOOK,
+    "backward": _STEP_HOOK,
+    "on_after_backward": _STEP_HOOK,
+    "on_before_optimizer_step": _STEP_HOOK,
+    "optimizer_step": _STEP_HOOK,
+    "on_before_zero_grad": _STEP_HOOK,
+    "optimizer_zero_grad": _STEP_HOOK,
+    "on_train_batch_start": _STEP_HOOK,
+    "on_train_batch_end": _STEP_HOOK,
+    "configure_gradient_clipping": _STEP_HOOK,
+    "clip_gradients": _STEP_HOOK,
+    "on_train_start": _EPOCH_HOOK,
+    "on_train_epoch_start": _EPOCH_HOOK,
+    "on_train_epoch_end": _EPOCH_END_HOOK,
+    "validation_step": _EPOCH_HOOK,
+    "test_step": _EPOCH_HOOK,
+    "on_validation_start": _EPOCH_HOOK,
+    "on_test_start": _EPOCH_HOOK,
+    "on_validation_epoch_start": _EPOCH_HOOK,
+    "on_test_epoch_start": _EPOCH_HOOK,
+    "on_validation_batch_start": _EPOCH_HOOK,
+    "on_test_batch_start": _EPOCH_HOOK,
+    "on_validation_batch_end": _EPOCH_HOOK,
+    "on_test_batch_end": _EPOCH_HOOK,
+    "on_validation_epoch_end": _EPOCH_END_HOOK,
+    "on_test_epoch_end": _EPOCH_END_HOOK,
+}
+
+_REDUCTIONS: dict[Any, str] = {
+    "mean": "mean", "avg": "mean", torch.mean: "mean",
+    "sum": "sum", torch.sum: "sum",
+    "max": "max", torch.max: "max",
+    "min": "min", torch.min: "min",
+}
+
+# Pending values are folded into the running total every this many calls, bounding memory while
+# keeping the per-call cost to a list append.
+_FOLD_EVERY = 256
+
+
+class _Meta(NamedTuple):
+    fx: str
+    name: str  # the final key, with the dataloader suffix when there is one
+    prog_bar: bool
+    logger: bool
+    on_step: bool
+    on_epoch: bool
+    reduce: str
+    sync_dist: bool
+    sync_dist_group: Any
+    dataloader_idx: Optional[int]
+    rank_zero_only: bool
+
+    @property
+    def forked(self) -> bool:
+        return self.on_step and self.on_epoch
+
+
+def _is_metric(value: Any) -> bool:
+    # torchmetrics.Metric, recognised without importing torchmetrics
+    return isinstance(value, torch.nn.Module) and hasattr(value, "compute") and hasattr(value, "update")
+
+
+class _Entry:
+    """One logged key: its last value, and the pieces of its epoch reduction."""
+
+    __slots__ = ("meta", "last", "pending", "total", "count", "computed", "metric")
+
+    def __init__(self, meta: _Meta) -> None:
+        self.meta = meta
+        self.last: Any = None
+        self.pending: list = []  # (value, weight) pairs not folded yet
+        self.total: Optional[Tensor] = None
+        self.count: Union[int, Tensor] = 0
+        self.computed: Optional[Tensor] = None
+        self.metric: Any = None
+
+    def update(self, value: Any, batch_size: int) -> None:
+        self.last = value
+        self.computed = None
+        if self.meta.on_epoch:
+            self.pending.append((value, batch_size))
+            if len(self.pending) >= _FOLD_EVERY:
+                self._fold()
+
+    def _fold(self) -> None:
+        pending, self.pending = self.pending, []
+        if not pending:
+            return
+        tensors = [v if isinstance(v, Tensor) else torch.tensor(v) for v, _ in pending]
+        dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+        values = torch.stack([t.to(dtype) for t in tensors])
+        reduce = self.meta.reduce
+        if reduce == "mean":
+            weights = torch.tensor([w for _, w in pending], dtype=values.dtype, device=values.device)
+            part = (values * weights).sum()
+            self.count = self.count + sum(w for _, w in pending)
+        elif reduce == "sum":
+            part = values.sum()
+        elif reduce == "max":
+            part = values.max()
+        else:
+            part = values.min()
+        if self.total is None:
+            self.total = part
+        elif reduce in ("mean", "sum"):
+            self.total = self.total + part
+        elif reduce == "max":
+            self.total = torch.maximum(self.total, part)
+        else:
+            self.total = torch.minimum(self.total, part)
+
+    def compute(self, trainer: "Trainer") -> Optional[Tensor]:
+        """The epoch value: the reduction over every logged value, across ranks if ``sync_dist``."""
+        if self.computed is not None:
+            return self.computed
+        if self.metric is not None:
+            self.computed = self.metric.compute()
+            return self.computed
+        self._fold()
+        if self.total is None:
+            return None
+        total, count = self.total, self.count
+        strategy = trainer.strategy
+        if self.meta.sync_dist and strategy.world_size > 1:
+            op = {"mean": "sum", "sum": "sum", "max": "max", "min": "min"}[self.meta.reduce]
+            total = strategy.reduce(total, group=self.meta.sync_dist_group, reduce_op=op)
+            if self.meta.reduce == "mean":
+                count = strategy.reduce(torch.tensor(float(count), device=total.device),
+                                        group=self.meta.sync_dist_group, reduce_op="sum")
+        self.computed = total / count if self.meta.reduce == "mean" else total
+        return self.computed
+
+    def step_value(self) -> Any:
+        if self.metric is not None:
+            return getattr(self.metric, "_forward_cache", None)
+        return self.last
+
+
+class _ResultStore:
+    """The values logged during one run of a loop (a training epoch, or one evaluation run)."""
+
+    def __init__(self, training: bool) -> None:
+        self.training = training
+        self.entries: dict[tuple[str, str], _Entry] = {}
+        self.batch: Any = None
+        self.batch_size: Optional[int] = None
+        self.dataloader_idx: Optional[int] = None
+        self.num_dataloaders = 1
+
+    def new_batch(self, batch: Any, dataloader_idx: Optional[int] = None) -> None:
+        self.batch = batch
+        self.batch_size = None
+        self.dataloader_idx = dataloader_idx
+
+    def log(
+        self,
+        trainer: "Trainer",
+        fx: str,
+        name: str,
+        value: Any,
+        prog_bar: bool,
+        logger: Optional[bool],
+        on_step: Optional[bool],
+        on_epoch: Optional[bool],
+        reduce_fx: Any,
+        sync_dist: bool,
+        sync_dist_group: Any,
+        add_dataloader_idx: bool,
+        batch_size: Optional[int],
+        rank_zero_only: bool,
+    ) -> None:
+        entry = self.entries.get((fx, name))
+        if entry is None or entry.meta.dataloader_idx != self.dataloader_idx:
+            entry = self._register(fx, name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist,
+                                   sync_dist_group, add_dataloader_idx, rank_zero_only)
+        if entry.metric is not None:
+            entry.computed = None
+            return
+        if isinstance(value, Tensor):
+            if value.numel() != 1:
+                raise ValueError(
+                    f"`self.log({name!r}, value)` got a tensor with shape {tuple(value.shape)}; only scalars can "
+                    f"be logged. Reduce it first, e.g. `value.mean()`, or log its elements under separate names."
+                )
+            value = value.detach()
+            if value.ndim:
+                value = value.squeeze()
+        elif not isinstance(value, numbers.Number) or isinstance(value, bool):
+            raise ValueError(
+                f"`self.log({name!r}, value)` was called with a value of type {type(value).__name__}. "
+                "It accepts a Python number, a scalar tensor or a torchmetrics Metric; use `self.log_dict` for dicts."
+            )
+        if entry.meta.on_epoch and entry.meta.reduce == "mean":
+            if batch_size is None:
+                if self.batch_size is None:
+                    self.batch_size = 1 if self.batch is None else _safe_batch_size(self.batch)
+                batch_size = self.batch_size
+        else:
+            batch_size = 1
+        entry.update(value, batch_size)
+
+    def _register(self, fx, name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist,
+                  sync_dist_group, add_dataloader_idx, rank_zero_only) -> _Entry:
+        options = _LOG_OPTIONS.get(fx)
+        if options is None:
+            raise MisconfigurationException(
+                f"You can't `self.log()` inside `{fx}`. Log from a step or epoch hook, e.g. `training_step`, "
+                "`validation_step`, `on_train_epoch_end` or `on_validation_epoch_end`."
+            )
+        allowed_step, allowed_epoch, default_step, default_epoch = options
+        on_step = default_step if on_step is None else bool(on_step)
+        on_epoch = default_epoch if on_epoch is None else bool(on_epoch)
+        if on_step not in allowed_step or on_epoch not in allowed_epoch:
+            raise MisconfigurationException(
+                f"You can't `self.log({name!r}, ..., on_step={on_step}, on_epoch={on_epoch})` inside `{fx}`: "
+                f"there it allows on_step in {allowed_step} and on_epoch in {allowed_epoch}."
+            )
+        if not on_step and not on_epoch:
+            raise MisconfigurationException(
+                f"`self.log({name!r}, ..., on_step=False, on_epoch=False)` would log nothing; set one of them to True."
+            )
+        reduce = _REDUCTIONS.get(reduce_fx.lower() if isinstance(reduce_fx, str) else reduce_fx)
+        if reduce is None:
+            raise MisconfigurationException(
+                f"`self.log({name!r}, ..., reduce_fx={reduce_fx!r})` is not supported: use 'mean', 'sum', 'max' or "
+                "'min' (or torch.mean/sum/max/min). For anything else, log a torchmetrics Metric."
+            )
+        dataloader_idx = self.dataloader_idx
+        key_name = name
+        if add_dataloader_idx and dataloader_idx is not None and self.num_dataloaders > 1:
+            key_name = f"{name}/dataloader_idx_{dataloader_idx}"
+        meta = _Meta(fx, key_name, bool(prog_bar), True if logger is None else bool(logger), on_step, on_epoch,
+                     reduce, bool(sync_dist), sync_dist_group, dataloader_idx if add_dataloader_idx else None,
+                     bool(rank_zero_only))
+        for other in self.entries.values():
+            if other.meta.name == key_name and other.meta.fx != fx and other.meta.dataloader_idx == meta.dataloader_idx:
+                raise MisconfigurationException(
+                    f"You called `self.log({name!r}, ...)` twice in `{fx}` and `{other.meta.fx}` with the same key. "
+                    "Give each a different name."
+                )
+        entry = _Entry(meta)
+        if _is_metric(value):
+            entry.metric = value
+        self.entries[(fx, name)] = entry
+        return entry
+
+    def metrics(self, trainer: "Trainer", on_step: bool) -> tuple[dict, dict, dict]:
+        """(callback, log, progress bar) metrics as tensors: step values, or epoch reductions."""
+        callback: dict[str, Any] = {}
+        log: dict[str, Any] = {}
+        pbar: dict[str, Any] = {}
+        for entry in self.entries.values():
+            meta = entry.meta
+            if on_step:
+                if not meta.on_step:
+                    continue
+                value = entry.step_value()
+            else:
+                if not meta.on_epoch:
+                    continue
+                value = entry.compute(trainer)
+            if value is None:
+                continue
+            if not isinstance(value, Tensor):
+                value = torch.tensor(value)
+            name = meta.name
+            forked = name + ("_step" if on_step else "_epoch") if meta.forked else name
+            if meta.logger:
+                log[forked] = value
+            # callback metrics take the plain name and the forked one; evaluation steps are not callback metrics
+            if self.training or (meta.on_epoch and not on_step):
+                callback[name] = value
+                callback[forked] = value
+            if meta.prog_bar:
+                pbar[forked] = value
+        return callback, log, pbar
+
+    def reset_metrics(self) -> None:
+        for entry in self.entries.values():
+            if entry.metric is not None and hasattr(entry.metric, "reset"):
+                entry.metric.reset()
+
+
+def _safe_batch_size(batch: Any) -> int:
+    try:
+        return extract_batch_size(batch)
+    except ValueError:
+        return 1
+
+
+class _LogState:
+    """The trainer's metric dicts (``callback_metrics``, ``logged_metrics``, ``progress_bar_metrics``).
+
+    They are refreshed from the running store only when read or at a log interval, so a training
+    step pays nothing for them.
+    """
+
+    def __init__(self) -> None:
+        self.callback: dict[str, Tensor] = {}
+        self.logged: dict[str, Tensor] = {}
+        self.pbar: dict[str, Any] = {}
+        self.store: Optional[_ResultStore] = None
+        self.epoch_end_reached = False
+
+    def refresh(self, trainer: "Trainer") -> tuple[dict, dict, dict]:
+        if self.store is None:
+            return {}, {}, {}
+        callback, log, pbar = self.store.metrics(trainer, on_step=not self.epoch_end_reached)
+        self.callback.update(callback)
+        self.logged.update(log)
+        self.pbar.update(pbar)
+        return callback, log, pbar
+
+    def reset_results(self) -> None:
+        self.callback.clear()
+        self.logged.clear()
+        self.pbar.clear()

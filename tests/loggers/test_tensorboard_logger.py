@@ -1,0 +1,219 @@
+import builtins
+import os
+import pickle
+import subprocess
+import sys
+from argparse import Namespace
+
+import pytest
+import torch
+import yaml
+
+pytest.importorskip("tensorboard")
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+from featherlight.loggers import TensorBoardLogger  # noqa: E402
+from featherlight.loggers import tensorboard as tb_module  # noqa: E402
+from featherlight.utilities.rank_zero import rank_zero_only  # noqa: E402
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _events(log_dir):
+    acc = EventAccumulator(log_dir, size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def _scalars(log_dir, tag):
+    return [(e.step, e.value) for e in _events(log_dir).Scalars(tag)]
+
+
+def test_directories_and_versions(tmp_path):
+    logger = TensorBoardLogger(tmp_path)
+    assert logger.version == 0
+    assert logger.save_dir == str(tmp_path)
+    assert logger.root_dir == os.path.join(str(tmp_path), "lightning_logs")
+    assert logger.log_dir == os.path.join(str(tmp_path), "lightning_logs", "version_0")
+    (tmp_path / "lightning_logs" / "version_3").mkdir(parents=True)
+    assert TensorBoardLogger(tmp_path).version == 4
+    assert TensorBoardLogger(tmp_path, version="abc").log_dir == os.path.join(str(tmp_path), "lightning_logs", "abc")
+    sub = TensorBoardLogger(tmp_path, name="", version=1, sub_dir="train")
+    assert sub.log_dir == os.path.join(str(tmp_path), "version_1", "train")
+
+
+def test_log_dir_expands_user_and_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("FL_TB_TEST_DIR", str(tmp_path))
+    logger = TensorBoardLogger("$FL_TB_TEST_DIR", version=0)
+    assert logger.log_dir == os.path.join(str(tmp_path), "lightning_logs", "version_0")
+
+
+def test_writer_is_created_lazily(tmp_path):
+    logger = TensorBoardLogger(tmp_path)
+    assert logger._experiment is None
+    assert not os.path.exists(logger.log_dir)
+    writer = logger.experiment
+    from torch.utils.tensorboard import SummaryWriter
+
+    assert isinstance(writer, SummaryWriter)
+    assert logger.experiment is writer
+    assert os.path.abspath(writer.log_dir) == os.path.abspath(logger.log_dir)
+
+
+def test_log_metrics_writes_scalars(tmp_path):
+    logger = TensorBoardLogger(tmp_path, prefix="p")
+    logger.log_metrics({"loss": torch.tensor(0.5), "acc": 0.25}, step=3)
+    logger.log_metrics({"loss": 0.125}, step=4)
+    logger.log_metrics({"grouped": {"a": 1.0, "b": 2.0}}, step=5)
+    logger.finalize("success")
+    assert _scalars(logger.log_dir, "p-loss") == [(3, 0.5), (4, 0.125)]
+    assert _scalars(logger.log_dir, "p-acc") == [(3, 0.25)]
+    grouped_dirs = [d for d in os.listdir(logger.log_dir) if d.startswith("p-grouped")]
+    assert sorted(grouped_dirs) == ["p-grouped_a", "p-grouped_b"]  # add_scalars writes one run per key
+
+
+def test_log_metrics_rejects_non_scalars(tmp_path):
+    logger = TensorBoardLogger(tmp_path)
+    with pytest.raises(ValueError, match="Cannot log metric 'bad'"):
+        logger.log_metrics({"bad": "text"}, step=0)
+
+
+@pytest.mark.filterwarnings("ignore:Skipping hyperparameter 'act'")
+def test_log_hyperparams_writes_yaml_and_hparams_plugin(tmp_path):
+    logger = TensorBoardLogger(tmp_path)
+    logger.log_hyperparams({"lr": 0.1, "opt": {"name": "sgd"}, "act": torch.nn.ReLU})
+    logger.log_hyperparams(Namespace(batch_size=4))
+    with open(os.path.join(logger.log_dir, "hparams.yaml")) as f:
+        saved = yaml.safe_load(f)
+    assert saved["lr"] == 0.1 and saved["opt"] == {"name": "sgd"} and saved["batch_size"] == 4
+    logger.finalize("success")
+
+    events = _events(logger.log_dir)
+    assert _scalars(logger.log_dir, "hp_metric") == [(0, -1.0), (0, -1.0)]
+    plugin = events.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in plugin and "_hparams_/experiment" in plugin
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    info = plugin_data_pb2.HParamsPluginData.FromString(plugin["_hparams_/session_start_info"]).session_start_info
+    assert info.hparams["lr"].number_value == 0.1
+    assert info.hparams["opt/name"].string_value == "sgd"  # nested params are flattened
+    assert info.hparams["act"].string_value == "ReLU"  # non-primitives are sanitized
+
+
+def test_log_hyperparams_metrics_options(tmp_path):
+    logger = TensorBoardLogger(tmp_path, version=0)
+    logger.log_hyperparams({"lr": 1}, metrics={"val_acc": 0.5})
+    logger.log_hyperparams({"lr": 1}, metrics=0.75, step=2)
+    no_default = TensorBoardLogger(tmp_path, version=1, default_hp_metric=False)
+    no_default.log_hyperparams({"lr": 1})
+    logger.finalize("success")
+    no_default.finalize("success")
+    assert _scalars(logger.log_dir, "val_acc") == [(0, 0.5)]
+    assert _scalars(logger.log_dir, "hp_metric") == [(2, 0.75)]
+    # without metrics and without the default hp_metric only hparams.yaml is written
+    assert os.listdir(no_default.log_dir) == ["hparams.yaml"]
+
+
+def test_save_writes_missing_hparams_file(tmp_path):
+    logger = TensorBoardLogger(tmp_path)
+    logger.log_metrics({"x": 1.0}, step=0)
+    logger.save()
+    with open(os.path.join(logger.log_dir, "hparams.yaml")) as f:
+        assert yaml.safe_load(f) == {}
+
+
+def test_finalize_closes_writer(tmp_path):
+    logger = TensorBoardLogger(tmp_path)
+    logger.finalize("success")  # nothing logged: no writer is created
+    assert logger._experiment is None
+    logger.log_metrics({"x": 1.0}, step=0)
+    writer = logger.experiment
+    logger.finalize("success")
+    assert writer.all_writers is None  # SummaryWriter.close() drops its file writers
+
+
+class _Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 2)
+        self.example_input_array = torch.randn(1, 3)
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
+def test_log_graph(tmp_path):
+    logger = TensorBoardLogger(tmp_path, log_graph=True)
+    logger.log_graph(_Net())
+    logger.finalize("success")
+    assert _events(logger.log_dir).Graph() is not None
+
+    disabled = TensorBoardLogger(tmp_path, log_graph=False)
+    disabled.log_graph(_Net())
+    assert disabled._experiment is None
+
+
+def test_log_graph_warns_without_input(tmp_path):
+    logger = TensorBoardLogger(tmp_path, log_graph=True)
+    with pytest.warns(UserWarning, match="example_input_array"):
+        logger.log_graph(torch.nn.Linear(3, 2))
+    with pytest.warns(UserWarning, match="tuple"):
+        logger.log_graph(torch.nn.Linear(3, 2), input_array=[1, 2, 3])
+
+
+def test_non_zero_rank_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    logger = TensorBoardLogger(tmp_path)
+    logger.log_hyperparams({"a": 1})
+    logger.log_metrics({"x": 1.0}, step=0)
+    logger.save()
+    logger.finalize("success")
+    assert os.listdir(tmp_path) == []
+
+
+def test_picklable_after_use(tmp_path):
+    logger = TensorBoardLogger(tmp_path)
+    logger.log_metrics({"x": 1.0}, step=0)
+    clone = pickle.loads(pickle.dumps(logger))
+    assert clone._experiment is None
+    assert clone.log_dir == logger.log_dir
+    logger.finalize("success")
+
+
+def test_missing_tensorboard_raises(tmp_path, monkeypatch):
+    monkeypatch.setattr(tb_module, "_module_available", lambda name: False)
+    with pytest.raises(ModuleNotFoundError, match="pip install tensorboard"):
+        TensorBoardLogger(tmp_path)
+
+
+def test_falls_back_to_tensorboardx(monkeypatch):
+    real_import = builtins.__import__
+    sentinel_writer, sentinel_hparams = object(), object()
+    fake_summary = type(sys)("tensorboardX.summary")
+    fake_summary.hparams = sentinel_hparams
+    fake_tbx = type(sys)("tensorboardX")
+    fake_tbx.SummaryWriter = sentinel_writer
+    fake_tbx.summary = fake_summary
+    monkeypatch.setitem(sys.modules, "tensorboardX", fake_tbx)
+    monkeypatch.setitem(sys.modules, "tensorboardX.summary", fake_summary)
+
+    def fake_import(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("no tensorboard in torch")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    assert tb_module._import_summary_writer() == (sentinel_writer, sentinel_hparams)
+
+
+def test_constructing_does_not_import_tensorboard(tmp_path):
+    code = (
+        "import sys; from featherlight.loggers import TensorBoardLogger; "
+        f"logger = TensorBoardLogger({str(tmp_path)!r}); logger.log_dir; "
+        "print('tensorboard' in sys.modules or 'torch.utils.tensorboard' in sys.modules)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=_REPO_ROOT)
+    out = run.stdout
+    assert out.strip() == "False"
