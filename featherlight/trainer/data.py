@@ -16,13 +16,10 @@ _HOOK = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dat
 
 
 def _overrides(obj: Any, hook: str) -> bool:
-    if obj is None:
-        return False
-    if hook in getattr(obj, "__dict__", {}):
-        return True
     from featherlight.core.hooks import DataHooks
+    from featherlight.trainer.dispatch import _is_overridden
 
-    return getattr(type(obj), hook, None) is not getattr(DataHooks, hook)
+    return obj is not None and _is_overridden(obj, hook, DataHooks)
 
 
 def _request_dataloader(trainer: "Trainer", prefix: str) -> Any:

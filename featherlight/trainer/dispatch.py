@@ -7,39 +7,48 @@ trainer (a plain attribute) so ``self.log`` can check where it is called from.
 """
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, Callable
 
 from featherlight.callbacks.callback import Callback
-from featherlight.core.hooks import SHARED_HOOKS, CheckpointHooks, DataHooks, ModelHooks
+from featherlight.core.hooks import SHARED_HOOKS
 
 if TYPE_CHECKING:
     from featherlight.trainer.trainer import Trainer
 
-_DEFAULTS: dict[str, Any] = {}
-for _base in (ModelHooks, DataHooks, CheckpointHooks):
-    for _name, _fn in vars(_base).items():
-        if callable(_fn) and not _name.startswith("__"):
-            _DEFAULTS[_name] = _fn
+def _is_overridden(obj: Any, name: str, parent: type) -> bool:
+    """Whether ``obj.name`` is not ``parent``'s implementation (seen through ``functools.wraps`` and
+    ``partial``, and including functions set on the instance)."""
+    attr = getattr(obj, name, None)
+    if attr is None:
+        return False
+    attr = getattr(attr, "__wrapped__", attr)
+    if isinstance(attr, functools.partial):
+        attr = attr.func
+    code = getattr(getattr(attr, "__func__", attr), "__code__", None)
+    base = getattr(parent, name, None)
+    if base is None:
+        return True
+    return code is None or code is not getattr(base, "__code__", None)
 
 
 def _module_overrides(module: Any, name: str) -> bool:
-    if name in getattr(module, "__dict__", {}):
-        return True  # patched onto the instance
-    fn = getattr(type(module), name, None)
-    if fn is None:
-        return False
-    default = _DEFAULTS.get(name)
-    if default is None:
-        from featherlight.core.module import LightningModule
+    """Lightning's ``is_overridden`` for the module (decides behaviour, e.g. which dataloader to use)."""
+    from featherlight.core.module import LightningModule
 
-        default = getattr(LightningModule, name, None)
-    return fn is not default
+    return _is_overridden(module, name, LightningModule)
+
+
+def _needs_call(obj: Any, name: str, parent: type) -> bool:
+    """Whether a hook call can do anything: False only when ``obj`` uses ``parent``'s own (no-op) method.
+    Anything set on the instance counts, so wrappers and recorders are always called."""
+    if name in getattr(obj, "__dict__", {}):
+        return True
+    return getattr(type(obj), name, None) is not getattr(parent, name, None)
 
 
 def _callback_overrides(cb: Callback, name: str) -> bool:
-    if name in cb.__dict__:
-        return True
-    return getattr(type(cb), name, None) is not getattr(Callback, name, None)
+    return _needs_call(cb, name, Callback)
 
 
 class _Dispatcher:
@@ -87,7 +96,9 @@ class _Dispatcher:
             return self.module[hook]
         except KeyError:
             module = self._module_obj
-            fn = getattr(module, hook) if module is not None and _module_overrides(module, hook) else None
+            from featherlight.core.module import LightningModule
+
+            fn = getattr(module, hook) if module is not None and _needs_call(module, hook, LightningModule) else None
             if fn is not None and self._profiling:
                 fn = _profiled(self._profiler, f"[LightningModule]{type(module).__name__}.{hook}", fn)
             self.module[hook] = fn

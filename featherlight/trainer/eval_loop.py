@@ -39,6 +39,7 @@ def run_evaluation(trainer: "Trainer", stage: RunningStage, loaders: list, limit
     train_hook = "on_validation_model_train" if fn == "validation" else "on_test_model_train"
     if stage == RunningStage.VALIDATING and trainer.state.fn == "fit":
         trainer._call_module("on_validation_model_zero_grad")
+    modes = _capture_modes(module)
     trainer._call_module(eval_hook)
     call(f"on_{fn}_start")
     call(f"on_{fn}_epoch_start")
@@ -67,7 +68,7 @@ def run_evaluation(trainer: "Trainer", stage: RunningStage, loaders: list, limit
     call(f"on_{fn}_epoch_end")
     results = trainer._log_eval_epoch(stage, len(loaders))
     call(f"on_{fn}_end")
-    trainer._call_module(train_hook) if trainer.state.fn == "fit" else None
+    _restore_modes(trainer, module, train_hook, modes)
     store.reset_metrics()
     trainer.state.stage = previous_stage
     return results
@@ -81,6 +82,7 @@ def run_predict(trainer: "Trainer", loaders: list, limits: list, return_predicti
     multiple = len(loaders) > 1
     trainer._log.store = None
     trainer.state.stage = RunningStage.PREDICTING
+    modes = _capture_modes(module)
     trainer._call_module("on_predict_model_eval")
     call("on_predict_start")
     call("on_predict_epoch_start")
@@ -109,7 +111,23 @@ def run_predict(trainer: "Trainer", loaders: list, limits: list, return_predicti
     trainer.predict_loop_predictions = predictions
     call("on_predict_epoch_end")
     call("on_predict_end")
-    del module
+    _restore_modes(trainer, module, None, modes)
     if not return_predictions:
         return None
     return predictions if multiple else predictions[0]
+
+
+def _capture_modes(module: torch.nn.Module) -> dict[torch.nn.Module, bool]:
+    return {m: m.training for m in module.modules()}
+
+
+def _restore_modes(trainer: "Trainer", module: torch.nn.Module, train_hook: Any, modes: dict) -> None:
+    """After evaluation: the user's ``on_*_model_train`` if overridden, else every submodule's own mode
+    back as it was (so a frozen, eval-mode backbone stays in eval mode)."""
+    from featherlight.trainer.dispatch import _module_overrides
+
+    if train_hook is not None and _module_overrides(module, train_hook):
+        trainer._call_module(train_hook)
+        return
+    for m, training in modes.items():
+        m.training = training

@@ -37,7 +37,6 @@ def run_fit(trainer: "Trainer") -> None:
         store = _ResultStore(training=True)
         trainer._log.store, trainer._log.epoch_end_reached = store, False
         trainer.state.stage = RunningStage.TRAINING
-        module.train()
         call("on_train_epoch_start")
 
         num_batches = trainer.num_training_batches

@@ -883,10 +883,12 @@ class Trainer:
         return loaders, limits
 
     def _val_enabled(self) -> bool:
+        """Validation runs if the module has a ``validation_step`` and ``limit_val_batches`` allows it."""
         from featherlight.trainer.dispatch import _module_overrides
 
-        if self.limit_val_batches == 0 or not _module_overrides(self.lightning_module, "validation_step"):
-            return False
+        return self.limit_val_batches != 0 and _module_overrides(self.lightning_module, "validation_step")
+
+    def _ensure_val_loaders(self) -> bool:
         if self._val_loaders is None:
             self._val_loaders, self._val_limits = self._load_eval_dataloaders("val")
             self._val_loaded_epoch = self._loop.epoch
@@ -897,12 +899,13 @@ class Trainer:
 
         if self.num_sanity_val_steps == 0 or not self._val_enabled():
             return
-        steps = self.num_sanity_val_steps
-        limits = [n if steps == -1 else min(n, steps) for n in self._val_limits]
-        self.num_sanity_val_batches = limits
         self.state.stage = RunningStage.SANITY_CHECKING
         self._dispatch.call("on_sanity_check_start")
-        eval_loop.run_evaluation(self, RunningStage.SANITY_CHECKING, self._val_loaders, limits)
+        if self._ensure_val_loaders():
+            steps = self.num_sanity_val_steps
+            limits = [n if steps == -1 else min(n, steps) for n in self._val_limits]
+            self.num_sanity_val_batches = limits
+            eval_loop.run_evaluation(self, RunningStage.SANITY_CHECKING, self._val_loaders, limits)
         self._dispatch.call("on_sanity_check_end")
         # sanity-check values must not leak into the real run's metrics
         self._log.reset_results()
@@ -913,8 +916,9 @@ class Trainer:
 
         n = self.reload_dataloaders_every_n_epochs
         if n and self._val_loaded_epoch is not None and self._loop.epoch - self._val_loaded_epoch >= n:
-            self._val_loaders, self._val_limits = self._load_eval_dataloaders("val")
-            self._val_loaded_epoch = self._loop.epoch
+            self._val_loaders = None
+        if not self._ensure_val_loaders():
+            return
         eval_loop.run_evaluation(self, RunningStage.VALIDATING, self._val_loaders, self._val_limits)
 
     def strategy_process_dataloader(self, loader: Any, prefix: str) -> Any:
