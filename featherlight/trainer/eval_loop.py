@@ -33,7 +33,7 @@ def run_evaluation(trainer: "Trainer", stage: RunningStage, loaders: list, limit
 
     store = _ResultStore(training=False)
     store.num_dataloaders = len(loaders)
-    trainer._log.store, trainer._log.epoch_end_reached = store, False
+    trainer._log.switch(trainer, store)
     previous_stage, trainer.state.stage = trainer.state.stage, stage
     eval_hook = "on_validation_model_eval" if fn == "validation" else "on_test_model_eval"
     train_hook = "on_validation_model_train" if fn == "validation" else "on_test_model_train"
@@ -62,9 +62,9 @@ def run_evaluation(trainer: "Trainer", stage: RunningStage, loaders: list, limit
                     output = step(batch, batch_idx, *extra)
                 trainer._current_fx = None
                 call(f"on_{fn}_batch_end", output, batch, batch_idx, *extra)
-                trainer._log_eval_step(stage)
+                trainer._log_eval_step(stage, dataloader_idx)
                 batch_idx += 1
-    trainer._log.epoch_end_reached = True
+    trainer._log.end_epoch(trainer)
     call(f"on_{fn}_epoch_end")
     results = trainer._log_eval_epoch(stage, len(loaders))
     call(f"on_{fn}_end")
@@ -80,7 +80,7 @@ def run_predict(trainer: "Trainer", loaders: list, limits: list, return_predicti
     call = trainer._dispatch.call
     precision = trainer.precision_plugin
     multiple = len(loaders) > 1
-    trainer._log.store = None
+    trainer._log.switch(trainer, None)
     trainer.state.stage = RunningStage.PREDICTING
     modes = _capture_modes(module)
     trainer._call_module("on_predict_model_eval")

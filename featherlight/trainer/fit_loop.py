@@ -35,7 +35,7 @@ def run_fit(trainer: "Trainer") -> None:
             trainer._load_train_dataloader()
         _set_sampler_epoch(trainer.train_dataloader, loop.epoch)
         store = _ResultStore(training=True)
-        trainer._log.store, trainer._log.epoch_end_reached = store, False
+        trainer._log.switch(trainer, store)
         trainer.state.stage = RunningStage.TRAINING
         call("on_train_epoch_start")
 
@@ -63,7 +63,7 @@ def run_fit(trainer: "Trainer") -> None:
                 trainer._log_train_step()
             if _should_validate(trainer, batch_idx, is_last):
                 trainer._run_validation_in_fit()
-                trainer._log.store, trainer._log.epoch_end_reached = store, False
+                trainer._log.switch(trainer, store)
                 trainer.state.stage = RunningStage.TRAINING
             if stepped_window:
                 if module.automatic_optimization:
@@ -72,7 +72,7 @@ def run_fit(trainer: "Trainer") -> None:
             if _epoch_done(trainer):
                 break
 
-        trainer._log.epoch_end_reached = True
+        trainer._log.end_epoch(trainer)
         call("on_train_epoch_end")
         trainer._log_train_epoch()
         if module.automatic_optimization:

@@ -170,7 +170,8 @@ class _ResultStore:
 
     def __init__(self, training: bool) -> None:
         self.training = training
-        self.entries: dict[tuple[str, str], _Entry] = {}
+        self.entries: dict[tuple[str, str, Optional[int]], _Entry] = {}
+        self.has_step_entries = False
         self.batch: Any = None
         self.batch_size: Optional[int] = None
         self.dataloader_idx: Optional[int] = None
@@ -198,8 +199,8 @@ class _ResultStore:
         batch_size: Optional[int],
         rank_zero_only: bool,
     ) -> None:
-        entry = self.entries.get((fx, name))
-        if entry is None or entry.meta.dataloader_idx != self.dataloader_idx:
+        entry = self.entries.get((fx, name, self.dataloader_idx))
+        if entry is None:
             entry = self._register(fx, name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist,
                                    sync_dist_group, add_dataloader_idx, rank_zero_only)
         if entry.metric is not None:
@@ -268,9 +269,10 @@ class _ResultStore:
                     "Give each a different name."
                 )
         entry = _Entry(meta)
+        self.has_step_entries |= on_step
         if _is_metric(value):
             entry.metric = value
-        self.entries[(fx, name)] = entry
+        self.entries[(fx, name, self.dataloader_idx)] = entry
         return entry
 
     def metrics(self, trainer: "Trainer", on_step: bool) -> tuple[dict, dict, dict]:
@@ -339,6 +341,19 @@ class _LogState:
         self.logged.update(log)
         self.pbar.update(pbar)
         return callback, log, pbar
+
+    def switch(self, trainer: "Trainer", store: Optional[_ResultStore]) -> None:
+        """Make ``store`` the running one. The outgoing store's step values are read first, so the
+        metric dicts hold the last batch's values as they would had they been refreshed every batch."""
+        if self.store is not None and not self.epoch_end_reached:
+            self.refresh(trainer)
+        self.store, self.epoch_end_reached = store, False
+
+    def end_epoch(self, trainer: "Trainer") -> None:
+        """From now on the running store reports epoch values (after its last step values are read)."""
+        if not self.epoch_end_reached:
+            self.refresh(trainer)
+        self.epoch_end_reached = True
 
     def reset_results(self) -> None:
         self.callback.clear()

@@ -438,6 +438,7 @@ class Trainer:
             )
         self.state.fn, self.state.status, self.state.stage = fn, TrainerStatus.RUNNING, None
         self.should_stop = False
+        self._eval_step_counters: dict = {}
         self._attach(model, datamodule)
         try:
             out = self._run_stage_guarded(fn, ckpt_path)
@@ -763,8 +764,11 @@ class Trainer:
         self._call_module("configure_gradient_clipping", optimizer, gradient_clip_val=self.gradient_clip_val,
                           gradient_clip_algorithm=self.gradient_clip_algorithm)
 
-    def _log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
-        """Send metrics to every logger as Python numbers (this is where a host sync happens)."""
+    def _log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None, step_offset: int = 0) -> None:
+        """Send metrics to every logger as Python numbers (this is where a host sync happens).
+
+        Without an explicit ``step``, ``epoch`` is added and the step is ``batches_that_stepped`` (+ offset).
+        """
         if not self.loggers or not metrics:
             return
         scalars = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
@@ -772,7 +776,7 @@ class Trainer:
             step = scalars.pop("step", None)
         if step is None:
             scalars.setdefault("epoch", self.current_epoch)
-            step = self._loop.batches_that_stepped
+            step = self._loop.batches_that_stepped + step_offset
         for logger in self.loggers:
             logger.log_metrics(metrics=scalars, step=int(step))
             logger.save()
@@ -786,18 +790,22 @@ class Trainer:
 
     def _log_train_epoch(self) -> None:
         _, log, _ = self._log.refresh(self)
-        self._log_metrics(log, step=self._loop.batches_that_stepped - 1 if self._loop.batches_that_stepped else 0) \
-            if log and self.loggers else None
+        # Lightning logs epoch-end training metrics at the step of the epoch's last batch
+        self._log_metrics(log, step_offset=-1)
 
-    def _log_eval_step(self, stage: RunningStage) -> None:
-        if stage == RunningStage.SANITY_CHECKING or not self.loggers:
-            return
+    def _log_eval_step(self, stage: RunningStage, dataloader_idx: int) -> None:
         store = self._log.store
-        if store is None or not any(e.meta.on_step for e in store.entries.values()):
+        if stage == RunningStage.SANITY_CHECKING or not self.loggers or not store.has_step_entries:
             return
         _, log, _ = self._log.refresh(self)
-        self._eval_log_step = getattr(self, "_eval_log_step", 0) + 1
-        self._log_metrics(log, step=self._eval_log_step - 1)
+        # step-level evaluation metrics are logged against a per-dataloader batch counter of this loop
+        counters = self._eval_step_counters.setdefault(stage, {})
+        step = counters.get(dataloader_idx, 0)
+        counters[dataloader_idx] = step + 1
+        suffix = f"/dataloader_idx_{dataloader_idx}"
+        if store.num_dataloaders > 1:
+            log = {k: v for k, v in log.items() if k.endswith(suffix) or "/dataloader_idx_" not in k}
+        self._log_metrics(log, step=step)
 
     def _log_eval_epoch(self, stage: RunningStage, num_dataloaders: int) -> list[dict[str, float]]:
         callback, log, _ = self._log.refresh(self)
