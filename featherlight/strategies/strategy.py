@@ -84,6 +84,13 @@ class Strategy:
         """Release what ``setup`` created; the module stays on its device like Lightning's does on CPU."""
 
     # ---------------------------------------------------------------- steps
+    def step_function(self, name: str) -> Any:
+        """The callable the loop uses for ``name`` (e.g. ``"training_step"``), resolved once per run.
+        In one process that is the module's own method; wrappers (DDP) return their forward path."""
+        if type(self).training_step is Strategy.training_step and name == "training_step":
+            return getattr(self._lightning_module, name)
+        return getattr(self, name)
+
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
         return self._lightning_module.training_step(*args, **kwargs)  # type: ignore[union-attr]
 

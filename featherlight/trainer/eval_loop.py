@@ -1,7 +1,7 @@
 """Evaluation (validation, test, sanity check) and prediction: one pass over each dataloader."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 
@@ -18,8 +18,12 @@ _NAMES = {
 }
 
 
-def run_evaluation(trainer: "Trainer", stage: RunningStage, loaders: list, limits: list) -> list[dict[str, float]]:
+def run_evaluation(trainer: "Trainer", stage: RunningStage, loaders: list, limits: list,
+                   reload: Optional[Callable[[], tuple[list, list]]] = None) -> list[dict[str, float]]:
     """Run ``validation_step``/``test_step`` over ``loaders`` (``limits[i]`` batches each).
+
+    ``reload`` (when dataloaders are reloaded every n epochs) fetches fresh loaders at the point
+    Lightning does: after the module's gradients are dropped, before it is put in eval mode.
 
     Returns one dict per dataloader of the epoch-level metrics sent to the loggers, as floats.
     """
@@ -39,6 +43,8 @@ def run_evaluation(trainer: "Trainer", stage: RunningStage, loaders: list, limit
     train_hook = "on_validation_model_train" if fn == "validation" else "on_test_model_train"
     if stage == RunningStage.VALIDATING and trainer.state.fn == "fit":
         trainer._call_module("on_validation_model_zero_grad")
+    if reload is not None:
+        loaders, limits = reload()
     modes = _capture_modes(module)
     trainer._call_module(eval_hook)
     call(f"on_{fn}_start")

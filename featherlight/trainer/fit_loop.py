@@ -29,6 +29,8 @@ def run_fit(trainer: "Trainer") -> None:
     module = trainer.lightning_module
 
     trainer._load_train_dataloader()
+    if trainer._val_enabled():
+        trainer._ensure_val_loaders()
     call("on_train_start")
     while not _fit_done(trainer):
         if trainer._should_reload_train_dl():
@@ -120,10 +122,10 @@ def _window_end(trainer: "Trainer", batch_idx: int, is_last: bool) -> bool:
 def _automatic_step(trainer: "Trainer", batch: Any, batch_idx: int, is_last: bool) -> dict:
     """One batch of automatic optimisation: the closure, and ``optimizer_step`` when a window ends."""
     module = trainer.lightning_module
-    strategy = trainer.strategy
+    training_step = trainer._training_step
     precision = trainer.precision_plugin
     call = trainer._dispatch.call
-    optimizer = strategy._lightning_optimizers[0]
+    optimizer = trainer.strategy._lightning_optimizers[0]
     accumulate = trainer.accumulate_grad_batches
     zero_grad_first = batch_idx % accumulate == 0
     result: list = []
@@ -131,7 +133,7 @@ def _automatic_step(trainer: "Trainer", batch: Any, batch_idx: int, is_last: boo
     def closure() -> Optional[Tensor]:
         trainer._current_fx = "training_step"
         with precision.forward_context():
-            output = strategy.training_step(batch, batch_idx)
+            output = training_step(batch, batch_idx)
         trainer._current_fx = None
         loss = _loss_from_output(output)
         result.append(output if isinstance(output, dict) else ({"loss": loss.detach()} if loss is not None else {}))
@@ -153,7 +155,9 @@ def _automatic_step(trainer: "Trainer", batch: Any, batch_idx: int, is_last: boo
         return loss
 
     if _window_end(trainer, batch_idx, is_last):
-        trainer._call_module("optimizer_step", trainer.current_epoch, batch_idx, optimizer, closure)
+        trainer._current_fx = "optimizer_step"
+        module.optimizer_step(trainer.current_epoch, batch_idx, optimizer, closure)
+        trainer._current_fx = None
         if not result:
             raise MisconfigurationException(
                 "The closure wasn't executed. `optimizer_step` must call `optimizer.step(closure=optimizer_closure)` "
@@ -188,7 +192,7 @@ def _manual_step(trainer: "Trainer", batch: Any, batch_idx: int) -> dict:
     precision = trainer.precision_plugin
     trainer._current_fx = "training_step"
     with precision.forward_context():
-        output = trainer.strategy.training_step(batch, batch_idx)
+        output = trainer._training_step(batch, batch_idx)
     trainer._current_fx = None
     if output is None:
         return {}

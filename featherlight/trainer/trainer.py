@@ -441,7 +441,7 @@ class Trainer:
         self._eval_step_counters: dict = {}
         self._attach(model, datamodule)
         try:
-            out = self._run_stage_guarded(fn, ckpt_path)
+            out = self._setup_and_run(fn, ckpt_path)
         except BaseException as exc:
             self._on_exception(exc)
             raise
@@ -464,7 +464,8 @@ class Trainer:
     def _given_loaders_any(self) -> bool:
         return any(v is not None for v in self._given_loaders.values())
 
-    def _run_stage_guarded(self, fn: TrainerFn, ckpt_path: Optional[_PATH]) -> Any:
+    def _setup_and_run(self, fn: TrainerFn, ckpt_path: Optional[_PATH]) -> Any:
+        """Everything between the entry point and the loops: hooks, setup, optimizers, restore; then the loop."""
         module = self.lightning_module
         self._merge_module_callbacks()
         self._dispatch.rebuild()
@@ -491,6 +492,7 @@ class Trainer:
         self._val_loaders = None
         if fn == TrainerFn.FITTING:
             self._configure_optimizers()
+            self._training_step = self.strategy.step_function("training_step")
         self.ckpt_path = self._resolve_ckpt_path(ckpt_path, fn)
         if self.ckpt_path is not None:
             from featherlight.trainer.checkpoint import _restore
@@ -499,24 +501,25 @@ class Trainer:
         if fn == TrainerFn.FITTING:
             self._dispatch.call("on_fit_start")
         self._log_hyperparams()
-        out = self._run_stage(fn)
-        if fn == TrainerFn.FITTING:
-            self._dispatch.call("on_fit_end")
-        self._teardown(stage)
-        return out
-
-    def _run_stage(self, fn: TrainerFn) -> Any:
-        from featherlight.trainer import eval_loop, fit_loop
-
         self.lightning_module.zero_grad()
         if fn == TrainerFn.FITTING:
+            from featherlight.trainer import fit_loop
             from featherlight.utilities.seed import isolate_rng
 
-            with isolate_rng():
+            with isolate_rng():  # the sanity check must not change what the training run draws
                 self._run_sanity_check()
             with torch.autograd.set_detect_anomaly(self._detect_anomaly):
                 fit_loop.run_fit(self)
-            return None
+            self._dispatch.call("on_fit_end")
+            out = None
+        else:
+            out = self._run_evaluation_entry(fn)
+        self._teardown(stage)
+        return out
+
+    def _run_evaluation_entry(self, fn: TrainerFn) -> Any:
+        from featherlight.trainer import eval_loop
+
         if fn == TrainerFn.PREDICTING:
             loaders, limits = self._load_eval_dataloaders("predict")
             if not loaders:
@@ -923,11 +926,15 @@ class Trainer:
         from featherlight.trainer import eval_loop
 
         n = self.reload_dataloaders_every_n_epochs
+        reload = None
         if n and self._val_loaded_epoch is not None and self._loop.epoch - self._val_loaded_epoch >= n:
-            self._val_loaders = None
-        if not self._ensure_val_loaders():
+            def reload() -> tuple[list, list]:
+                self._val_loaders = None
+                self._ensure_val_loaders()
+                return self._val_loaders, self._val_limits
+        elif not self._ensure_val_loaders():
             return
-        eval_loop.run_evaluation(self, RunningStage.VALIDATING, self._val_loaders, self._val_limits)
+        eval_loop.run_evaluation(self, RunningStage.VALIDATING, self._val_loaders, self._val_limits, reload)
 
     def strategy_process_dataloader(self, loader: Any, prefix: str) -> Any:
         process = getattr(self.strategy, "process_dataloader", None)

@@ -68,7 +68,7 @@ def _describe(name: str, args: tuple, kwargs: dict) -> str:
     return name + (f"({','.join(extra)})" if extra else "")
 
 
-def make_classes(L: Any) -> tuple[type, type]:
+def make_classes(L: Any, n_train: int = 4, n_val: int = 4) -> tuple[type, type]:
     """(HookedModel, HookedCallback) built on framework ``L`` (``lightning`` or ``featherlight``)."""
 
     class HookedCallback(L.Callback):
@@ -124,10 +124,10 @@ def make_classes(L: Any) -> tuple[type, type]:
             return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=1)]
 
         def train_dataloader(self) -> DataLoader:
-            return DataLoader(_Data(4), batch_size=2)
+            return DataLoader(_Data(n_train), batch_size=2)
 
         def val_dataloader(self) -> DataLoader:
-            return DataLoader(_Data(4), batch_size=2)
+            return DataLoader(_Data(n_val), batch_size=2)
 
         def test_dataloader(self) -> DataLoader:
             return DataLoader(_Data(4), batch_size=2)
@@ -145,12 +145,16 @@ TRAINER_KWARGS = dict(
 )
 
 
-def record(L: Any, fn: str, **trainer_kwargs: Any) -> list[str]:
-    """The hooks ``L`` calls for ``trainer.<fn>(model)``."""
+def record(L: Any, fn: str, n_train: int = 4, n_val: int = 4, bare: bool = False, **trainer_kwargs: Any) -> list[str]:
+    """The hooks ``L`` calls for ``trainer.<fn>(model)``. ``bare`` drops the default batch limits."""
     called: list[str] = []
-    HookedModel, HookedCallback = make_classes(L)
+    HookedModel, HookedCallback = make_classes(L, n_train, n_val)
     model = HookedModel(called)
     kwargs = dict(TRAINER_KWARGS, enable_checkpointing=False)
+    if bare:
+        for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
+                    "num_sanity_val_steps"):
+            kwargs.pop(key)
     kwargs.update(trainer_kwargs)
     trainer = L.Trainer(callbacks=[HookedCallback(called)], default_root_dir=kwargs.pop("default_root_dir", None),
                         **kwargs)
@@ -164,6 +168,20 @@ SCENARIOS: dict[str, tuple[str, dict]] = {
     "fit_accumulate": ("fit", {"accumulate_grad_batches": 2, "limit_train_batches": 3}),
     "fit_clip": ("fit", {"gradient_clip_val": 1.0}),
     "fit_two_epochs_val_interval": ("fit", {"max_epochs": 2, "val_check_interval": 1, "limit_train_batches": 2}),
+    "fast_dev_run": ("fit", {"bare": True, "fast_dev_run": True, "max_epochs": 3}),
+    "fast_dev_run_2": ("fit", {"bare": True, "fast_dev_run": 2, "n_train": 8}),
+    "max_steps": ("fit", {"bare": True, "max_epochs": -1, "max_steps": 3, "n_val": 2}),
+    "val_check_fraction": ("fit", {"bare": True, "n_train": 8, "n_val": 2, "val_check_interval": 0.5}),
+    "check_val_every_2_epochs": ("fit", {"bare": True, "n_val": 2, "max_epochs": 3, "check_val_every_n_epoch": 2}),
+    "val_interval_across_epochs": ("fit", {"bare": True, "n_val": 2, "max_epochs": 3, "val_check_interval": 3,
+                                           "check_val_every_n_epoch": None}),
+    "sanity_all": ("fit", {"bare": True, "n_val": 6, "num_sanity_val_steps": -1, "limit_train_batches": 1}),
+    "no_sanity": ("fit", {"bare": True, "num_sanity_val_steps": 0}),
+    "limit_fraction": ("fit", {"bare": True, "n_train": 8, "limit_train_batches": 0.5, "limit_val_batches": 0.5}),
+    "limit_val_zero": ("fit", {"bare": True, "limit_val_batches": 0}),
+    "overfit": ("fit", {"bare": True, "n_train": 8, "overfit_batches": 2}),
+    "reload_dataloaders": ("fit", {"bare": True, "n_val": 2, "max_epochs": 3, "reload_dataloaders_every_n_epochs": 1}),
+    "min_max_epochs": ("fit", {"bare": True, "n_val": 2, "max_epochs": 2, "min_epochs": 1}),
     "validate": ("validate", {}),
     "test": ("test", {}),
     "predict": ("predict", {}),
