@@ -1,1 +1,57 @@
+"""Callbacks: the :class:`Callback` base and the built-in callbacks (Lightning's names and behaviour).
+
+The built-in callbacks are imported on first access (``from featherlight.callbacks import Timer``), so
+that ``import featherlight`` pays only for the ones a program uses.
+"""
+from typing import TYPE_CHECKING, Any
+
 from featherlight.callbacks.callback import Callback
+
+_LAZY = {
+    "BackboneFinetuning": "featherlight.callbacks.finetuning",
+    "BaseFinetuning": "featherlight.callbacks.finetuning",
+    "BasePredictionWriter": "featherlight.callbacks.prediction_writer",
+    "Checkpoint": "featherlight.callbacks.checkpoint",
+    "EarlyStopping": "featherlight.callbacks.early_stopping",
+    "LambdaCallback": "featherlight.callbacks.lambda_function",
+    "LearningRateMonitor": "featherlight.callbacks.lr_monitor",
+    "ModelCheckpoint": "featherlight.callbacks.model_checkpoint",
+    "ModelSummary": "featherlight.callbacks.model_summary",
+    "OnExceptionCheckpoint": "featherlight.callbacks.on_exception_checkpoint",
+    "ProgressBar": "featherlight.callbacks.progress.progress_bar",
+    "RichModelSummary": "featherlight.callbacks.rich_model_summary",
+    "RichProgressBar": "featherlight.callbacks.progress.rich_progress",
+    "TQDMProgressBar": "featherlight.callbacks.progress.tqdm_progress",
+    "Timer": "featherlight.callbacks.timer",
+}
+
+__all__ = ["Callback", *sorted(_LAZY)]
+
+if TYPE_CHECKING:
+    from featherlight.callbacks.checkpoint import Checkpoint
+    from featherlight.callbacks.early_stopping import EarlyStopping
+    from featherlight.callbacks.finetuning import BackboneFinetuning, BaseFinetuning
+    from featherlight.callbacks.lambda_function import LambdaCallback
+    from featherlight.callbacks.lr_monitor import LearningRateMonitor
+    from featherlight.callbacks.model_checkpoint import ModelCheckpoint
+    from featherlight.callbacks.model_summary import ModelSummary
+    from featherlight.callbacks.on_exception_checkpoint import OnExceptionCheckpoint
+    from featherlight.callbacks.prediction_writer import BasePredictionWriter
+    from featherlight.callbacks.progress import ProgressBar, RichProgressBar, TQDMProgressBar
+    from featherlight.callbacks.rich_model_summary import RichModelSummary
+    from featherlight.callbacks.timer import Timer
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_LAZY))

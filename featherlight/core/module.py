@@ -207,6 +207,12 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
                 "You are trying to `self.log()` but the module is not attached to a `Trainer`; the value is dropped."
             )
             return
+        if trainer.barebones:
+            _warnings.warn(
+                "You are trying to `self.log()` but `Trainer(barebones=True)` is configured. Logging can "
+                "impact raw speed so it is disabled under this setting."
+            )
+            return
         store = trainer._log.store
         fx = trainer._current_fx
         if store is None:

@@ -87,7 +87,7 @@ class Strategy:
     def step_function(self, name: str) -> Any:
         """The callable the loop uses for ``name`` (e.g. ``"training_step"``), resolved once per run.
         In one process that is the module's own method; wrappers (DDP) return their forward path."""
-        if type(self).training_step is Strategy.training_step and name == "training_step":
+        if getattr(type(self), name) is getattr(Strategy, name):
             return getattr(self._lightning_module, name)
         return getattr(self, name)
 

@@ -32,7 +32,7 @@ def run_evaluation(trainer: "Trainer", stage: RunningStage, loaders: list, limit
     call = trainer._dispatch.call
     strategy = trainer.strategy
     precision = trainer.precision_plugin
-    step = getattr(strategy, f"{fn}_step")
+    step = trainer._profiled(strategy.step_function(f"{fn}_step"), f"[Strategy]{type(strategy).__name__}.{fn}_step")
     multiple = len(loaders) > 1
 
     store = _ResultStore(training=False)
@@ -93,6 +93,9 @@ def run_predict(trainer: "Trainer", loaders: list, limits: list, return_predicti
     call("on_predict_start")
     call("on_predict_epoch_start")
     predictions: list[list] = [[] for _ in loaders]
+    strategy = trainer.strategy
+    predict_step = trainer._profiled(strategy.step_function("predict_step"),
+                                     f"[Strategy]{type(strategy).__name__}.predict_step")
     grad_context = torch.inference_mode() if trainer._inference_mode else torch.no_grad()
     with grad_context:
         for dataloader_idx, (loader, limit) in enumerate(zip(loaders, limits)):
@@ -108,7 +111,7 @@ def run_predict(trainer: "Trainer", loaders: list, limits: list, return_predicti
                 call("on_predict_batch_start", batch, batch_idx, *extra)
                 trainer._current_fx = "predict_step"
                 with precision.forward_context():
-                    output = trainer.strategy.predict_step(batch, batch_idx, *extra)
+                    output = predict_step(batch, batch_idx, *extra)
                 trainer._current_fx = None
                 call("on_predict_batch_end", output, batch, batch_idx, *extra)
                 if return_predictions:

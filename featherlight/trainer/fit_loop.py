@@ -14,12 +14,9 @@ from torch import Tensor
 from featherlight.trainer.logging import _ResultStore
 from featherlight.trainer.states import RunningStage
 from featherlight.utilities.exceptions import MisconfigurationException
-from featherlight.utilities.rank_zero import WarningCache
 
 if TYPE_CHECKING:
     from featherlight.trainer.trainer import Trainer
-
-_warnings = WarningCache()
 
 
 def run_fit(trainer: "Trainer") -> None:
@@ -44,16 +41,17 @@ def run_fit(trainer: "Trainer") -> None:
         num_batches = trainer.num_training_batches
         start = loop.resume_batch_idx
         loop.resume_batch_idx = 0
+        step = trainer._profiled(_automatic_step if module.automatic_optimization else _manual_step,
+                                 "run_training_batch")
+        epoch_profile = trainer._profile("run_training_epoch")
+        epoch_profile.__enter__()
         for batch_idx, batch, is_last in _batches(trainer, trainer.train_dataloader, num_batches, start):
             loop.batch_idx = batch_idx
             batch = trainer._transfer_batch(batch, 0)
             store.new_batch(batch)
             if call("on_train_batch_start", batch, batch_idx) == -1:
                 break
-            if module.automatic_optimization:
-                outputs = _automatic_step(trainer, batch, batch_idx, is_last)
-            else:
-                outputs = _manual_step(trainer, batch, batch_idx)
+            outputs = step(trainer, batch, batch_idx, is_last)
             stepped_window = not module.automatic_optimization or _window_end(trainer, batch_idx, is_last)
             if stepped_window and module.automatic_optimization:
                 _step_schedulers(trainer, "step", batch_idx)
@@ -73,6 +71,7 @@ def run_fit(trainer: "Trainer") -> None:
                 loop.batches_that_stepped += 1
             if _epoch_done(trainer):
                 break
+        epoch_profile.__exit__(None, None, None)
 
         trainer._log.end_epoch(trainer)
         call("on_train_epoch_end")
@@ -141,7 +140,7 @@ def _automatic_step(trainer: "Trainer", batch: Any, batch_idx: int, is_last: boo
             call("on_before_zero_grad", optimizer.optimizer)
             trainer._call_module("optimizer_zero_grad", trainer.current_epoch, batch_idx, optimizer.optimizer)
         if loss is None:
-            _warnings.warn(
+            trainer._warnings.warn(
                 "`training_step` returned `None`. If this was on purpose, ignore this warning: the batch is skipped."
             )
             return None
@@ -187,7 +186,7 @@ def _loss_from_output(output: Any) -> Optional[Tensor]:
     )
 
 
-def _manual_step(trainer: "Trainer", batch: Any, batch_idx: int) -> dict:
+def _manual_step(trainer: "Trainer", batch: Any, batch_idx: int, is_last: bool) -> dict:
     """One batch of manual optimisation: the user's ``training_step`` steps optimizers itself."""
     precision = trainer.precision_plugin
     trainer._current_fx = "training_step"
@@ -229,7 +228,7 @@ def _step_schedulers(trainer: "Trainer", interval: str, batch_idx: Optional[int]
                 )
                 if config.strict:
                     raise MisconfigurationException(message)
-                _warnings.warn(message + " (skipping this scheduler step because `strict=False`)")
+                trainer._warnings.warn(message + " (skipping this scheduler step because `strict=False`)")
                 continue
         trainer._call_module("lr_scheduler_step", config.scheduler, metric)
 

@@ -5,6 +5,7 @@ loop itself lives in ``fit_loop.py`` and ``eval_loop.py``; this file sets the st
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from datetime import timedelta
@@ -26,6 +27,7 @@ from featherlight.utilities.exceptions import MisconfigurationException
 from featherlight.utilities.rank_zero import WarningCache, rank_zero_info, rank_zero_warn
 
 _warnings = WarningCache()
+_NO_PROFILE = contextlib.nullcontext()
 _PATH = Union[str, "os.PathLike[str]"]
 
 
@@ -86,11 +88,12 @@ class Trainer:
         self._log = _LogState()
         self._dispatch = _Dispatcher(self)
         self._current_fx: Optional[str] = None
+        self._warnings = WarningCache()
         self.should_stop = False
         self._last_step_skipped = False
         self._inference_mode = inference_mode
         self._detect_anomaly = bool(detect_anomaly)
-        self._barebones = barebones
+        self.barebones = barebones
         self._enable_autolog_hparams = enable_autolog_hparams
         self.sync_batchnorm = sync_batchnorm
         self.use_distributed_sampler = use_distributed_sampler
@@ -123,18 +126,25 @@ class Trainer:
 
         # ---- barebones and fast_dev_run switch features off as Lightning does
         if barebones:
+            # everything that costs speed is off; asking for one of them explicitly is a contradiction
             for flag, value in (("logger", logger), ("enable_checkpointing", enable_checkpointing),
                                 ("enable_progress_bar", enable_progress_bar),
                                 ("enable_model_summary", enable_model_summary),
-                                ("log_every_n_steps", log_every_n_steps), ("profiler", profiler)):
-                if value not in (None, False):
+                                ("log_every_n_steps", log_every_n_steps), ("profiler", profiler),
+                                ("num_sanity_val_steps", num_sanity_val_steps), ("fast_dev_run", fast_dev_run),
+                                ("detect_anomaly", detect_anomaly)):
+                if value not in (None, False, 0):
                     raise ValueError(
-                        f"`Trainer(barebones=True, {flag}={value!r})` was passed; barebones mode turns {flag} off. "
-                        f"Remove `{flag}` or set `barebones=False`."
+                        f"`Trainer(barebones=True, {flag}={value!r})` was passed, but barebones mode turns "
+                        f"{flag} off because it costs speed. Remove `{flag}` or set `barebones=False`."
                     )
-            if detect_anomaly:
-                raise ValueError("`Trainer(barebones=True, detect_anomaly=True)`: remove one of the two flags.")
             logger, enable_checkpointing, enable_progress_bar, enable_model_summary = False, False, False, False
+            num_sanity_val_steps = 0
+            rank_zero_info(
+                "You are running in `Trainer(barebones=True)` mode: checkpointing, the progress bar, the model "
+                "summary, logging (`self.log` is a no-op), sanity checking, fast_dev_run, anomaly detection and "
+                "profiling are off."
+            )
         if isinstance(fast_dev_run, bool):
             fast_dev_run_n = 1 if fast_dev_run else 0
         elif isinstance(fast_dev_run, int) and fast_dev_run >= 0:
@@ -439,6 +449,7 @@ class Trainer:
         self.state.fn, self.state.status, self.state.stage = fn, TrainerStatus.RUNNING, None
         self.should_stop = False
         self._eval_step_counters: dict = {}
+        self._warnings = WarningCache()  # each warning fires once per run
         self._attach(model, datamodule)
         try:
             out = self._setup_and_run(fn, ckpt_path)
@@ -492,7 +503,8 @@ class Trainer:
         self._val_loaders = None
         if fn == TrainerFn.FITTING:
             self._configure_optimizers()
-            self._training_step = self.strategy.step_function("training_step")
+            self._training_step = self._profiled(self.strategy.step_function("training_step"),
+                                                 f"[Strategy]{type(self.strategy).__name__}.training_step")
         self.ckpt_path = self._resolve_ckpt_path(ckpt_path, fn)
         if self.ckpt_path is not None:
             from featherlight.trainer.checkpoint import _restore
@@ -684,6 +696,18 @@ class Trainer:
             return getattr(self.datamodule, hook)(*args, **kwargs)
         finally:
             self._current_fx = prev
+
+    def _profiled(self, fn: Any, action: str) -> Any:
+        """``fn`` itself when profiling is off (no per-call cost); else ``fn`` inside ``profile(action)``."""
+        if not self._dispatch._profiling:
+            return fn
+        from featherlight.trainer.dispatch import _profiled
+
+        return _profiled(self.profiler, action, fn)
+
+    def _profile(self, action: str) -> Any:
+        """A context for a once-per-epoch action: the profiler's, or a shared no-op."""
+        return self.profiler.profile(action) if self._dispatch._profiling else _NO_PROFILE
 
     def _transfer_batch(self, batch: Any, dataloader_idx: int) -> Any:
         """Batch transfer hooks (datamodule's if it overrides them, else the module's) and the move."""
