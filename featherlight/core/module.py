@@ -30,7 +30,12 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
     it and every batch; use ``self.device`` or ``type_as`` for tensors created inside a step.
     """
 
-    # Attributes that are not part of the module's state (kept out of checkpoints and pickles)
+    # properties TorchScript must not compile (they reach the trainer or Python-only state)
+    __jit_unused_properties__: list[str] = [
+        "example_input_array", "on_gpu", "current_epoch", "global_step", "global_rank", "local_rank", "logger",
+        "loggers", "automatic_optimization", "trainer", "strict_loading", "device", "dtype", "hparams",
+        "hparams_initial",
+    ]
     _jit_is_scripting = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

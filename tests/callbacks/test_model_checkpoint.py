@@ -317,6 +317,13 @@ def test_step_trigger_defers_to_validation_when_metric_missing(tmp_path):
         "epoch=0-step=4.ckpt": 5.0, "epoch=1-step=8.ckpt": 3.0, "epoch=2-step=12.ckpt": 4.0}
 
 
+def test_step_trigger_defers_when_metric_not_logged_yet(tmp_path):
+    cb = ModelCheckpoint(every_n_train_steps=3, monitor="val_loss", save_top_k=-1, save_on_train_epoch_end=False)
+    _fit(tmp_path, [cb], max_epochs=1)
+    # step 3 has no val_loss yet: the save happens once validation logged it
+    assert {os.path.basename(k): float(v) for k, v in cb.best_k_models.items()} == {"epoch=0-step=4.ckpt": 5.0}
+
+
 def test_train_time_interval(tmp_path):
     cb = ModelCheckpoint(train_time_interval=timedelta(seconds=0), save_top_k=-1)
     _fit(tmp_path, [cb], max_epochs=1)
@@ -384,6 +391,19 @@ def test_nothing_saved_in_sanity_check_fast_dev_run_or_evaluation(tmp_path):
                         default_root_dir=tmp_path)
     trainer.fit(SeqModule(SEQ), _loader(), _loader())
     assert _names(tmp_path / "fdr") == []
+
+
+def test_no_save_in_sanity_check_of_a_resumed_run(tmp_path):
+    class LogsInSanity(SeqModule):
+        def on_validation_epoch_end(self):
+            self.log("val_loss", 0.0 if self.trainer.sanity_checking else 1.0)
+
+    first = ModelCheckpoint(dirpath=tmp_path / "a")
+    _fit(tmp_path, [first], max_epochs=1)
+    cb = ModelCheckpoint(dirpath=tmp_path / "b", monitor="val_loss", save_top_k=-1, save_on_train_epoch_end=False)
+    trainer = _trainer(tmp_path, [cb], max_epochs=2)
+    trainer.fit(LogsInSanity(), _loader(), _loader(), ckpt_path=first.best_model_path)
+    assert [float(v) for v in cb.best_k_models.values()] == [1.0]
 
 
 def test_no_save_before_the_first_step(tmp_path):

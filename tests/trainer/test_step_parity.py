@@ -211,10 +211,11 @@ def test_weights_match_raw_loop(name):
         # sized by estimated_stepping_batches: exactly the raw number of steps, and the schedule ran to its end
         assert model.estimated == steps
         assert model.onecycle.last_epoch == steps == sched.last_epoch
+        assert trainer.lr_scheduler_configs[0].scheduler is model.onecycle
         with pytest.raises(ValueError, match="Tried to step"):
             model.onecycle.step()  # one more step would overrun the schedule
-    if sched is not None:
-        assert trainer.lr_scheduler_configs[0].scheduler.state_dict()["last_epoch"] == sched.last_epoch
+    elif sched is not None:
+        assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == sched.last_epoch == EPOCHS
 
 
 @pytest.mark.parametrize("name", ["adam-acc3", "sgd-acc2-clip-norm", "adam-acc2-shuffle-global-dropout",
@@ -647,9 +648,11 @@ def _fit_plateau(L, **kwargs):
 
 def test_reduce_on_plateau_steps_at_epoch_end_with_the_metric():
     model, trainer = _fit_plateau(featherlight)
-    mean = sum(range(1, N_BATCHES + 1)) / N_BATCHES
+    sizes = [min(BATCH_SIZE, N_SAMPLES - i * BATCH_SIZE) for i in range(N_BATCHES)]
+    mean = sum((i + 1) * n for i, n in enumerate(sizes)) / N_SAMPLES  # weighted by batch size (the last is short)
     # once per epoch, after the last batch, with the epoch-mean of the logged metric; epoch 1 did not improve
-    assert model.stepped == [(0, N_BATCHES - 1, mean, 0.1), (1, N_BATCHES - 1, mean, 0.05)]
+    assert [(e, i, lr) for e, i, _, lr in model.stepped] == [(0, N_BATCHES - 1, 0.1), (1, N_BATCHES - 1, 0.05)]
+    assert [m for _, _, m, _ in model.stepped] == [pytest.approx(mean, rel=1e-6)] * 2
     pl = pytest.importorskip("lightning.pytorch")
     ref, _ = _fit_plateau(pl)
     assert ref.stepped == model.stepped

@@ -141,6 +141,7 @@ class RichProgressBar(ProgressBar):
         state = dict(vars(self))
         state["progress"] = None  # holds locks and the console
         state["_console"] = None
+        state["_trainer"] = None  # set again by the next run's `setup`
         return state
 
     # ------------------------------------------------------------------ properties

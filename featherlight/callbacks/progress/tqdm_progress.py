@@ -142,9 +142,9 @@ class TQDMProgressBar(ProgressBar):
         self._eval_lines = _LineReporter(self._non_tty_interval)
 
     def __getstate__(self) -> dict:
-        # tqdm objects hold locks and file handles
+        # tqdm objects hold locks and file handles; the trainer is set again by the next run's `setup`
         state = dict(vars(self))
-        for key in ("_train_progress_bar", "_val_progress_bar", "_test_progress_bar", "_predict_progress_bar",
+        for key in ("_trainer", "_train_progress_bar", "_val_progress_bar", "_test_progress_bar", "_predict_progress_bar",
                     "_eval_bar"):
             state[key] = None
         return state

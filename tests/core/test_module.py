@@ -1,0 +1,256 @@
+"""LightningModule behaviour outside and inside a Trainer."""
+import copy
+import pickle
+
+import pytest
+import torch
+
+import featherlight as L
+from featherlight.demos.boring_classes import BoringModel, ManualOptimBoringModel
+from featherlight.utilities.exceptions import MisconfigurationException
+
+
+def lean(**kwargs):
+    base = dict(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                enable_model_summary=False)
+    base.update(kwargs)
+    return L.Trainer(**base)
+
+
+def test_device_and_dtype_follow_to_calls():
+    model = BoringModel()
+    assert model.device == torch.device("cpu") and model.dtype == torch.float32
+    model.double()
+    assert model.dtype == torch.float64
+    model.to(torch.bfloat16)
+    assert model.dtype == torch.bfloat16
+
+
+def test_properties_without_a_trainer():
+    model = BoringModel()
+    assert model.current_epoch == 0 and model.global_step == 0 and model.logger is None
+    with pytest.raises(RuntimeError, match="not attached to a `Trainer`"):
+        model.trainer
+    with pytest.warns(UserWarning, match="not attached"):
+        model.log("x", 1.0)
+
+
+def test_pickle_and_deepcopy_drop_the_trainer():
+    model = BoringModel()
+    trainer = lean(limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(model)
+    assert model._trainer is trainer
+    assert pickle.loads(pickle.dumps(model))._trainer is None
+    assert copy.deepcopy(model)._trainer is None
+
+
+def test_log_rejects_non_scalar_and_unsupported_values():
+    def fit_logging(value, **kw):
+        class Model(BoringModel):
+            def training_step(self, batch, batch_idx):
+                self.log("x", value, **kw)
+                return super().training_step(batch, batch_idx)
+
+        lean(limit_train_batches=1, limit_val_batches=0).fit(Model())
+
+    with pytest.raises(ValueError, match=r"shape \(2,\).*value.mean\(\)"):
+        fit_logging(torch.ones(2))
+    with pytest.raises(ValueError, match="type str"):
+        fit_logging("high")
+    with pytest.raises(MisconfigurationException, match="reduce_fx"):
+        fit_logging(1.0, reduce_fx="median")
+    with pytest.raises(MisconfigurationException, match="on_step=False, on_epoch=False"):
+        fit_logging(1.0, on_step=False, on_epoch=False)
+
+
+@pytest.mark.parametrize("hook", ["configure_optimizers", "on_fit_start", "on_train_end", "setup"])
+def test_log_in_a_forbidden_hook_names_the_hook(hook):
+    class Model(BoringModel):
+        pass
+
+    original = getattr(BoringModel, hook)
+
+    def patched(self, *args, **kwargs):
+        self.log("x", 1.0)
+        return original(self, *args, **kwargs)
+
+    setattr(Model, hook, patched)
+    with pytest.raises(MisconfigurationException, match=f"inside `{hook}`"):
+        lean(limit_train_batches=1, limit_val_batches=0).fit(Model())
+
+
+def test_log_on_train_epoch_end_cannot_be_on_step():
+    class Model(BoringModel):
+        def on_train_epoch_end(self):
+            self.log("x", 1.0, on_step=True)
+
+    with pytest.raises(MisconfigurationException, match="on_train_epoch_end"):
+        lean(limit_train_batches=1, limit_val_batches=0).fit(Model())
+
+
+def test_log_step_epoch_suffixes_reductions_and_batch_size_weighting():
+    class Model(BoringModel):
+        def training_step(self, batch, batch_idx):
+            self.log("both", float(batch_idx), on_step=True, on_epoch=True)
+            self.log("mx", float(batch_idx), on_step=False, on_epoch=True, reduce_fx="max")
+            self.log("sm", 1.0, on_step=False, on_epoch=True, reduce_fx=torch.sum)
+            self.log("weighted", float(batch_idx), on_step=False, on_epoch=True, batch_size=batch_idx + 1)
+            return super().training_step(batch, batch_idx)
+
+    trainer = lean(limit_train_batches=4, limit_val_batches=0)
+    trainer.fit(Model())
+    m = trainer.callback_metrics
+    assert float(m["both_step"]) == 3.0 and float(m["both_epoch"]) == 1.5 and float(m["both"]) == 1.5
+    assert float(m["mx"]) == 3.0 and float(m["sm"]) == 4.0
+    # sum(i * (i + 1)) / sum(i + 1) for i in 0..3 = 20 / 10
+    assert float(m["weighted"]) == pytest.approx(2.0)
+
+
+def test_epoch_mean_uses_the_inferred_batch_size():
+    class Model(BoringModel):
+        def validation_step(self, batch, batch_idx):
+            self.log("v", float(batch.shape[0]))
+
+    loader = torch.utils.data.DataLoader(torch.randn(10, 32), batch_size=4)  # batches of 4, 4, 2
+    out = lean().validate(Model(), loader, verbose=False)
+    assert out[0]["v"] == pytest.approx((4 * 4 + 4 * 4 + 2 * 2) / 10)
+
+
+def test_log_torchmetrics_metric_is_computed_over_the_epoch():
+    torchmetrics = pytest.importorskip("torchmetrics")
+
+    class Model(BoringModel):
+        def __init__(self):
+            super().__init__()
+            self.metric = torchmetrics.MeanMetric()
+
+        def validation_step(self, batch, batch_idx):
+            self.metric(torch.tensor(float(batch_idx)))
+            self.log("metric", self.metric)
+
+    model = Model()
+    out = lean(limit_val_batches=4).validate(model, verbose=False)
+    assert out[0]["metric"] == pytest.approx(1.5)
+    out = lean(limit_val_batches=2).validate(model, verbose=False)  # reset between runs
+    assert out[0]["metric"] == pytest.approx(0.5)
+
+
+def test_log_no_host_sync_per_step(monkeypatch):
+    """`self.log` with defaults never turns a tensor into a number during training."""
+    import os
+    import sys
+
+    calls = []
+    original = torch.Tensor.item
+    package = os.path.dirname(L.__file__)
+
+    def counting_item(self):
+        caller = sys._getframe(1).f_code.co_filename
+        if caller.startswith(package):  # the framework's own conversions (the DataLoader's seed draw is not)
+            calls.append(caller)
+        return original(self)
+
+    class Model(BoringModel):
+        def training_step(self, batch, batch_idx):
+            self.log("loss", super().training_step(batch, batch_idx)["loss"], prog_bar=True, on_epoch=True)
+            return super().training_step(batch, batch_idx)
+
+    monkeypatch.setattr(torch.Tensor, "item", counting_item)
+    trainer = lean(limit_train_batches=20, limit_val_batches=0)
+    trainer.fit(Model())
+    assert calls == []
+
+
+def test_print_only_on_rank_zero(capsys):
+    class Model(BoringModel):
+        def training_step(self, batch, batch_idx):
+            self.print("hello", batch_idx)
+            return super().training_step(batch, batch_idx)
+
+    lean(limit_train_batches=1, limit_val_batches=0).fit(Model())
+    assert "hello 0" in capsys.readouterr().out
+
+
+def test_freeze_unfreeze():
+    model = BoringModel()
+    model.freeze()
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    model.unfreeze()
+    assert model.training and all(p.requires_grad for p in model.parameters())
+
+
+def test_manual_optimization_several_optimizers_and_toggle():
+    class GAN(BoringModel):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+            self.other = torch.nn.Linear(32, 2)
+
+        def training_step(self, batch, batch_idx):
+            g, d = self.optimizers()
+            s1, s2 = self.lr_schedulers()
+            self.toggle_optimizer(g)
+            assert not any(p.requires_grad for p in self.other.parameters())
+            loss = self(batch).sum()
+            self.manual_backward(loss)
+            g.step()
+            g.zero_grad()
+            self.untoggle_optimizer(g)
+            assert all(p.requires_grad for p in self.other.parameters())
+            loss = self.other(batch).sum()
+            self.manual_backward(loss)
+            d.step()
+            d.zero_grad()
+            s1.step()
+            return loss
+
+        def configure_optimizers(self):
+            g = torch.optim.SGD(self.layer.parameters(), lr=0.1)
+            d = torch.optim.SGD(self.other.parameters(), lr=0.1)
+            return [g, d], [torch.optim.lr_scheduler.StepLR(g, 1), torch.optim.lr_scheduler.StepLR(d, 1)]
+
+    trainer = lean(limit_train_batches=3, limit_val_batches=0)
+    trainer.fit(GAN())
+    assert trainer.global_step == 6  # every optimizer step counts
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 3  # manual: stepped only by the user
+    assert trainer.lr_scheduler_configs[1].scheduler.last_epoch == 0
+
+
+def test_manual_backward_outside_manual_optimization_names_the_fix():
+    class Model(BoringModel):
+        def training_step(self, batch, batch_idx):
+            self.manual_backward(self.step(batch))
+
+    with pytest.raises(MisconfigurationException, match="automatic_optimization = False"):
+        lean(limit_train_batches=1, limit_val_batches=0).fit(Model())
+
+
+def test_manual_boring_model_trains():
+    model = ManualOptimBoringModel()
+    before = model.layer.weight.detach().clone()
+    trainer = lean(limit_train_batches=2, limit_val_batches=0)
+    trainer.fit(model)
+    assert trainer.global_step == 2 and not torch.equal(before, model.layer.weight)
+
+
+def test_to_torchscript(tmp_path):
+    model = BoringModel()
+    script = model.to_torchscript(tmp_path / "m.pt")
+    x = torch.randn(3, 32)
+    assert torch.allclose(script(x), model(x))
+    model.example_input_array = torch.randn(1, 32)
+    traced = model.to_torchscript(method="trace")
+    assert torch.allclose(traced(x), model(x))
+
+
+def test_featherlight_pytorch_alias_is_the_same_module():
+    import featherlight.pytorch as pl
+    from featherlight.pytorch.callbacks import Callback
+    from featherlight.pytorch.loggers import CSVLogger
+
+    import featherlight.callbacks
+    import featherlight.loggers
+
+    assert pl.LightningModule is L.LightningModule and pl.Trainer is L.Trainer
+    assert Callback is featherlight.callbacks.Callback and CSVLogger is featherlight.loggers.CSVLogger
+    assert pl.callbacks is featherlight.callbacks
