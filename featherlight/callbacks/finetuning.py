@@ -57,17 +57,22 @@ class BaseFinetuning(Callback):
     ``Adam(filter(lambda p: p.requires_grad, self.parameters()))``.
     """
 
+    _groups_restored = False
+
     def __init__(self) -> None:
         # per optimizer index, its param groups with parameter *names* instead of tensors
         self._internal_optimizer_metadata: dict[int, list[dict[str, Any]]] = {}
         self._restarting = False
+        self._groups_restored = False
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         return {"internal_optimizer_metadata": self._internal_optimizer_metadata}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._restarting = True
+        # already applied from `on_load_checkpoint` (the trainer calls it first): nothing left to redo
+        self._restarting = not self._groups_restored
+        self._groups_restored = False
         if "internal_optimizer_metadata" in state_dict:
             self._internal_optimizer_metadata = state_dict["internal_optimizer_metadata"]
         else:  # the older format: the metadata itself
@@ -75,7 +80,8 @@ class BaseFinetuning(Callback):
 
     def on_load_checkpoint(self, trainer: "Trainer", pl_module: "LightningModule", checkpoint: dict[str, Any]) -> None:
         # the trainer loads the optimizer states right after the callbacks' states: the optimizers must
-        # have the param groups this callback added before that, so rebuild them now
+        # have the param groups this callback added before that, so rebuild them now (and not again in
+        # `on_fit_start`, which would overwrite the learning rates just loaded)
         if trainer.state.fn != "fit" or not trainer.optimizers:
             return
         state = (checkpoint.get("callbacks") or {}).get(self.state_key)
@@ -83,18 +89,31 @@ class BaseFinetuning(Callback):
             return
         self.load_state_dict(state)
         self._restore_param_groups(trainer, pl_module)
+        self._groups_restored = True
 
     def on_fit_start(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
         if self._restarting:
             self._restore_param_groups(trainer, pl_module)
 
     def _restore_param_groups(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
+        """Give each optimizer its saved param groups; the parameters of the groups the callback added
+        were trainable when saved, so they are made trainable again (``freeze_before_training`` froze them)."""
         if self._internal_optimizer_metadata:
             named = dict(pl_module.named_parameters())
+            unfrozen: set[int] = set()
             for opt_idx, optimizer in enumerate(trainer.optimizers):
                 groups = self._internal_optimizer_metadata.get(opt_idx)
-                if groups is not None:
-                    optimizer.param_groups = self._apply_mapping_to_param_groups(groups, named)
+                if groups is None:
+                    continue
+                own = len(optimizer.param_groups)
+                optimizer.param_groups = self._apply_mapping_to_param_groups(groups, named)
+                for group in optimizer.param_groups[own:]:
+                    for param in group["params"]:
+                        param.requires_grad = True
+                        unfrozen.add(id(param))
+            for module in pl_module.modules():
+                if isinstance(module, _BatchNorm) and any(id(p) in unfrozen for p in module.parameters(recurse=False)):
+                    module.track_running_stats = True
         self._restarting = False
 
     # ------------------------------------------------------------------ helpers

@@ -149,11 +149,10 @@ def _safe_globals() -> list:
         out += [np.ndarray, np.dtype, type(np.dtype("uint32")), type(np.dtype("float64")),
                 type(np.dtype("int64")), type(np.dtype("float32"))]
         try:
-            from numpy._core.multiarray import _reconstruct  # numpy >= 2
+            from numpy._core import multiarray  # numpy >= 2
         except ImportError:  # pragma: no cover - numpy 1.x
-            from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
-        out.append(_reconstruct)
-        out += [np.core.multiarray.scalar] if hasattr(np, "core") and hasattr(np.core, "multiarray") else []
+            from numpy.core import multiarray  # type: ignore[no-redef]
+        out += [multiarray._reconstruct, multiarray.scalar]
     except ImportError:
         pass
     from argparse import Namespace

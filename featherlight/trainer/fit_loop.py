@@ -46,13 +46,14 @@ def run_fit(trainer: "Trainer") -> None:
         epoch_profile = trainer._profile("run_training_epoch")
         epoch_profile.__enter__()
         for batch_idx, batch, is_last in _batches(trainer, trainer.train_dataloader, num_batches, start):
-            loop.batch_idx = batch_idx
+            loop.batch_idx, loop.batch_done, loop.pending_step = batch_idx, False, False
             batch = trainer._transfer_batch(batch, 0)
             store.new_batch(batch)
             if call("on_train_batch_start", batch, batch_idx) == -1:
                 break
             outputs = step(trainer, batch, batch_idx, is_last)
             stepped_window = not module.automatic_optimization or _window_end(trainer, batch_idx, is_last)
+            loop.batch_done, loop.pending_step = True, stepped_window  # a checkpoint from here on resumes after it
             if stepped_window and module.automatic_optimization:
                 _step_schedulers(trainer, "step", batch_idx)
                 if is_last:
@@ -69,9 +70,11 @@ def run_fit(trainer: "Trainer") -> None:
                 if module.automatic_optimization:
                     _step_schedulers(trainer, "step", batch_idx, plateau=True)
                 loop.batches_that_stepped += 1
+                loop.pending_step = False
             if _epoch_done(trainer):
                 break
         epoch_profile.__exit__(None, None, None)
+        loop.epoch_finished = True
 
         trainer._log.end_epoch(trainer)
         call("on_train_epoch_end")
@@ -79,15 +82,19 @@ def run_fit(trainer: "Trainer") -> None:
         if module.automatic_optimization:
             _step_schedulers(trainer, "epoch", None, plateau=True)
         loop.epoch += 1
+        loop.epoch_finished = False
         store.reset_metrics()
     call("on_train_end")
 
 
 def _batches(trainer: "Trainer", loader: Any, num_batches: float, start: int = 0):
     """Yield ``(batch_idx, batch, is_last)``; looks one batch ahead only when the length is unknown."""
-    if num_batches == 0:
+    if num_batches == 0 or start >= num_batches:
         return
     fetch = trainer._profiled_iter(loader, "train")
+    # a mid-epoch resume continues after the batches already trained on
+    for _ in range(start):
+        next(fetch)
     if not math.isinf(num_batches):
         last = int(num_batches) - 1
         for batch_idx in range(start, int(num_batches)):
