@@ -55,6 +55,9 @@ class EarlyStopping(Callback):
     it reaches ``patience``. When any process decides to stop, all stop (``trainer.should_stop``; the trainer still
     honours ``min_epochs``/``min_steps``). ``stopped_epoch``, ``stopping_reason`` and ``stopping_reason_message``
     tell what happened. Nothing is checked during the sanity check, outside ``fit``, or with ``fast_dev_run``.
+
+    Difference from Lightning: the texts of ``stopping_reason_message`` and of the log lines are worded
+    differently (same facts, and the ``strict`` error starts the same way).
     """
 
     mode_dict = {"min": torch.lt, "max": torch.gt}

@@ -1,7 +1,6 @@
 """ModelCheckpoint: save the model periodically, keep the best ``k`` by a monitored metric, and a ``last``."""
 from __future__ import annotations
 
-import logging
 import os
 import re
 import shutil
@@ -22,7 +21,6 @@ if TYPE_CHECKING:
     from featherlight.core.module import LightningModule
     from featherlight.trainer.trainer import Trainer
 
-log = logging.getLogger(__name__)
 _warnings = WarningCache()
 _PATH = Union[str, "os.PathLike[str]"]
 
@@ -377,8 +375,8 @@ class ModelCheckpoint(Checkpoint):
             )
             if self._val_has_run:
                 raise MisconfigurationException(message)
-            # before any validation ran the metric may simply not exist yet
-            _warnings.warn(message)
+            # before any validation ran the metric may simply not exist yet; warn once per run
+            getattr(trainer, "_warnings", _warnings).warn(message)
         self._save_monitor_checkpoint(trainer, candidates)
 
     def check_monitor_top_k(self, trainer: "Trainer", current: Optional[Tensor] = None) -> bool:

@@ -63,6 +63,11 @@ class Strategy:
         return None
 
     # ---------------------------------------------------------------- lifecycle
+    def launch(self, function: Any, *args: Any) -> Any:
+        """Run ``function(*args)`` (the trainer's whole run). Multi-process strategies start their
+        processes here and return rank zero's result."""
+        return function(*args)
+
     def setup_environment(self) -> None:
         """Prepare the process (process group, device selection) before the module is touched."""
         if self._root_device.type == "cuda":

@@ -350,10 +350,18 @@ class _LogState:
         self.store, self.epoch_end_reached = store, False
 
     def end_epoch(self, trainer: "Trainer") -> None:
-        """From now on the running store reports epoch values (after its last step values are read)."""
+        """From now on the running store reports epoch values (after its last step values are read).
+
+        Every rank calls this, so cross-rank reductions (``sync_dist=True``) happen here, never later on
+        a path only some ranks take (e.g. a rank-zero progress bar reading the metrics).
+        """
         if not self.epoch_end_reached:
             self.refresh(trainer)
         self.epoch_end_reached = True
+        if self.store is not None and trainer.strategy.world_size > 1:
+            for entry in self.store.entries.values():
+                if entry.meta.on_epoch and entry.meta.sync_dist:
+                    entry.compute(trainer)
 
     def reset_results(self) -> None:
         self.callback.clear()

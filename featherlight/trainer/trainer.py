@@ -452,7 +452,8 @@ class Trainer:
         self._warnings = WarningCache()  # each warning fires once per run
         self._attach(model, datamodule)
         try:
-            out = self._setup_and_run(fn, ckpt_path)
+            # the strategy may run this in other processes too (ddp_spawn) or start them first (ddp)
+            out = self.strategy.launch(self._setup_and_run, fn, ckpt_path)
         except BaseException as exc:
             self._on_exception(exc)
             raise

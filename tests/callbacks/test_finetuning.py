@@ -7,6 +7,9 @@ import featherlight as L
 from featherlight.callbacks import BackboneFinetuning, BaseFinetuning, Callback
 from featherlight.utilities.exceptions import MisconfigurationException
 
+# BatchNorm parameters stay trainable (train_bn=True), so they are in the optimizer already when the backbone joins
+pytestmark = pytest.mark.filterwarnings("ignore:.*already (in a param group|exist within another group).*")
+
 
 def make_module(base):
     class WithBackbone(base):
@@ -95,10 +98,17 @@ def test_matches_lightning():
 
 
 def test_resume_restores_the_added_param_groups(tmp_path):
-    _, _, trainer = run_ours(max_epochs=4)
     path = tmp_path / "ft.ckpt"
-    trainer.save_checkpoint(path)
-    assert len(trainer.optimizers[0].param_groups) == 2
+
+    class SaveAtEpochEnd(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 3:
+                trainer.save_checkpoint(path)
+                assert len(trainer.optimizers[0].param_groups) == 2
+
+    trainer = L.Trainer(max_epochs=4, callbacks=[BackboneFinetuning(**FINETUNING_KWARGS), SaveAtEpochEnd()],
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(make_module(L.LightningModule)(), loader())
 
     finetuning = BackboneFinetuning(**FINETUNING_KWARGS)
     recorder = make_recorder(Callback)

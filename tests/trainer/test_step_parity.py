@@ -8,6 +8,7 @@ The final weights must be *bitwise* equal. Where Lightning is installed, a few c
 Lightning to prove the raw loop is the right reference.
 """
 import math
+import warnings
 
 import pytest
 import torch
@@ -28,6 +29,15 @@ FLAGS = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False
 
 def _lightning():
     return pytest.importorskip("lightning.pytorch")
+
+
+def _lightning_or_none():
+    """Lightning when installed (for an extra comparison at the end of a test), else None: no skip."""
+    try:
+        import lightning.pytorch as pl
+    except ImportError:
+        return None
+    return pl
 
 
 # ---------------------------------------------------------------------------------------------- the shared pieces
@@ -312,7 +322,9 @@ def test_estimated_stepping_batches(name):
     assert model.estimated == expected
     assert trainer.estimated_stepping_batches == expected
     assert trainer.global_step == expected_steps
-    pl = pytest.importorskip("lightning.pytorch")
+    pl = _lightning_or_none()
+    if pl is None:
+        return
     ref = _EstimateRecorder.make(pl)
     pl_trainer = pl.Trainer(**flags)
     pl_trainer.fit(ref, DataLoader(_dataset(), batch_size=BATCH_SIZE))
@@ -342,10 +354,13 @@ def test_training_step_none_skips_the_batch(opt, acc):
     _assert_same_weights(model.net, net)
     _assert_same_optimizer_state(trainer.optimizers[0], ref_opt)
     assert trainer.global_step == steps  # the optimizer step is still taken (on no gradients) and counted
-    pl = pytest.importorskip("lightning.pytorch")
-    pl_model, pl_trainer = _fit(pl, cfg, module=_skipping_module(pl, cfg, skip))
-    _assert_same_weights(pl_model.net, net)
-    assert pl_trainer.global_step == trainer.global_step
+    pl = _lightning_or_none()
+    if pl is not None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`training_step` returned `None`")
+            pl_model, pl_trainer = _fit(pl, cfg, module=_skipping_module(pl, cfg, skip))
+        _assert_same_weights(pl_model.net, net)
+        assert pl_trainer.global_step == trainer.global_step
 
 
 def test_training_step_none_skips_update_weights_unchanged():
@@ -653,9 +668,10 @@ def test_reduce_on_plateau_steps_at_epoch_end_with_the_metric():
     # once per epoch, after the last batch, with the epoch-mean of the logged metric; epoch 1 did not improve
     assert [(e, i, lr) for e, i, _, lr in model.stepped] == [(0, N_BATCHES - 1, 0.1), (1, N_BATCHES - 1, 0.05)]
     assert [m for _, _, m, _ in model.stepped] == [pytest.approx(mean, rel=1e-6)] * 2
-    pl = pytest.importorskip("lightning.pytorch")
-    ref, _ = _fit_plateau(pl)
-    assert ref.stepped == model.stepped
+    pl = _lightning_or_none()
+    if pl is not None:
+        ref, _ = _fit_plateau(pl)
+        assert ref.stepped == model.stepped
 
 
 def test_reduce_on_plateau_step_interval_with_frequency():
@@ -664,9 +680,10 @@ def test_reduce_on_plateau_step_interval_with_frequency():
     metrics = [m for _, _, m, _ in model.stepped]
     assert [(e, i) for e, i, _, _ in model.stepped] == [(e, i) for e in range(EPOCHS) for i in (1, 3, 5)]
     assert metrics == [2.0, 4.0, 6.0] * EPOCHS
-    pl = pytest.importorskip("lightning.pytorch")
-    ref, _ = _fit_plateau(pl, monitor="train_metric", interval="step", frequency=2)
-    assert ref.stepped == model.stepped
+    pl = _lightning_or_none()
+    if pl is not None:
+        ref, _ = _fit_plateau(pl, monitor="train_metric", interval="step", frequency=2)
+        assert ref.stepped == model.stepped
 
 
 def test_reduce_on_plateau_missing_monitor_strict_names_available_metrics():
@@ -674,12 +691,12 @@ def test_reduce_on_plateau_missing_monitor_strict_names_available_metrics():
         _fit_plateau(featherlight, monitor="missing")
     message = str(err.value)
     assert "missing" in message and "['train_metric']" in message
-    pl = pytest.importorskip("lightning.pytorch")
-    from lightning.fabric.utilities.exceptions import MisconfigurationException as PLMisconfiguration
-
-    with pytest.raises(PLMisconfiguration) as pl_err:
-        _fit_plateau(pl, monitor="missing")
-    assert message == str(pl_err.value)
+    pl = _lightning_or_none()
+    if pl is not None:
+        with pytest.raises(Exception) as pl_err:
+            _fit_plateau(pl, monitor="missing")
+        assert type(pl_err.value).__name__ == "MisconfigurationException"
+        assert message == str(pl_err.value)  # word for word
 
 
 def test_reduce_on_plateau_missing_monitor_not_strict_warns_and_skips():

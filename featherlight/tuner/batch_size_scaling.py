@@ -1,0 +1,326 @@
+"""Batch-size search: run a few steps at growing batch sizes until one runs out of memory.
+
+``power`` doubles the size after each trial that fits and keeps the last one that did;
+``binsearch`` doubles the same way, then bisects between the largest size that fit and the
+smallest that did not. A trial is ``steps_per_trial`` optimizer steps of the real training loop (or
+evaluation batches) with freshly built dataloaders, run and undone by the sandbox in
+:mod:`featherlight.tuner.tuning`.
+
+The search stops at the data: the dataloader cannot make a batch larger than the dataset, so a size
+at or above the number of samples is the last one tried and the result never exceeds it (without
+this, on a CPU, where running out of memory does not happen in practice, the search would double
+up to ``max_val``). The result is always a size that was run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+from torch.utils.data import DataLoader, IterableDataset
+
+from featherlight.callbacks.callback import Callback
+from featherlight.tuner.tuning import (
+    _attr_holders,
+    _free_memory,
+    _get_attr,
+    _has_attr,
+    _is_oom_error,
+    _run_fit_trial,
+    _set_attr,
+    _trial_flags,
+    _TrialSandbox,
+)
+from featherlight.utilities.exceptions import MisconfigurationException
+from featherlight.utilities.rank_zero import rank_zero_info, rank_zero_warn
+
+if TYPE_CHECKING:
+    from featherlight.trainer.trainer import Trainer
+
+_PREFIX = {"fit": "train", "validate": "val", "test": "test", "predict": "predict"}
+_HOOK = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader",
+         "predict": "predict_dataloader"}
+_ENTRY = {"fit": "fit", "validate": "validate", "test": "test", "predict": "predict"}
+
+
+def _check_batch_size_source(model: Any, batch_arg_name: str, datamodule: Any, given_loaders: Any,
+                             method: str) -> None:
+    """The loaders must come from a hook and the batch size from an attribute the hook reads."""
+    prefix = _PREFIX.get(method, "train")
+    if given_loaders is not None:
+        arg = "train_dataloaders" if method == "fit" else "dataloaders"
+        raise MisconfigurationException(
+            f"The batch size finder cannot resize dataloaders passed directly to `.{_ENTRY.get(method, method)}"
+            f"({arg}=...)`. Build the loader in a `{_HOOK[prefix]}()` hook of your LightningModule or "
+            f"LightningDataModule that reads `self.{batch_arg_name}`, e.g. "
+            f"`return DataLoader(dataset, batch_size=self.{batch_arg_name})`, and don't pass `{arg}`."
+        )
+    if not _has_attr(model, batch_arg_name, datamodule):
+        raise MisconfigurationException(
+            f"Field `{batch_arg_name}` not found in `model`, `model.hparams`, the datamodule nor its `hparams`. "
+            f"The batch size finder needs the batch size in one of them (e.g. `self.{batch_arg_name} = 32` in "
+            f"`__init__`, or `save_hyperparameters()` with a `{batch_arg_name}` argument), read by the "
+            f"`{_HOOK[prefix]}()` hook; or pass `batch_arg_name=` with the name of your attribute."
+        )
+
+
+@dataclass
+class _Outcome:
+    size: int  # the batch size that ran (or failed)
+    fitted: bool
+    at_end: bool = False  # no larger batch can exist: the data (or max_val) is reached
+    reason: str = ""
+
+
+class _BatchProbe(Callback):
+    """Counts the batches a trial ran and the largest batch it saw."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.batches = 0
+        self.largest: Optional[int] = None
+
+    def _see(self, batch: Any) -> None:
+        from featherlight.utilities.apply_func import extract_batch_size
+
+        self.batches += 1
+        try:
+            size = extract_batch_size(batch)
+        except Exception:  # a batch without tensors: the length check below just does not apply
+            return
+        self.largest = size if self.largest is None else max(self.largest, size)
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self._see(batch)
+
+    def on_validation_batch_start(self, trainer: Any, pl_module: Any, batch: Any, *args: Any) -> None:
+        self._see(batch)
+
+    def on_test_batch_start(self, trainer: Any, pl_module: Any, batch: Any, *args: Any) -> None:
+        self._see(batch)
+
+    def on_predict_batch_start(self, trainer: Any, pl_module: Any, batch: Any, *args: Any) -> None:
+        self._see(batch)
+
+
+def _samples_per_epoch(loader: Any) -> Optional[int]:
+    """How many samples one pass over ``loader`` yields, when that is known without iterating it."""
+    dataset = getattr(loader, "dataset", None)
+    if dataset is None:
+        return None
+    if isinstance(loader, DataLoader) and not isinstance(dataset, IterableDataset):
+        try:
+            return len(loader.sampler)  # type: ignore[arg-type]
+        except TypeError:
+            pass
+    try:
+        return len(dataset)
+    except (TypeError, NotImplementedError):
+        return None
+
+
+def _loader_batch_size(loader: Any) -> Optional[int]:
+    size = getattr(loader, "batch_size", None)
+    if size is None:
+        size = getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
+    return size if isinstance(size, int) else None
+
+
+class _BatchSizeTrials(_TrialSandbox):
+    """Runs one trial per batch size inside the trainer's current run."""
+
+    def __init__(self, trainer: "Trainer", fn: str, steps_per_trial: int, batch_arg_name: str, max_val: int) -> None:
+        self.fn = fn
+        self.prefix = _PREFIX[fn]
+        self.batch_arg_name = batch_arg_name
+        self.max_val = max_val
+        self.probe = _BatchProbe()
+        if fn == "fit":
+            flags = _trial_flags(trainer, steps_per_trial)
+        else:
+            flags = {f"limit_{self.prefix}_batches": steps_per_trial, "_verbose": False}
+        super().__init__(trainer, [self.probe], flags)
+
+    def _load(self, size: int) -> tuple[list, list]:
+        trainer = self.trainer
+        _set_attr(trainer.lightning_module, self.batch_arg_name, size)
+        self.begin_trial()
+        if self.fn == "fit":
+            trainer._load_train_dataloader()
+            loader = trainer.train_dataloader
+            loaders = list(loader._items) if hasattr(loader, "_items") else [loader]
+            limits: list = []
+        else:
+            loaders, limits = trainer._load_eval_dataloaders(self.prefix)
+            if len(loaders) > 1:
+                raise MisconfigurationException(
+                    f"The batch size finder cannot be used with multiple {self.prefix} dataloaders."
+                )
+            if not loaders:
+                raise MisconfigurationException(
+                    f"The batch size finder found no {self.prefix} dataloader: define `{_HOOK[self.prefix]}()`."
+                )
+        for loader in loaders:
+            used = _loader_batch_size(loader)
+            if used is not None and used != size:
+                raise MisconfigurationException(
+                    f"The batch size finder set `{self.batch_arg_name}={size}`, but `{_HOOK[self.prefix]}()` returned "
+                    f"a DataLoader with batch_size={used}. Build the DataLoader from the attribute, e.g. "
+                    f"`DataLoader(dataset, batch_size=self.{self.batch_arg_name})` (or `self.hparams."
+                    f"{self.batch_arg_name}`), so that the finder can change it."
+                )
+        return loaders, limits
+
+    def run(self, size: int) -> _Outcome:
+        """One trial at ``size`` (lowered to the number of samples when the data is smaller)."""
+        size = max(1, min(int(size), self.max_val))
+        loaders, limits = self._load(size)
+        lengths = [_samples_per_epoch(dl) for dl in loaders]
+        length = max(lengths) if lengths and all(n is not None for n in lengths) else None
+        if length is not None and 0 < length < size:
+            rank_zero_info(f"Batch size {size} is larger than the dataset ({length} samples); trying {length}.")
+            size = length
+            loaders, limits = self._load(size)
+        at_end = size >= self.max_val or (length is not None and size >= length)
+        self.probe.reset()
+        out_of_memory = False
+        try:
+            self._run_loop(loaders, limits)
+        except RuntimeError as err:
+            if not _is_oom_error(err):
+                raise
+            out_of_memory = True  # the exception (and the frames holding activations) is released here
+        if out_of_memory:
+            _free_memory()
+            return _Outcome(size, fitted=False, reason="ran out of memory")
+        if self.probe.batches == 0:
+            return _Outcome(size, fitted=False, reason=f"the {self.prefix} dataloader produced no batch")
+        largest = self.probe.largest
+        if length is None and largest is not None and largest < size:
+            # a loader without a length (iterable dataset): it ran out of samples before filling a batch
+            return _Outcome(largest, fitted=True, at_end=True)
+        return _Outcome(size, fitted=True, at_end=at_end)
+
+    def _run_loop(self, loaders: list, limits: list) -> None:
+        trainer = self.trainer
+        if self.fn == "fit":
+            _run_fit_trial(trainer)
+            return
+        from featherlight.trainer import eval_loop
+        from featherlight.trainer.states import RunningStage
+
+        if self.fn == "predict":
+            eval_loop.run_predict(trainer, loaders, limits, False)
+        else:
+            stage = RunningStage.VALIDATING if self.fn == "validate" else RunningStage.TESTING
+            eval_loop.run_evaluation(trainer, stage, loaders, limits)
+
+
+def _run_power_scaling(trials: _BatchSizeTrials, size: int, max_trials: int) -> Optional[int]:
+    """Double after every trial that fits; stop at the first that does not (or at the data's size)."""
+    last_fit: Optional[int] = None
+    for _ in range(max_trials):
+        outcome = trials.run(size)
+        if outcome.fitted:
+            last_fit = outcome.size
+            if outcome.at_end:
+                break
+            size = min(outcome.size * 2, trials.max_val)
+            rank_zero_info(f"Batch size {outcome.size} succeeded, trying batch size {size}")
+        else:
+            if last_fit is not None:
+                rank_zero_info(f"Batch size {outcome.size} failed ({outcome.reason}); keeping {last_fit}")
+                break
+            _raise_if_nothing_fits(outcome, trials)
+            size = max(1, outcome.size // 2)
+            rank_zero_info(f"Batch size {outcome.size} failed ({outcome.reason}), trying batch size {size}")
+    return last_fit
+
+
+def _run_binsearch_scaling(trials: _BatchSizeTrials, size: int, max_trials: int) -> Optional[int]:
+    """Double until a trial fails, then bisect between the largest size that fit and the smallest that failed."""
+    low: Optional[int] = None  # largest size that fit
+    high: Optional[int] = None  # smallest size that failed
+    for _ in range(max_trials):
+        outcome = trials.run(size)
+        if outcome.fitted:
+            low = outcome.size
+            if outcome.at_end:
+                break
+            if high is None:
+                size = min(low * 2, trials.max_val)
+            elif high - low <= 1:
+                break
+            else:
+                size = (low + high) // 2
+            rank_zero_info(f"Batch size {low} succeeded, trying batch size {size}")
+        else:
+            high = outcome.size
+            floor = low or 0
+            if high - floor <= 1:
+                if low is None:
+                    _raise_if_nothing_fits(outcome, trials)
+                break
+            size = (floor + high) // 2
+            rank_zero_info(f"Batch size {high} failed ({outcome.reason}), trying batch size {size}")
+    return low
+
+
+def _raise_if_nothing_fits(outcome: _Outcome, trials: _BatchSizeTrials) -> None:
+    if outcome.size > 1:
+        return
+    if outcome.reason == "ran out of memory":
+        raise RuntimeError("The batch size finder ran out of memory even with batch size 1.")
+    raise MisconfigurationException(f"The batch size finder could not run batch size 1: {outcome.reason}.")
+
+
+def _scale_batch_size(
+    trainer: "Trainer",
+    mode: str = "power",
+    steps_per_trial: int = 3,
+    init_val: int = 2,
+    max_trials: int = 25,
+    batch_arg_name: str = "batch_size",
+    margin: float = 0.0,
+    max_val: int = 8192,
+) -> Optional[int]:
+    """Search the batch size inside the trainer's running fit/validate/test/predict; set and return it."""
+    if trainer.fast_dev_run:
+        rank_zero_warn("Skipping batch size scaler since `fast_dev_run` is enabled.")
+        return None
+    if mode not in ("power", "binsearch"):
+        raise ValueError(f"`mode` should be either 'power' or 'binsearch', got {mode!r}.")
+    module = trainer.lightning_module
+    fn = trainer.state.fn.value if trainer.state.fn is not None else "fit"
+    original = _get_attr(module, batch_arg_name)
+    trials = _BatchSizeTrials(trainer, fn, steps_per_trial, batch_arg_name, max_val)
+    try:
+        with trials:
+            if mode == "power":
+                found = _run_power_scaling(trials, init_val, max_trials)
+            else:
+                found = _run_binsearch_scaling(trials, init_val, max_trials)
+    except BaseException:
+        if _attr_holders(module, batch_arg_name):
+            _set_attr(module, batch_arg_name, original)
+        raise
+    if found is None:
+        _set_attr(module, batch_arg_name, original)
+        raise RuntimeError(
+            f"The batch size finder found no batch size that fits within {max_trials} trial(s) starting at "
+            f"{init_val}. Lower `init_val` or raise `max_trials`."
+        )
+    if margin > 0 and mode == "binsearch":
+        reduced = max(1, int(found * (1 - margin)))
+        if reduced != found:
+            rank_zero_info(f"Applying a margin of {margin:.1%}: batch size {found} -> {reduced}")
+            found = reduced
+    _set_attr(module, batch_arg_name, found)
+    if fn == "fit":
+        # the run goes on with loaders built for the new size
+        trainer.train_dataloader = None
+        trainer._train_loaded_epoch = None
+        trainer._val_loaders = None
+    rank_zero_info(f"Finished batch size finder, will continue with full run using batch size {found}")
+    return found
