@@ -231,7 +231,19 @@ class Trainer:
         self.strategy: Strategy = _select_strategy(strategy, accelerator, devices, num_nodes)
         self.strategy.num_nodes = num_nodes
         self.num_nodes = num_nodes
-        precision_plugin = plugins if hasattr(plugins, "optimizer_step") else None
+        plugin_list = list(plugins) if isinstance(plugins, (list, tuple)) else ([plugins] if plugins is not None else [])
+        precision_plugins = [p for p in plugin_list if hasattr(p, "optimizer_step")]
+        unknown = [p for p in plugin_list if not hasattr(p, "optimizer_step")]
+        if unknown or len(precision_plugins) > 1:
+            raise MisconfigurationException(
+                f"`Trainer(plugins=...)` accepts one precision plugin (e.g. `MixedPrecision(...)`); got "
+                f"{[type(p).__name__ for p in plugin_list]}."
+            )
+        precision_plugin = precision_plugins[0] if precision_plugins else None
+        if precision_plugin is not None and precision is not None:
+            raise MisconfigurationException(
+                "Received both `precision=` and a precision plugin in `plugins=`. Choose one of them."
+            )
         self.strategy.precision = _select_precision(
             "32-true" if precision is None else precision, self.strategy.root_device, precision_plugin
         )

@@ -230,7 +230,6 @@ def test_plugin_is_used_and_checkpointed():
     assert plugin.state_dict()["scale"] == scaler.get_scale() == 2.0 ** 9
 
 
-@pytest.mark.xfail(strict=True, reason="Trainer(plugins=[...]) ignores a list: only a bare plugin object is picked up")
 def test_plugin_in_a_list_is_used():
     """Lightning accepts ``plugins`` as one plugin or a list of them."""
     plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
