@@ -286,8 +286,17 @@ def _optimizer_state_to_device(optimizer: torch.optim.Optimizer, device: torch.d
                 state[k] = v.to(device)
 
 
+def _match_compiled_keys(module: torch.nn.Module, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoints hold plain names; a module with ``torch.compile``d parts expects ``_orig_mod.`` in them."""
+    own = [k for k in module.state_dict() if "_orig_mod." in k]
+    if not own:
+        return state_dict
+    plain_to_own = {k.replace("_orig_mod.", ""): k for k in own}
+    return type(state_dict)((plain_to_own.get(k, k), v) for k, v in state_dict.items())
+
+
 def _load_module_state(module: torch.nn.Module, state_dict: dict[str, Any], strict: bool, path: Any) -> None:
-    keys = module.load_state_dict(state_dict, strict=False)
+    keys = module.load_state_dict(_match_compiled_keys(module, state_dict), strict=False)
     missing, unexpected = list(keys.missing_keys), list(keys.unexpected_keys)
     if not (missing or unexpected):
         return

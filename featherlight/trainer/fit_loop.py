@@ -82,7 +82,8 @@ def run_fit(trainer: "Trainer") -> None:
         if module.automatic_optimization:
             _step_schedulers(trainer, "epoch", None, plateau=True)
         loop.epoch += 1
-        loop.epoch_finished = False
+        # a checkpoint taken from here on (e.g. after fit) resumes at the start of the next epoch
+        loop.epoch_finished, loop.batch_idx, loop.batch_done, loop.pending_step = False, 0, False, False
         store.reset_metrics()
     call("on_train_end")
 

@@ -1184,12 +1184,27 @@ class Trainer:
 
 
 def _reorder_callbacks(callbacks: list[Callback]) -> list[Callback]:
-    """Tuner callbacks first, checkpoint callbacks last (they must see everything logged before them)."""
-    from featherlight.callbacks.model_checkpoint import ModelCheckpoint
+    """Tuner callbacks first, checkpoint callbacks last (they must see everything logged before them).
+
+    Raises if two stateful callbacks share a ``state_key``: one state would overwrite the other.
+    """
+    from featherlight.callbacks.checkpoint import Checkpoint
+    from featherlight.trainer.dispatch import _is_overridden
 
     first = [c for c in callbacks if getattr(c, "_is_tuner_callback", False)]
-    last = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+    last = [c for c in callbacks if isinstance(c, Checkpoint)]
     middle = [c for c in callbacks if c not in first and c not in last]
+    seen: dict[str, Callback] = {}
+    for cb in callbacks:
+        if not _is_overridden(cb, "state_dict", Callback):
+            continue
+        if cb.state_key in seen:
+            raise RuntimeError(
+                f"Found more than one stateful callback of type `{type(cb).__name__}` with the same `state_key` "
+                f"({cb.state_key!r}): their states would overwrite each other in checkpoints. Give them different "
+                "settings (e.g. a different `monitor`/`every_n_epochs` for ModelCheckpoint) or make `state_key` unique."
+            )
+        seen[cb.state_key] = cb
     return first + middle + last
 
 

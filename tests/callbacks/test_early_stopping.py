@@ -307,9 +307,6 @@ def test_state_dict_round_trip_and_resume(tmp_path):
     assert resumed.wait_count == 3
 
 
-@pytest.mark.xfail(reason="trainer core: a checkpoint saved with trainer.save_checkpoint after fit() returned "
-                          "resumes into an empty epoch (LoopState.batch_done/batch_idx not reset when the epoch "
-                          "counter moves on), so no validation runs before on_train_epoch_end")
 def test_resume_from_checkpoint_saved_after_fit(tmp_path):
     es = EarlyStopping(monitor="val_loss", patience=3)
     trainer = _fit(tmp_path, es, [5, 4, 6, 6], max_epochs=4)
