@@ -35,6 +35,8 @@ class LightningOptimizer:
         return self._optimizer
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_optimizer" or name.startswith("__"):  # unpickling/copying: the wrapped one isn't set yet
+            raise AttributeError(name)
         return getattr(self._optimizer, name)
 
     def __repr__(self) -> str:

@@ -235,9 +235,9 @@ def _resolve_ckpt_path(trainer: "Trainer", ckpt_path: Any, fn: Any) -> Optional[
     return path
 
 
-def _restore(trainer: "Trainer", path: str, restore_training_state: bool) -> None:
-    """Restore module (and datamodule, callbacks); with ``restore_training_state`` also optimizers,
-    schedulers, precision, loop counters and RNG states."""
+def _restore_module_and_callbacks(trainer: "Trainer", path: str) -> dict[str, Any]:
+    """Load ``path`` and restore the module's weights, the datamodule and the callbacks (before
+    ``configure_optimizers``, as Lightning does); returns the checkpoint for the training state."""
     checkpoint = _load_checkpoint_file(path, map_location="cpu", weights_only=getattr(trainer, "_weights_only", True))
     module = trainer.lightning_module
     trainer._call_module("on_load_checkpoint", checkpoint)
@@ -254,8 +254,11 @@ def _restore(trainer: "Trainer", path: str, restore_training_state: bool) -> Non
         state = states.get(cb.state_key, states.get(getattr(cb, "_legacy_state_key", None)))
         if state:
             cb.load_state_dict(state)
-    if not restore_training_state:
-        return
+    return checkpoint
+
+
+def _restore_training_state(trainer: "Trainer", checkpoint: dict[str, Any], path: str) -> None:
+    """Optimizers, schedulers, precision, loop position and RNG states (after ``on_fit_start``)."""
     optimizer_states = checkpoint.get("optimizer_states")
     if optimizer_states is None:
         raise KeyError(

@@ -5,7 +5,8 @@ import math
 from functools import partial
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
-from torch.utils.data import DataLoader, IterableDataset
+import torch
+from torch.utils.data import DataLoader, IterableDataset, Sampler
 
 from featherlight.utilities.exceptions import MisconfigurationException
 
@@ -124,37 +125,116 @@ def _prepare_loader(trainer: "Trainer", loader: Any, prefix: str) -> Any:
                 "training dataloader shuffling for you."
             )
             loader = _replace_sampler(loader, shuffle=False)
-    return trainer.strategy_process_dataloader(loader, prefix)
+    loader = trainer.strategy_process_dataloader(loader, prefix)
+    if prefix == "train":
+        loader = _make_resumable(loader)
+    return loader
+
+
+_LOADER_ARGS = ("batch_size", "drop_last", "num_workers", "collate_fn", "pin_memory", "timeout", "worker_init_fn",
+                "multiprocessing_context", "generator", "persistent_workers", "pin_memory_device", "in_order")
+
+
+def _rebuild_loader(loader: DataLoader, sampler: Any) -> DataLoader:
+    """A plain DataLoader like ``loader`` (same batching, workers, collate...) drawing from ``sampler``."""
+    import inspect
+
+    accepted = inspect.signature(DataLoader.__init__).parameters
+    kwargs = {k: getattr(loader, k) for k in _LOADER_ARGS if k in accepted and hasattr(loader, k)}
+    if loader.num_workers > 0:
+        kwargs["prefetch_factor"] = loader.prefetch_factor
+    return DataLoader(loader.dataset, sampler=sampler, **kwargs)
 
 
 def _replace_sampler(loader: DataLoader, shuffle: bool = False, sampler: Any = None) -> DataLoader:
     """A new DataLoader like ``loader`` but with ``sampler`` (or a sequential/random one)."""
     from torch.utils.data import RandomSampler, SequentialSampler
 
+    if not _is_plain(loader):
+        raise MisconfigurationException(
+            "This DataLoader has a custom sampler, batch_sampler or class, so featherlight cannot replace its "
+            "sampler. Build the sampler you need yourself (and set `use_distributed_sampler=False`)."
+        )
     if sampler is None:
         sampler = RandomSampler(loader.dataset) if shuffle else SequentialSampler(loader.dataset)
-    batch_sampler = getattr(loader, "batch_sampler", None)
-    kwargs = dict(
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        timeout=loader.timeout,
-        worker_init_fn=loader.worker_init_fn,
-        multiprocessing_context=loader.multiprocessing_context,
-        generator=loader.generator,
-        persistent_workers=loader.persistent_workers,
-    )
-    if loader.num_workers > 0:
-        kwargs["prefetch_factor"] = loader.prefetch_factor
-    if batch_sampler is not None and type(batch_sampler).__name__ == "BatchSampler":
-        return type(loader)(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
-                            drop_last=loader.drop_last, **kwargs) if type(loader) is DataLoader else \
-            DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last,
-                       **kwargs)
-    raise MisconfigurationException(
-        "This DataLoader uses a custom batch_sampler, so featherlight cannot replace its sampler. "
-        "Build the sampler you need yourself and set `use_distributed_sampler=False`."
-    )
+    return _rebuild_loader(loader, sampler)
+
+
+def _is_plain(loader: Any) -> bool:
+    """A torch DataLoader (not a subclass) over a map-style dataset with the default batch sampler."""
+    from torch.utils.data import BatchSampler
+
+    return (type(loader) is DataLoader and not isinstance(loader.dataset, IterableDataset)
+            and type(getattr(loader, "batch_sampler", None)) is BatchSampler)
+
+
+class _ResumableSampler(Sampler):
+    """The order of ``RandomSampler`` (same random draws) or ``SequentialSampler``, able to start an epoch
+    part-way through. A mid-epoch resume skips samples here, without loading a single one.
+
+    ``state_dict`` is the epoch's shuffle seed (or the user generator's state at the epoch's start);
+    ``_skip`` is the number of samples the next ``__iter__`` leaves out (set by the loop on resume).
+    """
+
+    def __init__(self, n: int, shuffle: bool, generator: Optional[torch.Generator] = None) -> None:
+        self.n = n
+        self.shuffle = shuffle
+        self.generator = generator
+        self._state: Optional[dict] = None
+        self._restore: Optional[dict] = None
+        self._skip = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        skip, self._skip = self._skip, 0
+        if not self.shuffle:
+            yield from range(skip, self.n)
+            return
+        restore, self._restore = self._restore, None
+        if self.generator is None:
+            # the draw RandomSampler makes from the global RNG, so runs match plain DataLoaders bit for bit
+            seed = restore["seed"] if restore else int(torch.empty((), dtype=torch.int64).random_().item())
+            self._state = {"seed": seed}
+            generator = torch.Generator()
+            generator.manual_seed(seed)
+        else:
+            generator = self.generator
+            if restore:
+                generator.set_state(restore["generator"])
+            self._state = {"generator": generator.get_state()}
+        order = torch.randperm(self.n, generator=generator).tolist()
+        yield from order[skip:]
+        torch.randperm(self.n, generator=generator).tolist()[:0]  # RandomSampler's trailing draw, kept for parity
+
+    def state_dict(self) -> Optional[dict]:
+        return self._state
+
+    def load_state_dict(self, state: Optional[dict], skip: int) -> None:
+        self._restore, self._skip = state, skip
+
+
+def _make_resumable(loader: Any) -> Any:
+    """Swap a plain loader's Random/SequentialSampler for a :class:`_ResumableSampler` (same order)."""
+    from torch.utils.data import RandomSampler, SequentialSampler
+
+    if not _is_plain(loader):
+        return loader
+    sampler = loader.sampler
+    if type(sampler) is RandomSampler and not sampler.replacement and sampler._num_samples is None:
+        return _rebuild_loader(loader, _ResumableSampler(len(sampler.data_source), True, sampler.generator))
+    if type(sampler) is SequentialSampler:
+        return _rebuild_loader(loader, _ResumableSampler(len(sampler.data_source), False))
+    return loader
+
+
+def _resumable_sampler(loader: Any) -> Optional[Any]:
+    """The sampler of ``loader`` that can skip samples on resume (ours, or one with the same verbs)."""
+    for sampler in (getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+        if sampler is not None and hasattr(sampler, "_skip") and hasattr(sampler, "load_state_dict"):
+            return sampler
+    return None
 
 
 class _MaxSizeCycle:

@@ -73,6 +73,8 @@ def run_evaluation(trainer: "Trainer", stage: RunningStage, loaders: list, limit
     trainer._log.end_epoch(trainer)
     call(f"on_{fn}_epoch_end")
     results = trainer._log_eval_epoch(stage, len(loaders))
+    if stage == RunningStage.VALIDATING and trainer.state.fn == "fit":
+        trainer._loop.phase = "validated"  # a checkpoint from on_validation_end does not run it again
     call(f"on_{fn}_end")
     _restore_modes(trainer, module, train_hook, modes)
     store.reset_metrics()

@@ -20,7 +20,13 @@ if TYPE_CHECKING:
 
 
 def run_fit(trainer: "Trainer") -> None:
-    """Train until ``max_epochs``/``max_steps``/``max_time`` or ``trainer.should_stop``."""
+    """Train until ``max_epochs``/``max_steps``/``max_time`` or ``trainer.should_stop``.
+
+    ``loop.phase`` records where the loop is, so a checkpoint taken from any hook resumes exactly
+    there: "epoch_start", "batch" (inside a batch's optimisation), "ended" (the batch's step is done),
+    "validating", "validated", and "epoch_end". A resumed run finishes the checkpointed batch or epoch
+    from that phase, then carries on as if it had never stopped.
+    """
     loop = trainer._loop
     call = trainer._dispatch.call
     module = trainer.lightning_module
@@ -29,73 +35,113 @@ def run_fit(trainer: "Trainer") -> None:
     if trainer._val_enabled():
         trainer._ensure_val_loaders()
     call("on_train_start")
+    resume, trainer._resume = trainer._resume, None
     while not _fit_done(trainer):
         if trainer._should_reload_train_dl():
             trainer._load_train_dataloader()
         _set_sampler_epoch(trainer.train_dataloader, loop.epoch)
-        store = _ResultStore(training=True)
+        store = trainer._train_store = _ResultStore(training=True)
         trainer._log.switch(trainer, store)
         trainer.state.stage = RunningStage.TRAINING
+        if resume is not None and resume.phase == "epoch_end":
+            # checkpointed during on_train_epoch_end: only what followed the hooks is left to do
+            resume.restore_epoch(trainer, store)
+            resume = None
+            trainer._log.end_epoch(trainer)
+            _end_epoch(trainer, store)
+            continue
+        loop.phase = "epoch_start"
         call("on_train_epoch_start")
+        start = 0
+        if resume is not None:
+            start = resume.restore_epoch(trainer, store)
+            if resume.phase in ("ended", "validating", "validated"):
+                _finish_batch(trainer, store, resume.batch_idx, resume.is_last, resume.stepped, resume.phase)
 
         num_batches = trainer.num_training_batches
-        start = loop.resume_batch_idx
-        loop.resume_batch_idx = 0
         step = trainer._profiled(_automatic_step if module.automatic_optimization else _manual_step,
                                  "run_training_batch")
         epoch_profile = trainer._profile("run_training_epoch")
         epoch_profile.__enter__()
-        for batch_idx, batch, is_last in _batches(trainer, trainer.train_dataloader, num_batches, start):
-            loop.batch_idx, loop.batch_done, loop.pending_step = batch_idx, False, False
+        batches = () if resume is not None and _epoch_done(trainer) else \
+            _batches(trainer, trainer.train_dataloader, num_batches, start, resume)
+        resume = None
+        for batch_idx, batch, is_last in batches:
+            loop.batch_idx, loop.phase = batch_idx, "batch"
             batch = trainer._transfer_batch(batch, 0)
             store.new_batch(batch)
             if call("on_train_batch_start", batch, batch_idx) == -1:
                 break
             outputs = step(trainer, batch, batch_idx, is_last)
-            stepped_window = not module.automatic_optimization or _window_end(trainer, batch_idx, is_last)
-            loop.batch_done, loop.pending_step = True, stepped_window  # a checkpoint from here on resumes after it
-            if stepped_window and module.automatic_optimization:
+            stepped = not module.automatic_optimization or _window_end(trainer, batch_idx, is_last)
+            if stepped and module.automatic_optimization:
                 _step_schedulers(trainer, "step", batch_idx)
                 if is_last:
                     _step_schedulers(trainer, "epoch", batch_idx)
+            loop.phase, loop.batch_stepped, loop.batch_is_last = "ended", stepped, is_last
             call("on_train_batch_end", outputs, batch, batch_idx)
-            loop.total_batch_idx += 1
-            if stepped_window:
-                trainer._log_train_step()
-            if _should_validate(trainer, batch_idx, is_last):
-                trainer._run_validation_in_fit()
-                trainer._log.switch(trainer, store)
-                trainer.state.stage = RunningStage.TRAINING
-            if stepped_window:
-                if module.automatic_optimization:
-                    _step_schedulers(trainer, "step", batch_idx, plateau=True)
-                loop.batches_that_stepped += 1
-                loop.pending_step = False
+            _finish_batch(trainer, store, batch_idx, is_last, stepped)
             if _epoch_done(trainer):
                 break
         epoch_profile.__exit__(None, None, None)
-        loop.epoch_finished = True
 
+        loop.phase = "epoch_end"
         trainer._log.end_epoch(trainer)
         call("on_train_epoch_end")
-        trainer._log_train_epoch()
-        if module.automatic_optimization:
-            _step_schedulers(trainer, "epoch", None, plateau=True)
-        loop.epoch += 1
-        # a checkpoint taken from here on (e.g. after fit) resumes at the start of the next epoch
-        loop.epoch_finished, loop.batch_idx, loop.batch_done, loop.pending_step = False, 0, False, False
-        store.reset_metrics()
+        _end_epoch(trainer, store)
     call("on_train_end")
 
 
-def _batches(trainer: "Trainer", loader: Any, num_batches: float, start: int = 0):
-    """Yield ``(batch_idx, batch, is_last)``; looks one batch ahead only when the length is unknown."""
+def _end_epoch(trainer: "Trainer", store: _ResultStore) -> None:
+    """After ``on_train_epoch_end``: log the epoch's values, step plateau schedulers, count the epoch."""
+    loop = trainer._loop
+    trainer._log_train_epoch()
+    if trainer.lightning_module.automatic_optimization:
+        _step_schedulers(trainer, "epoch", None, plateau=True)
+    loop.epoch += 1
+    # a checkpoint taken from here on (e.g. after fit) resumes at the start of the next epoch
+    loop.phase, loop.batch_idx = "epoch_start", 0
+    store.reset_metrics()
+
+
+def _finish_batch(trainer: "Trainer", store: _ResultStore, batch_idx: int, is_last: bool, stepped: bool,
+                  from_phase: str = "ended") -> None:
+    """What follows a batch's ``on_train_batch_end``: logging, validation when due, the counters.
+
+    ``from_phase`` lets a resumed run pick up where its checkpoint was taken ("ended", "validating" or
+    "validated"); a normal batch starts at "ended".
+    """
+    loop = trainer._loop
+    if from_phase == "ended":
+        loop.total_batch_idx += 1
+        if stepped:
+            trainer._log_train_step()
+    if from_phase == "validating" or (from_phase == "ended" and _should_validate(trainer, batch_idx, is_last)):
+        loop.phase = "validating"
+        trainer._run_validation_in_fit()
+        trainer._log.switch(trainer, store)
+        trainer.state.stage = RunningStage.TRAINING
+    loop.phase = "validated"
+    if stepped:
+        if trainer.lightning_module.automatic_optimization:
+            _step_schedulers(trainer, "step", batch_idx, plateau=True)
+        loop.batches_that_stepped += 1
+    loop.phase = "done"
+
+
+def _batches(trainer: "Trainer", loader: Any, num_batches: float, start: int = 0, resume: Any = None):
+    """Yield ``(batch_idx, batch, is_last)`` from ``start``; looks one batch ahead only when the length is
+    unknown. A resumed epoch's iterator comes from ``resume``, positioned without loading skipped batches."""
     if num_batches == 0 or start >= num_batches:
         return
-    fetch = trainer._profiled_iter(loader, "train")
-    # a mid-epoch resume continues after the batches already trained on
-    for _ in range(start):
-        next(fetch)
+    if resume is not None and start:
+        fetch = resume.iterator(trainer, loader, start)
+    else:
+        from featherlight.utilities.seed import _collect_rng_states
+
+        # the RNG states the epoch's data order is drawn from: a mid-epoch resume draws it again from them
+        trainer._loop.epoch_start_rng = _collect_rng_states()
+        fetch = trainer._profiled_iter(loader, "train")
     if not math.isinf(num_batches):
         last = int(num_batches) - 1
         for batch_idx in range(start, int(num_batches)):

@@ -306,6 +306,30 @@ class _ResultStore:
                 pbar[forked] = value
         return callback, log, pbar
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything logged so far this epoch, for a mid-epoch checkpoint (Metric objects excluded: their
+        state belongs to the module)."""
+        entries = []
+        for key, e in self.entries.items():
+            if e.metric is not None:
+                continue
+            meta = e.meta._replace(sync_dist_group=None)
+            entries.append({
+                "key": list(key), "meta": list(meta), "last": e.last,
+                "pending": [v for v, _ in e.pending], "weights": [w for _, w in e.pending],
+                "total": e.total, "count": e.count,
+            })
+        return {"entries": entries, "has_step_entries": self.has_step_entries}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for item in state.get("entries", []):
+            entry = _Entry(_Meta(*item["meta"]))
+            entry.last = item["last"]
+            entry.pending = list(zip(item["pending"], item["weights"]))
+            entry.total, entry.count = item["total"], item["count"]
+            self.entries[tuple(item["key"])] = entry
+        self.has_step_entries |= bool(state.get("has_step_entries"))
+
     def reset_metrics(self) -> None:
         for entry in self.entries.values():
             if entry.metric is not None and hasattr(entry.metric, "reset"):

@@ -92,26 +92,34 @@ class LoopState:
     batches_that_stepped: int = 0
     batch_idx: int = 0
     total_batch_idx: int = 0
-    # batch position inside the epoch at which a mid-epoch resume continues (0: a fresh epoch)
-    resume_batch_idx: int = 0
-    # where inside a batch the loop is, so a checkpoint taken from any hook records a consistent position:
-    # `batch_done` once the batch's optimisation ran, `pending_step` until `batches_that_stepped` counts it,
-    # `epoch_finished` from the end of the batch loop until the epoch counter moves on.
-    batch_done: bool = False
-    pending_step: bool = False
-    epoch_finished: bool = False
+    # where the loop is (see fit_loop.run_fit) and what the current batch did
+    phase: str = "epoch_start"
+    batch_stepped: bool = False
+    batch_is_last: bool = False
+    # RNG states when the current epoch's data order was drawn (a mid-epoch resume redraws it from them)
+    epoch_start_rng: Optional[dict] = None
+    val_start_rng: Optional[dict] = None
 
     def _checkpoint_state(self, trainer: Any) -> dict[str, Any]:
-        return {
+        """The counters and the exact position; the resume module adds the epoch's data and values."""
+        from featherlight.trainer.resume import _position_state
+
+        state = {
             "epoch": self.epoch,
             "global_step": self.global_step,
-            "batches_that_stepped": self.batches_that_stepped + int(self.pending_step),
-            "batches_done": self.batch_idx + 1 if self.batch_done else self.batch_idx,
-            "total_batch_idx": self.total_batch_idx + int(self.batch_done and self.pending_step),
-            "epoch_finished": self.epoch_finished,
+            "batches_that_stepped": self.batches_that_stepped,
+            "total_batch_idx": self.total_batch_idx,
+            "batch_idx": self.batch_idx,
+            "phase": self.phase,
+            "batch_stepped": self.batch_stepped,
+            "batch_is_last": self.batch_is_last,
         }
+        state.update(_position_state(trainer))
+        return state
 
     def _restore_checkpoint_state(self, checkpoint: dict[str, Any], trainer: Any) -> None:
+        from featherlight.trainer.resume import _ResumePoint
+
         state = checkpoint.get("featherlight_loop")
         if state is None:  # a Lightning checkpoint: read its progress trackers where present
             fit = (checkpoint.get("loops") or {}).get("fit_loop", {})
@@ -120,12 +128,9 @@ class LoopState:
             self.epoch = int(processed) if processed is not None else int(checkpoint.get("epoch", -1)) + 1
             self.global_step = int(checkpoint.get("global_step", 0))
             self.batches_that_stepped = int(stepped) if stepped is not None else self.global_step
-            self.resume_batch_idx = 0
             return
-        self.global_step = int(state["global_step"])
-        self.batches_that_stepped = int(state["batches_that_stepped"])
-        self.total_batch_idx = int(state["total_batch_idx"])
-        if state["epoch_finished"]:
-            self.epoch, self.resume_batch_idx = int(state["epoch"]) + 1, 0
-        else:
-            self.epoch, self.resume_batch_idx = int(state["epoch"]), int(state["batches_done"])
+        for key in ("epoch", "global_step", "batches_that_stepped", "total_batch_idx", "batch_idx"):
+            setattr(self, key, int(state[key]))
+        self.phase = state["phase"]
+        if self.phase != "epoch_start":  # mid-epoch: the fit loop continues from the exact position
+            trainer._resume = _ResumePoint(state)

@@ -123,6 +123,8 @@ class Trainer:
         self._batch_hooks: tuple = (None, None, None)
         self._verbose = True
         self._return_predictions = True
+        self._resume: Any = None  # a mid-epoch position from the checkpoint, consumed by the fit loop
+        self._train_store: Any = None
 
         # ---- barebones and fast_dev_run switch features off as Lightning does
         if barebones:
@@ -514,17 +516,21 @@ class Trainer:
         self._dispatch.rebuild()  # the module may have been replaced by a wrapper's conversion
         self._resolve_batch_hooks()
         self._val_loaders = None
+        self.ckpt_path = self._resolve_ckpt_path(ckpt_path, fn)
+        checkpoint = None
+        if self.ckpt_path is not None:
+            from featherlight.trainer.checkpoint import _restore_module_and_callbacks
+
+            checkpoint = _restore_module_and_callbacks(self, self.ckpt_path)
         if fn == TrainerFn.FITTING:
             self._configure_optimizers()
             self._training_step = self._profiled(self.strategy.step_function("training_step"),
                                                  f"[Strategy]{type(self.strategy).__name__}.training_step")
-        self.ckpt_path = self._resolve_ckpt_path(ckpt_path, fn)
-        if self.ckpt_path is not None:
-            from featherlight.trainer.checkpoint import _restore
-
-            _restore(self, self.ckpt_path, restore_training_state=fn == TrainerFn.FITTING)
-        if fn == TrainerFn.FITTING:
             self._dispatch.call("on_fit_start")
+            if checkpoint is not None:
+                from featherlight.trainer.checkpoint import _restore_training_state
+
+                _restore_training_state(self, checkpoint, self.ckpt_path)
         self._log_hyperparams()
         self.lightning_module.zero_grad()
         if fn == TrainerFn.FITTING:
@@ -971,6 +977,9 @@ class Trainer:
                 return self._val_loaders, self._val_limits
         elif not self._ensure_val_loaders():
             return
+        from featherlight.utilities.seed import _collect_rng_states
+
+        self._loop.val_start_rng = _collect_rng_states()  # an interrupted validation reruns from here
         eval_loop.run_evaluation(self, RunningStage.VALIDATING, self._val_loaders, self._val_limits, reload)
 
     def strategy_process_dataloader(self, loader: Any, prefix: str) -> Any:

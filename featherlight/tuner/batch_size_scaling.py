@@ -136,6 +136,7 @@ class _BatchSizeTrials(_TrialSandbox):
         self.batch_arg_name = batch_arg_name
         self.max_val = max_val
         self.probe = _BatchProbe()
+        self.length: Optional[int] = None  # samples per pass, once a load has told us
         if fn == "fit":
             flags = _trial_flags(trainer, steps_per_trial)
         else:
@@ -172,12 +173,18 @@ class _BatchSizeTrials(_TrialSandbox):
                 )
         return loaders, limits
 
+    def clamp(self, size: int) -> int:
+        """``size`` within ``[1, max_val]`` and, when known, the number of samples."""
+        size = max(1, min(int(size), self.max_val))
+        return min(size, self.length) if self.length else size
+
     def run(self, size: int) -> _Outcome:
         """One trial at ``size`` (lowered to the number of samples when the data is smaller)."""
-        size = max(1, min(int(size), self.max_val))
+        size = self.clamp(size)
         loaders, limits = self._load(size)
         lengths = [_samples_per_epoch(dl) for dl in loaders]
         length = max(lengths) if lengths and all(n is not None for n in lengths) else None
+        self.length = length
         if length is not None and 0 < length < size:
             rank_zero_info(f"Batch size {size} is larger than the dataset ({length} samples); trying {length}.")
             size = length
@@ -226,7 +233,7 @@ def _run_power_scaling(trials: _BatchSizeTrials, size: int, max_trials: int) -> 
             last_fit = outcome.size
             if outcome.at_end:
                 break
-            size = min(outcome.size * 2, trials.max_val)
+            size = trials.clamp(outcome.size * 2)
             rank_zero_info(f"Batch size {outcome.size} succeeded, trying batch size {size}")
         else:
             if last_fit is not None:
@@ -249,7 +256,7 @@ def _run_binsearch_scaling(trials: _BatchSizeTrials, size: int, max_trials: int)
             if outcome.at_end:
                 break
             if high is None:
-                size = min(low * 2, trials.max_val)
+                size = trials.clamp(low * 2)
             elif high - low <= 1:
                 break
             else:

@@ -58,8 +58,9 @@ def _columns(theme: RichProgressBarTheme) -> list:
     class _Speed(ProgressColumn):
         def render(self, task: Any) -> Text:
             speed = task.finished_speed or task.speed
-            if speed is None and task.elapsed:
-                speed = task.completed / task.elapsed
+            if speed is None:
+                elapsed = task.finished_time if task.finished else task.elapsed
+                speed = task.completed / elapsed if elapsed else None
             return Text(f"{speed if speed is not None else 0.0:>.2f}it/s", style=theme.processing_speed)
 
     class _Metrics(ProgressColumn):

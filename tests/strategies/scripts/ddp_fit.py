@@ -1,0 +1,69 @@
+"""Two-rank DDP in one launch (``strategy="ddp"`` starts rank 1 by running this script again).
+
+    python ddp_fit.py OUTDIR
+
+Runs, in order: fit (2 epochs, uneven validation, collective counting, checkpoints), predict, a resumed fit
+(to epoch 3) from the last checkpoint, and a SyncBatchNorm fit. Each rank writes ``rank{R}.json``.
+"""
+import os
+
+import torch
+
+import featherlight as L
+import featherlight.trainer.checkpoint as ckpt_module
+from featherlight.callbacks import ModelCheckpoint
+from fl_dist_models import (FLAGS, N_PREDICT, CollectiveCounter, Regressor, outdir_from_argv, save_json,
+                            state_to_lists, train_loader, val_loader)
+
+out = outdir_from_argv()
+ckpt_dir = os.path.join(out, "ckpts")
+writes = []
+_original_save = ckpt_module._atomic_torch_save
+
+
+def _recording_save(obj, filepath):
+    writes.append(os.path.basename(os.fspath(filepath)))
+    return _original_save(obj, filepath)
+
+
+ckpt_module._atomic_torch_save = _recording_save
+
+
+def make_trainer(epochs, callbacks=(), **kwargs):
+    return L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=epochs, **FLAGS,
+                     callbacks=list(callbacks), **kwargs)
+
+
+result = {}
+# ---- fit: 2 epochs
+counter = CollectiveCounter()
+model = Regressor()
+trainer = make_trainer(2, [counter, ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=-1)])
+trainer.fit(model, train_loader(), val_loader())
+rank = trainer.global_rank
+result.update(
+    rank=rank, world_size=trainer.world_size, weights=state_to_lists(model.state_dict()),
+    metrics={k: float(v) for k, v in trainer.callback_metrics.items()},
+    collectives_per_batch=counter.per_batch, collectives_in_step=counter.in_step,
+    num_val_batches=trainer.num_val_batches, num_training_batches=trainer.num_training_batches,
+    global_step=trainer.global_step, checkpoint_writes=list(writes),
+    ddp_type=type(trainer.model).__name__, sampler=type(trainer.train_dataloader.sampler).__name__,
+)
+# ---- predict: each sample once across ranks
+preds = trainer.predict(model, val_loader(batch_size=2, n=N_PREDICT))
+result["predicted_indices"] = [int(i) for p in preds for i in p["idx"]]
+# ---- resume from the last checkpoint to epoch 3
+writes.clear()
+model2 = Regressor()
+trainer2 = make_trainer(3, [ModelCheckpoint(dirpath=os.path.join(out, "ckpts2"))], num_sanity_val_steps=0)
+trainer2.fit(model2, train_loader(), val_loader(), ckpt_path=os.path.join(ckpt_dir, "last.ckpt"))
+result.update(resumed_weights=state_to_lists(model2.state_dict()), resumed_global_step=trainer2.global_step,
+              resumed_writes=list(writes))
+# ---- SyncBatchNorm
+bn = Regressor(batchnorm=True)
+trainer3 = make_trainer(2, sync_batchnorm=True, enable_checkpointing=False, num_sanity_val_steps=0,
+                        limit_val_batches=0)
+trainer3.fit(bn, train_loader())
+result.update(bn_weights=state_to_lists(bn.state_dict()),
+              bn_layer=type(bn.net[1]).__name__)
+save_json(out, f"rank{rank}.json", result)
