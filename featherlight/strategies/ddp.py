@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -112,19 +111,20 @@ class _ProcessRegistry:
         self._observer.start()
 
     def kill_children(self) -> None:
+        """Stop the children now. SIGKILL, not SIGTERM: a rank has failed, so nothing a child would do on a
+        polite signal (e.g. save an interrupt checkpoint, a collective) can complete."""
         self.stopping = True
         alive = [p for _, p in self.children if p.poll() is None]
         for proc in alive:
             try:
-                proc.send_signal(signal.SIGTERM)
+                proc.kill()
             except OSError:  # pragma: no cover - already gone
                 pass
-        deadline = time.monotonic() + _KILL_GRACE_S
         for proc in alive:
             try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
+                proc.wait(timeout=_KILL_GRACE_S)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                pass
 
     # --------------------------------------------------------------- child side
     def watch_parent(self, launcher_pid: int) -> None:
@@ -245,13 +245,47 @@ class _TrainingStepModule(nn.Module):
         return out
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks; the gradient of every rank's input is the sum of the output gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor, group: Any) -> Tensor:
+        ctx.group = group
+        out = tensor.clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+class _AllGather(torch.autograd.Function):
+    """Stack every rank's tensor; each rank's input gets the summed gradient of its slice."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor, group: Any) -> Tensor:
+        ctx.group = group
+        ctx.rank = dist.get_rank(group)
+        gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(gathered, tensor.contiguous(), group=group)
+        return torch.stack(gathered)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad[ctx.rank], None
+
+
 class _GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Batch norm synchronised across ranks for CPU tensors (torch's ``SyncBatchNorm`` accepts accelerator
     tensors only, and DDP refuses it on CPU modules).
 
-    The batch statistics are computed over every rank with autograd-aware all-reduces
-    (``torch.distributed.nn.functional.all_reduce``), so gradients flow through them as with torch's
-    CUDA kernel. In eval mode, or without a process group, it is plain batch norm.
+    The batch statistics are computed over every rank with autograd-aware all-reduces, so gradients
+    flow through them as with torch's CUDA kernel. In eval mode, or without a process group, it is plain batch norm.
     """
 
     process_group: Any = None
@@ -267,8 +301,6 @@ class _GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         if dist.get_world_size(group) == 1:
             return super().forward(input)
         self._check_input_dim(input)
-        from torch.distributed.nn.functional import all_reduce as diff_all_reduce
-
         factor = 0.0 if self.momentum is None else self.momentum
         if self.track_running_stats:
             self.num_batches_tracked.add_(1)
@@ -280,11 +312,11 @@ class _GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         x = input.float() if input.dtype in (torch.float16, torch.bfloat16) else input
         count = torch.tensor([x.numel() // channels], dtype=x.dtype)
         # two passes (mean, then squared deviations) keep the variance as accurate as one process's
-        first = diff_all_reduce(torch.cat([x.sum(dims), count]), group=group)
+        first = _AllReduceSum.apply(torch.cat([x.sum(dims), count]), group)
         total = first[-1]
         mean = first[:channels] / total
         centered = x - mean.view(shape)
-        var = diff_all_reduce((centered * centered).sum(dims), group=group) / total
+        var = _AllReduceSum.apply((centered * centered).sum(dims), group) / total
         out = centered * torch.rsqrt(var + self.eps).view(shape)
         if self.weight is not None:
             out = out * self.weight.view(shape) + self.bias.view(shape)
@@ -721,9 +753,7 @@ class DDPStrategy(Strategy):
         group = group if group is not None else dist.group.WORLD
         tensor = tensor.contiguous()
         if sync_grads:
-            from torch.distributed.nn.functional import all_gather as diff_all_gather
-
-            return torch.stack(diff_all_gather(tensor, group=group))
+            return _AllGather.apply(tensor, group)
         gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
         dist.all_gather(gathered, tensor, group=group)
         return torch.stack(gathered)

@@ -216,6 +216,9 @@ def _resolve_ckpt_path(trainer: "Trainer", ckpt_path: Any, fn: Any) -> Optional[
             dirpath = getattr(cb, "dirpath", None)
             if dirpath and os.path.isdir(dirpath):
                 candidates += glob.glob(os.path.join(dirpath, "*.ckpt"))
+        from featherlight.trainer.interrupt import _checkpoint_path
+
+        candidates.append(_checkpoint_path(trainer))  # where a signal-interrupted run saved itself
         candidates = sorted({c for c in candidates if os.path.isfile(c)}, key=os.path.getmtime, reverse=True)
         for candidate in candidates:
             try:

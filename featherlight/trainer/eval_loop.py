@@ -70,6 +70,8 @@ def run_evaluation(trainer: "Trainer", stage: RunningStage, loaders: list, limit
                 call(f"on_{fn}_batch_end", output, batch, batch_idx, *extra)
                 trainer._log_eval_step(stage, dataloader_idx)
                 batch_idx += 1
+                if trainer._signal_received is not None:
+                    trainer._checkpoint_and_exit()
     trainer._log.end_epoch(trainer)
     call(f"on_{fn}_epoch_end")
     results = trainer._log_eval_epoch(stage, len(loaders))

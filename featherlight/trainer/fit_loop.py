@@ -127,6 +127,8 @@ def _finish_batch(trainer: "Trainer", store: _ResultStore, batch_idx: int, is_la
             _step_schedulers(trainer, "step", batch_idx, plateau=True)
         loop.batches_that_stepped += 1
     loop.phase = "done"
+    if trainer._signal_received is not None:
+        trainer._checkpoint_and_exit()
 
 
 def _batches(trainer: "Trainer", loader: Any, num_batches: float, start: int = 0, resume: Any = None):

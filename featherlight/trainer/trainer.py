@@ -82,6 +82,7 @@ class Trainer:
         default_root_dir: Optional[_PATH] = None,
         enable_autolog_hparams: bool = True,
         model_registry: Optional[str] = None,
+        interrupt_signals: Iterable[Union[str, int]] = ("SIGTERM",),
     ) -> None:
         self.state = TrainerState()
         self._loop = LoopState()
@@ -95,6 +96,10 @@ class Trainer:
         self._detect_anomaly = bool(detect_anomaly)
         self.barebones = barebones
         self._enable_autolog_hparams = enable_autolog_hparams
+        from featherlight.trainer.interrupt import _parse_signals
+
+        self._interrupt_signals = _parse_signals(interrupt_signals)
+        self._signal_received: Optional[int] = None
         self.sync_batchnorm = sync_batchnorm
         self.use_distributed_sampler = use_distributed_sampler
         self.default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
@@ -535,12 +540,14 @@ class Trainer:
         self.lightning_module.zero_grad()
         if fn == TrainerFn.FITTING:
             from featherlight.trainer import fit_loop
+            from featherlight.trainer.interrupt import _signal_handlers
             from featherlight.utilities.seed import isolate_rng
 
-            with isolate_rng():  # the sanity check must not change what the training run draws
-                self._run_sanity_check()
-            with torch.autograd.set_detect_anomaly(self._detect_anomaly):
-                fit_loop.run_fit(self)
+            with _signal_handlers(self):
+                with isolate_rng():  # the sanity check must not change what the training run draws
+                    self._run_sanity_check()
+                with torch.autograd.set_detect_anomaly(self._detect_anomaly):
+                    fit_loop.run_fit(self)
             self._dispatch.call("on_fit_end")
             out = None
         else:
@@ -590,6 +597,13 @@ class Trainer:
                 module.on_exception(exc)
             if self.datamodule is not None:
                 self.datamodule.on_exception(exc)
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)) and self._dispatch.callbacks:
+                # an interrupted run still releases what setup() acquired (files, workers, connections)
+                stage = self.state.fn.value if self.state.fn is not None else "fit"
+                if self.datamodule is not None:
+                    self._call_datamodule("teardown", stage=stage)
+                self._dispatch.call_callbacks("teardown", stage)
+                self._call_module("teardown", stage)
         finally:
             for logger in self.loggers:
                 try:
@@ -992,6 +1006,12 @@ class Trainer:
         return met_epochs and met_steps
 
     # ================================================================== checkpointing
+    def _checkpoint_and_exit(self) -> None:
+        """A signal asked the run to stop: save where it is (fit only) and leave with a non-zero status."""
+        from featherlight.trainer.interrupt import _save_and_raise
+
+        _save_and_raise(self)
+
     def save_checkpoint(self, filepath: _PATH, weights_only: bool = False, storage_options: Optional[Any] = None) -> None:
         """Write a checkpoint of the current run to ``filepath`` atomically (temporary file, fsync, rename)."""
         if self.lightning_module is None:

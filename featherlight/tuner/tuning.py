@@ -510,7 +510,11 @@ class _TrialSandbox(_Preserved):
             _quiet_trainer(trainer)
             for name, value in self.flags.items():
                 setattr(trainer, name, value)
+            trainer._resume = None  # a checkpoint's mid-epoch position belongs to the real run
             trainer._dispatch.rebuild()
+            if getattr(trainer, "_training_step", None) is not None:
+                # unprofiled: the user's profiler must not record the trials
+                trainer._training_step = trainer.strategy.step_function("training_step")
         except BaseException:
             self.__exit__(None, None, None)
             raise

@@ -110,9 +110,9 @@ class KillAt(L.Callback):
 
 
 def _trainer(logger, callbacks=(), **kwargs):
-    return L.Trainer(max_epochs=3, logger=logger, callbacks=list(callbacks), enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=2,
-                     val_check_interval=0.5, **kwargs)
+    kwargs = {"max_epochs": 3, "log_every_n_steps": 2, "val_check_interval": 0.5, **kwargs}
+    return L.Trainer(logger=logger, callbacks=list(callbacks), enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False, **kwargs)
 
 
 def _run(kill=None, tmp_path=None, workers=0, **kwargs):

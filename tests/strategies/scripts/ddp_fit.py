@@ -47,7 +47,7 @@ result.update(
     collectives_per_batch=counter.per_batch, collectives_in_step=counter.in_step,
     num_val_batches=trainer.num_val_batches, num_training_batches=trainer.num_training_batches,
     global_step=trainer.global_step, checkpoint_writes=list(writes),
-    ddp_type=type(trainer.model).__name__, sampler=type(trainer.train_dataloader.sampler).__name__,
+    ddp_type=counter.model_type, sampler=type(trainer.train_dataloader.sampler).__name__,
 )
 # ---- predict: each sample once across ranks
 preds = trainer.predict(model, val_loader(batch_size=2, n=N_PREDICT))

@@ -116,6 +116,9 @@ class CollectiveCounter(Callback):
 
         return wrapper
 
+    def on_train_start(self, trainer, pl_module):
+        self.model_type = type(trainer.model).__name__
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self._start is not None and batch_idx > 0:
             self.per_batch.append(self.calls - self._start)

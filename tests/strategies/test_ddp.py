@@ -1,0 +1,108 @@
+"""Two-rank DDP (``strategy="ddp"``: the script is started again for rank 1) on CPU with gloo.
+
+One launch of ``scripts/ddp_fit.py`` runs fit, predict, a resumed fit and a SyncBatchNorm fit; the tests
+below check its per-rank results against single-process references computed here.
+"""
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "scripts"))
+
+import fl_dist_models as models  # noqa: E402
+from fl_dist_run import load_ranks, run_script  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp_fit")
+    code, output, _ = run_script("ddp_fit.py", out, cwd=out, timeout=180)
+    assert code == 0, output[-6000:]
+    return load_ranks(out), out, output
+
+
+def _tensors(d):
+    return {k: torch.tensor(v, dtype=torch.float64) for k, v in d.items()}
+
+
+def _assert_close(a, b, atol=1e-6):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k].double(), atol=atol, rtol=1e-5, msg=k)
+
+
+def test_ranks_and_wrapper(ddp_run):
+    ranks, _, _ = ddp_run
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert all(r["world_size"] == 2 for r in ranks)
+    assert all(r["ddp_type"] == "DistributedDataParallel" for r in ranks)
+    assert all(r["sampler"] == "DistributedSampler" for r in ranks)
+    assert all(r["num_training_batches"] == 4 for r in ranks)  # 32 samples / 2 ranks / batch 4
+
+
+def test_weights_equal_across_ranks_and_to_single_process(ddp_run):
+    ranks, _, _ = ddp_run
+    w0, w1 = _tensors(ranks[0]["weights"]), _tensors(ranks[1]["weights"])
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
+    _assert_close(w0, models.reference_weights(epochs=2))
+
+
+def test_sync_dist_mean_across_ranks(ddp_run):
+    ranks, _, _ = ddp_run
+    for r in ranks:
+        assert r["metrics"]["rank_metric"] == pytest.approx(0.5)  # mean of rank 0 and rank 1
+    assert ranks[0]["metrics"]["train_loss"] == pytest.approx(ranks[1]["metrics"]["train_loss"])
+
+
+def test_uneven_validation_counts_each_sample_once(ddp_run):
+    ranks, _, _ = ddp_run
+    assert sorted(r["num_val_batches"][0] for r in ranks) == [2, 3]  # 5 samples, no padding
+    for r in ranks:
+        assert r["metrics"]["val_count"] == 5.0
+        assert r["metrics"]["val_index_sum"] == float(sum(range(models.N_VAL)))
+
+
+def test_predict_returns_each_sample_once(ddp_run):
+    ranks, _, _ = ddp_run
+    union = ranks[0]["predicted_indices"] + ranks[1]["predicted_indices"]
+    assert sorted(union) == list(range(models.N_PREDICT))
+
+
+def test_no_extra_collective_per_training_step(ddp_run):
+    ranks, _, _ = ddp_run
+    for r in ranks:
+        assert r["collectives_in_step"] and set(r["collectives_in_step"]) == {0}
+        assert r["collectives_per_batch"] and set(r["collectives_per_batch"]) == {0}
+
+
+def test_checkpoints_written_by_rank_zero_only_and_resumable(ddp_run):
+    ranks, out, _ = ddp_run
+    assert ranks[1]["checkpoint_writes"] == [] and ranks[1]["resumed_writes"] == []
+    assert "last.ckpt" in ranks[0]["checkpoint_writes"]
+    assert sorted(os.listdir(out / "ckpts")) == ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt", "last.ckpt"]
+    # resuming the 2-epoch run to epoch 3 equals 3 epochs in one process (momentum state restored too)
+    assert all(r["resumed_global_step"] == 12 for r in ranks)
+    _assert_close(_tensors(ranks[0]["resumed_weights"]), models.reference_weights(epochs=3))
+    assert ranks[0]["resumed_weights"] == ranks[1]["resumed_weights"]
+
+
+def test_sync_batchnorm_matches_full_batch(ddp_run):
+    ranks, _, _ = ddp_run
+    assert all(r["bn_layer"] == "_GlooSyncBatchNorm" for r in ranks)
+    w0 = _tensors(ranks[0]["bn_weights"])
+    assert ranks[0]["bn_weights"] == ranks[1]["bn_weights"]
+    # synchronised statistics over 2 x 4 samples = batch norm over the 8-sample batch of one process
+    _assert_close(w0, models.reference_weights(epochs=2, batchnorm=True), atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_ddp_nccl_16_mixed(tmp_path):
+    code, output, _ = run_script("ddp_gpu.py", tmp_path, cwd=tmp_path, timeout=300)
+    assert code == 0, output[-6000:]
+    ranks = load_ranks(tmp_path)
+    assert ranks[0]["backend"] == "nccl"
+    assert ranks[0]["weights"] == ranks[1]["weights"]

@@ -1,0 +1,98 @@
+"""SIGTERM (or another configured signal) saves a resumable checkpoint and exits non-zero; Ctrl-C runs
+on_exception and teardown, then re-raises. The resumed run ends exactly where an uninterrupted one does."""
+import os
+import signal
+import sys
+
+import pytest
+import torch
+
+import featherlight as L
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_exact_resume import Model, Recorder, _assert_same, _run, _trainer  # noqa: E402
+
+
+class SendSignal(L.Callback):
+    def __init__(self, hook, epoch, batch, sig=signal.SIGTERM):
+        self.hook, self.epoch, self.batch, self.sig = hook, epoch, batch, sig
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.hook == "train" and (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            os.kill(os.getpid(), self.sig)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if self.hook == "val" and not trainer.sanity_checking and (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            os.kill(os.getpid(), self.sig)
+
+
+def _interrupted_then_resumed(tmp_path, hook, epoch, batch, sig=signal.SIGTERM, **kwargs):
+    torch.manual_seed(1)
+    logger = Recorder()
+    with pytest.raises(SystemExit) as exit_info:
+        _trainer(logger, [SendSignal(hook, epoch, batch, sig)], default_root_dir=tmp_path, **kwargs).fit(Model())
+    assert exit_info.value.code == 128 + sig
+    path = tmp_path / "checkpoints" / "interrupted.ckpt"
+    assert path.is_file()
+    torch.manual_seed(999)
+    logger2 = Recorder()
+    resumed = Model()
+    _trainer(logger2, default_root_dir=tmp_path, **kwargs).fit(resumed, ckpt_path=str(path))
+    return resumed, logger.rows + logger2.rows
+
+
+@pytest.mark.parametrize("hook,epoch,batch", [("train", 1, 3), ("val", 1, 1), ("train", 0, 10)])
+def test_sigterm_saves_a_checkpoint_that_resumes_exactly(tmp_path, hook, epoch, batch):
+    _assert_same(_run(), _interrupted_then_resumed(tmp_path, hook, epoch, batch))
+
+
+def test_configured_signal_and_the_users_handler_is_chained(tmp_path):
+    seen = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: seen.append(signum))
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            _trainer(Recorder(), [SendSignal("train", 0, 2, signal.SIGUSR1)], default_root_dir=tmp_path,
+                     interrupt_signals=["SIGUSR1"]).fit(Model())
+        assert exit_info.value.code == 128 + signal.SIGUSR1
+        assert seen == [signal.SIGUSR1]
+        assert (tmp_path / "checkpoints" / "interrupted.ckpt").is_file()
+        assert signal.getsignal(signal.SIGUSR1) is not None  # the user's handler is back in place
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def test_ckpt_path_last_finds_the_interrupted_checkpoint(tmp_path):
+    with pytest.raises(SystemExit):
+        _trainer(Recorder(), [SendSignal("train", 0, 2)], default_root_dir=tmp_path).fit(Model())
+    trainer = _trainer(Recorder(), default_root_dir=tmp_path, max_epochs=1)
+    trainer.fit(Model(), ckpt_path="last")
+    assert trainer.ckpt_path.endswith("interrupted.ckpt")
+
+
+def test_keyboard_interrupt_runs_on_exception_and_teardown_then_reraises():
+    calls = []
+
+    class Watch(L.Callback):
+        def on_exception(self, trainer, pl_module, exception):
+            calls.append("on_exception")
+
+        def teardown(self, trainer, pl_module, stage):
+            calls.append(f"teardown:{stage}")
+
+    class Interrupted(Model):
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 2:
+                raise KeyboardInterrupt
+            return super().training_step(batch, batch_idx)
+
+    trainer = _trainer(False, [Watch()])
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(Interrupted())
+    assert calls == ["on_exception", "teardown:fit"] and trainer.interrupted
+
+
+def test_bad_signal_name():
+    from featherlight.utilities.exceptions import MisconfigurationException
+
+    with pytest.raises(MisconfigurationException, match="SIGNOPE"):
+        L.Trainer(interrupt_signals=["SIGNOPE"])
