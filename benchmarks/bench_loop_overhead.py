@@ -24,10 +24,27 @@ from torch.utils.data import DataLoader, TensorDataset
 torch.set_num_threads(1)
 
 
-def make_data(steps: int) -> DataLoader:
+class _Batches:
+    """An iterable of ready batches (frameworks treat a bare list as several dataloaders)."""
+
+    def __init__(self, batches: list) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def make_data(steps: int, prebatched: bool = False):
+    """The issue's workload: a DataLoader of batches of 64. ``prebatched`` gives a plain list of the same
+    batches instead, so data loading drops out and the loop's own overhead is what differs."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(steps * 64, 32, generator=g)
     y = torch.randn(steps * 64, 32, generator=g)
+    if prebatched:
+        return _Batches([(x[i:i + 64], y[i:i + 64]) for i in range(0, steps * 64, 64)])
     return DataLoader(TensorDataset(x, y), batch_size=64)
 
 
@@ -90,17 +107,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--prebatched", action="store_true", help="a list of batches instead of a DataLoader")
+    parser.add_argument("--only", default=None, help="featherlight or lightning")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     import logging
 
     logging.disable(logging.WARNING)
     frameworks = {"featherlight": importlib.import_module("featherlight")}
-    try:
-        frameworks["lightning"] = importlib.import_module("lightning.pytorch")
-    except ImportError:
-        pass
-    loader = make_data(args.steps)
+    if args.only != "featherlight":
+        try:
+            frameworks["lightning"] = importlib.import_module("lightning.pytorch")
+        except ImportError:
+            pass
+    loader = make_data(args.steps, args.prebatched)
     results: dict[str, list[float]] = {"raw": []}
     root = tempfile.mkdtemp()
     try:
@@ -113,7 +133,8 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     raw = statistics.median(results["raw"]) / args.steps * 1e6
-    print(f"torch {torch.__version__}, {args.steps} steps x {args.repeats} repeats, 1 thread; medians")
+    data = "pre-batched list" if args.prebatched else "DataLoader"
+    print(f"torch {torch.__version__}, {data}, {args.steps} steps x {args.repeats} repeats, 1 thread; medians")
     print(f"{'loop':28s} {'us/step':>9s} {'added us':>9s} {'ratio':>7s}")
     for key, times in results.items():
         us = statistics.median(times) / args.steps * 1e6

@@ -85,9 +85,11 @@ class LightningDataModule(DataHooks, HyperparametersMixin):
         checkpoint_path: Union[str, os.PathLike, IO[bytes]],
         map_location: Any = None,
         hparams_file: Optional[Union[str, os.PathLike]] = None,
+        weights_only: Optional[bool] = None,
         **kwargs: Any,
     ) -> "LightningDataModule":
         """Build the datamodule from the ``datamodule_hyper_parameters`` saved in a checkpoint."""
         from featherlight.trainer.checkpoint import _load_datamodule_from_checkpoint
 
-        return _load_datamodule_from_checkpoint(cls, checkpoint_path, map_location, hparams_file, **kwargs)
+        return _load_datamodule_from_checkpoint(cls, checkpoint_path, map_location, hparams_file,
+                                                weights_only is not False, **kwargs)

@@ -441,13 +441,19 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         map_location: Any = None,
         hparams_file: Optional[Union[str, os.PathLike]] = None,
         strict: Optional[bool] = None,
+        weights_only: Optional[bool] = None,
         **kwargs: Any,
     ) -> "LightningModule":
         """Build the module from the hyperparameters saved in the checkpoint (``kwargs`` override them),
-        then load its weights. Loading never executes code from the file (``torch.load(weights_only=True)``)."""
+        then load its weights.
+
+        Loading never executes code from the file (``torch.load(weights_only=True)`` with an allow-list);
+        a checkpoint that needs arbitrary unpickling is refused unless you pass ``weights_only=False``.
+        """
         from featherlight.trainer.checkpoint import _load_module_from_checkpoint
 
-        return _load_module_from_checkpoint(cls, checkpoint_path, map_location, hparams_file, strict, **kwargs)
+        return _load_module_from_checkpoint(cls, checkpoint_path, map_location, hparams_file, strict,
+                                            weights_only is not False, **kwargs)
 
     def __getstate__(self) -> dict:
         # A module is pickled (spawn, deepcopy) without its trainer.

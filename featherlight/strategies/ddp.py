@@ -97,9 +97,10 @@ class _ProcessRegistry:
                     elif code != 0 and not self.stopping:
                         self.stopping = True
                         self.kill_children()
+                        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
                         sys.stderr.write(
-                            f"\n[featherlight] rank {rank} (pid {proc.pid}) exited with code {code}; stopping all "
-                            "processes of this job. Its traceback is printed above.\n"
+                            f"\n[featherlight] rank {rank} (pid {proc.pid}) {how}; stopping all processes of this "
+                            "job (the rank's own output, if any, is above).\n"
                         )
                         sys.stderr.flush()
                         os._exit(code if code > 0 else 1)
@@ -558,8 +559,12 @@ class DDPStrategy(Strategy):
             os.environ["MASTER_PORT"] = str(_free_port())
         with tempfile.TemporaryDirectory(prefix="featherlight_spawn_") as tmp:
             result_path = os.path.join(tmp, "rank0.pt")
-            mp.start_processes(_mp_worker, args=(self, function, args, result_path), nprocs=self.num_processes,
-                               start_method=self._start_method, join=True)
+            context = mp.start_processes(_mp_worker, args=(self, function, args, result_path),
+                                         nprocs=self.num_processes, start_method=self._start_method, join=False)
+            # when a worker fails the others are stopped at once (torch's default waits 30 s after SIGTERM,
+            # which a worker blocked in a collective does not act on)
+            while not context.join(grace_period=_POLL_INTERVAL_S):
+                pass
             return self._recover_results(function, result_path)
 
     # ---------------------------------------------------------------- per-process setup
@@ -862,6 +867,20 @@ def _mp_worker(process_idx: int, strategy: DDPStrategy, function: Any, args: tup
     os.environ.update(RANK=str(ranks["global_rank"]), LOCAL_RANK=str(process_idx),
                       WORLD_SIZE=str(ranks["world_size"]), NODE_RANK=str(ranks["node_rank"]))
     rank_zero_only.rank = ranks["global_rank"]  # type: ignore[attr-defined]
+    trainer = getattr(function, "__self__", None)
+    if trainer is not None:
+        # a pickled LightningModule/datamodule travels without its trainer (spawn): attach them again
+        for obj in (getattr(trainer, "lightning_module", None), getattr(trainer, "datamodule", None)):
+            if obj is not None and getattr(obj, "_trainer", trainer) is None:
+                obj.trainer = trainer
+        module = getattr(trainer, "lightning_module", None)
+        if module is not None and strategy._start_method != "fork":
+            # torch.multiprocessing sends CPU tensors through shared memory: without a private copy every
+            # worker (and the parent) would update the same parameter storage
+            with torch.no_grad():
+                for tensor in list(module.parameters()) + list(module.buffers()):
+                    if tensor.device.type == "cpu" and tensor.is_shared():
+                        tensor.data = tensor.data.clone()
     output = function(*args)
     payload = strategy._worker_payload(function, output) if ranks["global_rank"] == 0 else None
     if payload is not None:

@@ -372,8 +372,8 @@ def _device_of(map_location: Any) -> Optional[torch.device]:
 
 
 def _load_datamodule_from_checkpoint(cls: type, path: Any, map_location: Any, hparams_file: Any,
-                                     **kwargs: Any) -> Any:
-    checkpoint = _load_checkpoint_file(path, map_location=map_location or "cpu")
+                                     weights_only: bool = True, **kwargs: Any) -> Any:
+    checkpoint = _load_checkpoint_file(path, map_location=map_location or "cpu", weights_only=weights_only)
     hparams = _read_hparams(checkpoint, "datamodule_hyper_parameters", hparams_file, kwargs)
     dm = _instantiate(cls, hparams, path)
     key = cls.__qualname__

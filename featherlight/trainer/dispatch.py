@@ -62,6 +62,7 @@ class _Dispatcher:
         self._profiling = False
         self._profiler: Any = None
         self._module_obj: Any = None
+        self._plan: dict[str, Any] = {hook: None for hook in SHARED_HOOKS}
 
     def rebuild(self) -> None:
         """Find, per hook, who overrides it. Called when a run starts (callbacks or module may change)."""
@@ -90,6 +91,12 @@ class _Dispatcher:
         self._profiling = profiling
         self._profiler = profiler
         self._module_obj = module
+        # per hook: (callbacks before the module, the module's method, callbacks after), or None when
+        # nobody overrides it, so an unused hook costs one dict lookup
+        self._plan: dict[str, Any] = {}
+        for hook in SHARED_HOOKS:
+            early, fn, late = self.callbacks[hook], self.module_hook(hook), self.late_callbacks.get(hook, ())
+            self._plan[hook] = (early, fn, late) if (early or fn is not None or late) else None
 
     def module_hook(self, hook: str) -> Callable | None:
         try:
@@ -106,21 +113,18 @@ class _Dispatcher:
 
     def call(self, hook: str, *args: Any) -> Any:
         """Call ``hook`` on every callback that overrides it, then on the module; returns the module's result."""
+        plan = self._plan[hook]
+        if plan is None:
+            return None
+        early, fn, late = plan
         trainer = self.trainer
-        cbs = self.callbacks[hook]
         prev = trainer._current_fx
         trainer._current_fx = hook
-        if cbs:
-            module = trainer.lightning_module
-            for fn in cbs:
-                fn(trainer, module, *args)
-        fn = self.module_hook(hook)
+        for cb_fn in early:
+            cb_fn(trainer, trainer.lightning_module, *args)
         out = fn(*args) if fn is not None else None
-        late = self.late_callbacks.get(hook)
-        if late:
-            module = trainer.lightning_module
-            for fn in late:
-                fn(trainer, module, *args)
+        for cb_fn in late:
+            cb_fn(trainer, trainer.lightning_module, *args)
         trainer._current_fx = prev
         return out
 

@@ -194,7 +194,9 @@ def _automatic_step(trainer: "Trainer", batch: Any, batch_idx: int, is_last: boo
         result.append(output if isinstance(output, dict) else ({"loss": loss.detach()} if loss is not None else {}))
         if zero_grad_first:
             call("on_before_zero_grad", optimizer.optimizer)
-            trainer._call_module("optimizer_zero_grad", trainer.current_epoch, batch_idx, optimizer.optimizer)
+            trainer._current_fx = "optimizer_zero_grad"
+            module.optimizer_zero_grad(trainer._loop.epoch, batch_idx, optimizer.optimizer)
+            trainer._current_fx = None
         if loss is None:
             trainer._warnings.warn(
                 "`training_step` returned `None`. If this was on purpose, ignore this warning: the batch is skipped."

@@ -124,8 +124,10 @@ class Trainer:
         self.num_sanity_val_batches: list[Union[int, float]] = []
         self.val_check_batch: Union[int, float] = float("inf")
         self._val_loaders: Optional[list] = None
+        self._val_on: Optional[bool] = None
         self._val_limits: list = []
         self._batch_hooks: tuple = (None, None, None)
+        self._convert_input: Any = None
         self._verbose = True
         self._return_predictions = True
         self._resume: Any = None  # a mid-epoch position from the checkpoint, consumed by the fit loop
@@ -386,6 +388,7 @@ class Trainer:
             datamodule, train_dataloaders = train_dataloaders, None
         self._check_loader_args(train_dataloaders, val_dataloaders, datamodule, "fit")
         self._given_loaders = {"train": train_dataloaders, "val": val_dataloaders}
+        self._weights_only = weights_only is not False
         self._run(model, TrainerFn.FITTING, datamodule, ckpt_path)
 
     def validate(
@@ -398,6 +401,7 @@ class Trainer:
         weights_only: Optional[bool] = None,
     ) -> list[dict[str, float]]:
         """Run one validation epoch; returns one dict of logged metrics per dataloader."""
+        self._weights_only = weights_only is not False
         return self._evaluate(model, dataloaders, ckpt_path, verbose, datamodule, TrainerFn.VALIDATING)
 
     def test(
@@ -410,6 +414,7 @@ class Trainer:
         weights_only: Optional[bool] = None,
     ) -> list[dict[str, float]]:
         """Run one test epoch; returns one dict of logged metrics per dataloader."""
+        self._weights_only = weights_only is not False
         return self._evaluate(model, dataloaders, ckpt_path, verbose, datamodule, TrainerFn.TESTING)
 
     def predict(
@@ -426,6 +431,7 @@ class Trainer:
             datamodule, dataloaders = dataloaders, None
         self._check_loader_args(dataloaders, None, datamodule, "predict")
         self._given_loaders = {"predict": dataloaders}
+        self._weights_only = weights_only is not False
         self._return_predictions = True if return_predictions is None else return_predictions
         return self._run(self._model_or_attached(model, "predict"), TrainerFn.PREDICTING, datamodule, ckpt_path)
 
@@ -435,6 +441,11 @@ class Trainer:
         self._check_loader_args(dataloaders, None, datamodule, fn.value)
         self._given_loaders = {"val" if fn == TrainerFn.VALIDATING else "test": dataloaders}
         self._verbose = verbose
+        if model is None and ckpt_path is None and getattr(self.checkpoint_callback, "best_model_path", ""):
+            # Lightning's rule: without a model, evaluate the best checkpoint of the previous fit
+            ckpt_path = "best"
+            rank_zero_info(f"`.{fn.value}(ckpt_path=None)` was called without a model. The best model of the "
+                           f"previous `fit` call will be used: {self.checkpoint_callback.best_model_path}")
         return self._run(self._model_or_attached(model, fn.value), fn, datamodule, ckpt_path)
 
     def _model_or_attached(self, model: Optional[LightningModule], fn: str) -> LightningModule:
@@ -521,6 +532,7 @@ class Trainer:
         self._dispatch.rebuild()  # the module may have been replaced by a wrapper's conversion
         self._resolve_batch_hooks()
         self._val_loaders = None
+        self._val_on: Optional[bool] = None
         self.ckpt_path = self._resolve_ckpt_path(ckpt_path, fn)
         checkpoint = None
         if self.ckpt_path is not None:
@@ -756,9 +768,16 @@ class Trainer:
             batch = move_data_to_device(batch, device)
         if after is not None:
             batch = after(batch, dataloader_idx)
-        return self.precision_plugin.convert_input(batch)
+        convert = self._convert_input
+        return convert(batch) if convert is not None else batch
 
     def _resolve_batch_hooks(self) -> None:
+        from featherlight.precision.precision import Precision
+
+        precision = self.precision_plugin
+        # full precision leaves batches alone: skip the call entirely
+        self._convert_input = None if type(precision).convert_input is Precision.convert_input else \
+            precision.convert_input
         hooks = []
         for name in ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer"):
             dm = self.datamodule
@@ -951,10 +970,13 @@ class Trainer:
         return loaders, limits
 
     def _val_enabled(self) -> bool:
-        """Validation runs if the module has a ``validation_step`` and ``limit_val_batches`` allows it."""
-        from featherlight.trainer.dispatch import _module_overrides
+        """Validation runs if the module has a ``validation_step`` and ``limit_val_batches`` allows it
+        (decided once per run: this is asked after every training batch)."""
+        if self._val_on is None:
+            from featherlight.trainer.dispatch import _module_overrides
 
-        return self.limit_val_batches != 0 and _module_overrides(self.lightning_module, "validation_step")
+            self._val_on = self.limit_val_batches != 0 and _module_overrides(self.lightning_module, "validation_step")
+        return self._val_on
 
     def _ensure_val_loaders(self) -> bool:
         if self._val_loaders is None:

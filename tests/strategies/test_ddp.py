@@ -106,3 +106,16 @@ def test_ddp_nccl_16_mixed(tmp_path):
     ranks = load_ranks(tmp_path)
     assert ranks[0]["backend"] == "nccl"
     assert ranks[0]["weights"] == ranks[1]["weights"]
+
+
+def test_gradient_accumulation_syncs_once_per_window(ddp_run):
+    ranks, _, _ = ddp_run
+    # 4 batches, accumulate 2: gradients are all-reduced on batches 2 and 4 only (one bucket each)
+    assert all(r["acc_hook_calls"] == 2 for r in ranks)
+    _assert_close(_tensors(ranks[0]["acc_weights"]), models.reference_weights(epochs=1, accumulate_grad_batches=2))
+
+
+def test_manual_optimization(ddp_run):
+    ranks, _, _ = ddp_run
+    assert ranks[0]["manual_weights"] == ranks[1]["manual_weights"]
+    _assert_close(_tensors(ranks[0]["manual_weights"]), models.reference_weights(epochs=2))

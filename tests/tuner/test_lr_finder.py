@@ -159,9 +159,11 @@ def test_suggestion_with_too_few_points_warns_and_returns_none():
 
 
 def test_suggestion_ignores_non_finite_losses():
-    finder = _LRFinder("exponential", 1e-4, 1.0, 6)
-    finder.results = {"lr": [1e-4, 1e-3, 1e-2, 1e-1, 0.5, 1.0], "loss": [1.0, 0.9, float("nan"), 0.3, 0.2, 5.0]}
-    assert finder.suggestion(skip_begin=0, skip_end=1) == 1e-1
+    finder = _LRFinder("linear", 0.1, 0.7, 7)
+    finder.results = {"lr": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
+                      "loss": [1.0, 0.98, float("nan"), 0.9, 0.3, 0.29, 5.0]}
+    # gradients over the finite points (lr 0.1, 0.2, 0.4, 0.5, 0.6): the steepest fall is at lr 0.4
+    assert finder.suggestion(skip_begin=0, skip_end=1) == 0.4
     assert finder._optimal_idx == 3
 
 
@@ -312,9 +314,11 @@ def test_plot_draws_the_curve_and_the_suggestion(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", package)
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", pyplot)
 
-    finder = _LRFinder("exponential", 1e-4, 1.0, 6)
-    finder.results = {"lr": [1e-4, 1e-3, 1e-2, 1e-1, 0.5, 1.0], "loss": [1.0, 0.9, 0.6, 0.3, 0.2, 5.0]}
+    finder = _LRFinder("exponential", 1e-4, 1.0, 20)
+    lrs = [1e-4 * 10 ** (4 * i / 19) for i in range(20)]
+    finder.results = {"lr": lrs, "loss": [1.0 - 0.04 * i for i in range(15)] + [0.3, 0.2, 0.3, 2.0, 5.0]}
     assert finder.plot(suggest=True, show=True) == "figure"
+    assert finder._optimal_idx is not None
     names = [c[0] for c in calls]
     assert names == ["plot", "set_xscale", "set_xlabel", "set_ylabel", "plot", "show"]
     assert calls[0][1] == (finder.results["lr"], finder.results["loss"])

@@ -12,7 +12,7 @@ import torch
 import featherlight as L
 import featherlight.trainer.checkpoint as ckpt_module
 from featherlight.callbacks import ModelCheckpoint
-from fl_dist_models import (FLAGS, N_PREDICT, CollectiveCounter, Regressor, outdir_from_argv, save_json,
+from fl_dist_models import (FLAGS, N_PREDICT, CollectiveCounter, ManualRegressor, Regressor, outdir_from_argv, save_json,
                             state_to_lists, train_loader, val_loader)
 
 out = outdir_from_argv()
@@ -66,4 +66,26 @@ trainer3 = make_trainer(2, sync_batchnorm=True, enable_checkpointing=False, num_
 trainer3.fit(bn, train_loader())
 result.update(bn_weights=state_to_lists(bn.state_dict()),
               bn_layer=type(bn.net[1]).__name__)
+# ---- gradient accumulation: DDP all-reduces only on the batch that closes a window (a comm hook counts)
+from featherlight.strategies import DDPStrategy
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+hook_calls = []
+
+
+def counting_hook(state, bucket):
+    hook_calls.append(bucket.index())
+    return allreduce_hook(state, bucket)
+
+
+acc = Regressor()
+trainer4 = L.Trainer(accelerator="cpu", devices=2, strategy=DDPStrategy(ddp_comm_hook=counting_hook), max_epochs=1,
+                     accumulate_grad_batches=2, enable_checkpointing=False, limit_val_batches=0, **FLAGS)
+trainer4.fit(acc, train_loader())
+result.update(acc_weights=state_to_lists(acc.state_dict()), acc_hook_calls=len(hook_calls))
+# ---- manual optimization: backward inside training_step, i.e. inside DDP's forward
+manual = ManualRegressor()
+trainer5 = make_trainer(2, enable_checkpointing=False, limit_val_batches=0)
+trainer5.fit(manual, train_loader())
+result.update(manual_weights=state_to_lists(manual.state_dict()))
 save_json(out, f"rank{rank}.json", result)

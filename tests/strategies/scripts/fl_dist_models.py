@@ -77,6 +77,23 @@ class Regressor(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
 
 
+class ManualRegressor(Regressor):
+    """The same optimisation written with manual optimization (backward inside ``training_step``)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        _, x, y = batch
+        loss = F.mse_loss(self(x), y)
+        opt.zero_grad()
+        self.manual_backward(loss)
+        opt.step()
+        return loss
+
+
 def reference_weights(epochs, batchnorm=False, world=2, **trainer_kwargs):
     """The single-process run the distributed ones must match: one process, global batch = world x per-rank."""
     model = Regressor(batchnorm=batchnorm)
