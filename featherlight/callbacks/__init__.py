@@ -12,7 +12,9 @@ _LAZY = {
     "BaseFinetuning": "featherlight.callbacks.finetuning",
     "BasePredictionWriter": "featherlight.callbacks.prediction_writer",
     "Checkpoint": "featherlight.callbacks.checkpoint",
+    "EMAWeightAveraging": "featherlight.callbacks.weight_averaging",
     "EarlyStopping": "featherlight.callbacks.early_stopping",
+    "GradientAccumulationScheduler": "featherlight.callbacks.gradient_accumulation_scheduler",
     "LambdaCallback": "featherlight.callbacks.lambda_function",
     "LearningRateMonitor": "featherlight.callbacks.lr_monitor",
     "ModelCheckpoint": "featherlight.callbacks.model_checkpoint",
@@ -21,8 +23,10 @@ _LAZY = {
     "ProgressBar": "featherlight.callbacks.progress.progress_bar",
     "RichModelSummary": "featherlight.callbacks.rich_model_summary",
     "RichProgressBar": "featherlight.callbacks.progress.rich_progress",
+    "StochasticWeightAveraging": "featherlight.callbacks.stochastic_weight_avg",
     "TQDMProgressBar": "featherlight.callbacks.progress.tqdm_progress",
     "Timer": "featherlight.callbacks.timer",
+    "WeightAveraging": "featherlight.callbacks.weight_averaging",
 }
 
 __all__ = ["Callback", *sorted(_LAZY)]

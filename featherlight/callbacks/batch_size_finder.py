@@ -6,7 +6,7 @@ the size found.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 from featherlight.callbacks.callback import Callback
 from featherlight.tuner.batch_size_scaling import _check_batch_size_source, _PREFIX, _scale_batch_size
@@ -52,7 +52,6 @@ class BatchSizeFinder(Callback):
         init_val: int = 2,
         max_trials: int = 25,
         batch_arg_name: str = "batch_size",
-        *,
         margin: float = 0.0,
         max_val: int = 8192,
     ) -> None:

@@ -10,6 +10,7 @@ import glob
 import inspect
 import os
 import pickle
+import warnings
 from typing import IO, TYPE_CHECKING, Any, Optional, Union
 
 import torch
@@ -26,10 +27,20 @@ LIGHTNING_COMPAT_VERSION = "2.5.0"
 VERSION_KEY = "featherlight_version"
 LOOP_KEY = "featherlight_loop"
 RNG_KEY = "featherlight_rng_states"
+# where ckpt_path="last" leaves the checkpoint it has read and verified, for the restore that follows
+_PRELOADED = "_featherlight_preloaded_checkpoint"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint could not be read: missing, truncated, corrupt, or needing arbitrary unpickling."""
+    """A checkpoint could not be read: truncated, corrupt, not a checkpoint, or needing arbitrary unpickling.
+
+    ``reason`` says which: ``"corrupt"`` (damaged or not a checkpoint), ``"unsafe"`` (needs
+    ``weights_only=False``) or ``"other"``.
+    """
+
+    def __init__(self, message: str, reason: str = "other") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 # ------------------------------------------------------------------------------------------- writing
@@ -53,7 +64,7 @@ def _dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> dict[str
         LIGHTNING_VERSION_KEY: LIGHTNING_COMPAT_VERSION,
         VERSION_KEY: __version__,
         "state_dict": _strip_compile_prefix(trainer.strategy.model_state_dict()),
-        "loops": {},
+        "loops": _lightning_loops(trainer),
         LOOP_KEY: loop._checkpoint_state(trainer),
     }
     if not weights_only:
@@ -86,6 +97,166 @@ def _dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> dict[str
     if dm is not None:
         dm.on_save_checkpoint(checkpoint)
     return checkpoint
+
+
+def _progress(ready: int, started: Optional[int] = None, processed: Optional[int] = None,
+              completed: Optional[int] = None) -> dict[str, int]:
+    """One tracker in Lightning's progress format (the keys depend on which counters it has)."""
+    out = {"ready": int(ready), "completed": int(ready if completed is None else completed)}
+    if started is not None:
+        out["started"] = int(started)
+    if processed is not None:
+        out["processed"] = int(processed)
+    return out
+
+
+def _lightning_loops(trainer: "Trainer") -> dict[str, Any]:
+    """The ``loops`` entry in Lightning's format, built from our loop counters.
+
+    featherlight resumes from its own ``featherlight_loop`` entry; this one lets
+    ``lightning.pytorch.Trainer.fit(ckpt_path=...)`` resume a featherlight checkpoint at the same epoch,
+    batch and global step. The counters Lightning decides with (epoch and batch progress, optimizer step
+    totals, ``_batches_that_stepped``, validation progress) are the ones it writes at the same hook; the
+    per-epoch scheduler and step counts it only displays are derived as well as our counters allow.
+    """
+    loop = trainer._loop
+    epoch, global_step, stepped_batches = int(loop.epoch), int(loop.global_step), int(loop.batches_that_stepped)
+    total, batch_idx, phase = int(loop.total_batch_idx), int(loop.batch_idx), loop.phase
+    module = trainer.lightning_module
+    automatic = module is None or module.automatic_optimization
+    fitting = trainer.state.fn == "fit"
+    mid_epoch = fitting and phase in ("batch", "ended", "validating", "validated", "done", "epoch_end")
+
+    val_progress = {"total": _progress(0, 0, 0), "current": _progress(0, 0, 0), "is_last_batch": False}
+    if not mid_epoch:
+        epoch_progress = {"total": _progress(epoch, epoch, epoch), "current": _progress(epoch, epoch, epoch)}
+        batch_progress = {"total": _progress(total, total, total), "current": _progress(0, 0, 0),
+                          "is_last_batch": False}
+        done_batches, open_window = 0, False
+    else:
+        processed = epoch + 1 if phase == "epoch_end" else epoch
+        epoch_progress = {"total": _progress(epoch + 1, epoch + 1, processed, epoch),
+                          "current": _progress(epoch + 1, epoch + 1, processed, epoch)}
+        if phase == "batch":  # inside the batch: Lightning runs it again
+            cur, tot = (batch_idx + 1, batch_idx + 1, batch_idx, batch_idx), (total + 1, total + 1, total, total)
+            done_batches, open_window = batch_idx, True
+        elif phase == "ended":  # on_train_batch_end: the batch is processed, not yet completed
+            cur = (batch_idx + 1, batch_idx + 1, batch_idx + 1, batch_idx)
+            tot = (total + 1, total + 1, total + 1, total)
+            done_batches, open_window = batch_idx + 1, not loop.batch_stepped
+        else:  # validation after the batch, the batch's end, or the epoch's end
+            cur, tot = (batch_idx + 1,) * 4, (total,) * 4
+            done_batches, open_window = batch_idx + 1, not loop.batch_stepped
+        batch_progress = {"total": _progress(*tot), "current": _progress(*cur),
+                          "is_last_batch": bool(loop.batch_is_last)}
+        if phase == "validated":
+            n = sum(int(b) for b in trainer.num_val_batches if b != float("inf"))
+            val_progress = {"total": _progress(n, n, n), "current": _progress(n, n, n), "is_last_batch": True}
+        elif phase == "validating":  # inside validation: Lightning runs the validation again
+            val_progress = {"total": _progress(1, 1, 0, 0), "current": _progress(1, 1, 0, 0), "is_last_batch": False}
+
+    if automatic:
+        accumulate = max(int(trainer.accumulate_grad_batches), 1)
+        steps_now = done_batches // accumulate + int(bool(loop.batch_is_last) and done_batches % accumulate > 0)
+        steps_now = min(steps_now, global_step) if mid_epoch else 0
+        opened = int(open_window and mid_epoch)
+        optim = {"optimizer": {
+            "step": {"total": _progress(global_step), "current": _progress(steps_now)},
+            "zero_grad": {"total": _progress(global_step + opened, global_step + opened),
+                          "current": _progress(steps_now + opened, steps_now + opened)},
+        }}
+        manual = {"total": _progress(0), "current": _progress(0)}
+    else:
+        steps_now = (global_step if epoch == 0 else min(global_step, done_batches)) if mid_epoch else 0
+        optim = {"optimizer": {"step": {"total": _progress(0), "current": _progress(0)},
+                               "zero_grad": {"total": _progress(0, 0), "current": _progress(0, 0)}}}
+        manual = {"total": _progress(global_step), "current": _progress(steps_now)}
+    sched_total = sum(int(getattr(cfg.scheduler, "last_epoch", 0) or 0) for cfg in trainer.lr_scheduler_configs)
+    epoch_stepped = mid_epoch and phase != "batch" and bool(loop.batch_is_last) and not open_window
+    sched_now = sum(steps_now // max(int(cfg.frequency), 1) if cfg.interval == "step"
+                    else int(epoch_stepped and (epoch + 1) % max(int(cfg.frequency), 1) == 0)
+                    for cfg in trainer.lr_scheduler_configs)
+    sched_now = min(sched_now, sched_total)
+
+    fit_loop = {
+        "state_dict": {},
+        "epoch_loop.state_dict": {"_batches_that_stepped": stepped_batches},
+        "epoch_loop.batch_progress": batch_progress,
+        "epoch_loop.scheduler_progress": {"total": _progress(sched_total), "current": _progress(sched_now)},
+        "epoch_loop.automatic_optimization.state_dict": {},
+        "epoch_loop.automatic_optimization.optim_progress": optim,
+        "epoch_loop.manual_optimization.state_dict": {},
+        "epoch_loop.manual_optimization.optim_step_progress": manual,
+        "epoch_loop.val_loop.state_dict": {},
+        "epoch_loop.val_loop.batch_progress": val_progress,
+        "epoch_progress": epoch_progress,
+    }
+    def untouched(is_last_batch: Optional[bool]) -> dict[str, Any]:
+        progress: dict[str, Any] = {"total": _progress(0, 0, 0), "current": _progress(0, 0, 0)}
+        if is_last_batch is not None:
+            progress["is_last_batch"] = is_last_batch
+        return {"state_dict": {}, "batch_progress": progress}
+
+    return {"fit_loop": fit_loop, "validate_loop": untouched(False), "test_loop": untouched(False),
+            "predict_loop": untouched(None)}
+
+
+def _loop_state_from_lightning(checkpoint: dict[str, Any], trainer: "Trainer") -> Optional[dict[str, Any]]:
+    """Our loop state for a checkpoint Lightning wrote (it has ``loops`` but no ``featherlight_loop``).
+
+    Lightning's progress counters tell the epoch and, for a checkpoint taken mid-epoch (``ModelCheckpoint``
+    after validation or every ``n`` steps), the batch and how far it got; the resumed run continues after
+    that batch. Lightning records no data order, so the rest of the epoch is drawn afresh (skipping the
+    batches already trained on by index, as Lightning runs only the remaining number of batches).
+    """
+    fit = (checkpoint.get("loops") or {}).get("fit_loop")
+    if not isinstance(fit, dict) or "epoch_progress" not in fit:
+        return None
+
+    def counters(progress: Any) -> dict[str, int]:
+        return {k: int(v) for k, v in ((progress or {}).get("current") or {}).items()}
+
+    def totals(progress: Any) -> dict[str, int]:
+        return {k: int(v) for k, v in ((progress or {}).get("total") or {}).items()}
+
+    epoch_now = counters(fit["epoch_progress"])
+    batch = fit.get("epoch_loop.batch_progress") or {}
+    batch_now, batch_total = counters(batch), totals(batch)
+    val_total = totals(fit.get("epoch_loop.val_loop.batch_progress"))
+    global_step = int(checkpoint.get("global_step", 0))
+    stepped = fit.get("epoch_loop.state_dict", {}).get("_batches_that_stepped")
+    state: dict[str, Any] = {
+        "epoch": epoch_now.get("processed", int(checkpoint.get("epoch", -1)) + 1),
+        "global_step": global_step,
+        "batches_that_stepped": int(stepped) if stepped is not None else global_step,
+        "total_batch_idx": batch_total.get("completed", 0),
+        "batch_idx": 0,
+        "phase": "epoch_start",
+        "batch_stepped": False,
+        "batch_is_last": False,
+    }
+    ready, processed = batch_now.get("ready", 0), batch_now.get("processed", 0)
+    completed = batch_now.get("completed", 0)
+    mid_epoch = epoch_now.get("started", 0) > epoch_now.get("processed", 0) and ready > 0
+    if not mid_epoch or trainer.state.fn != "fit":
+        return state
+    is_last = bool(batch.get("is_last_batch", False))
+    batch_idx = ready - 1
+    module = trainer.lightning_module
+    accumulate = max(int(trainer.accumulate_grad_batches), 1)
+    window_end = not module.automatic_optimization or (batch_idx + 1) % accumulate == 0 or is_last
+    if processed < ready:  # saved inside the batch: it runs again
+        phase, window_end = "batch", False
+        state["total_batch_idx"] = batch_total.get("processed", 0)
+    elif completed < processed:  # on_train_batch_end
+        phase = "ended"
+    elif val_total.get("started", 0) > val_total.get("processed", 0):  # inside validation: it runs again
+        phase = "validating"
+    else:  # validation (or the batch) done
+        phase = "validated"
+    state.update(epoch=epoch_now.get("processed", 0), batch_idx=batch_idx, phase=phase,
+                 batch_stepped=window_end, batch_is_last=is_last, sampler={})
+    return state
 
 
 def _plain(hparams: Any) -> Any:
@@ -136,7 +307,14 @@ def _atomic_torch_save(obj: Any, filepath: Union[str, os.PathLike]) -> None:
     filepath = os.fspath(filepath)
     directory = os.path.dirname(os.path.abspath(filepath))
     os.makedirs(directory, exist_ok=True)
-    atomic_write(filepath, lambda f: torch.save(obj, f))
+    try:
+        atomic_write(filepath, lambda f: torch.save(obj, f))
+    except OSError as err:
+        if err.errno is None or err.filename is not None:
+            raise
+        # e.g. ENOSPC from a write: say which checkpoint failed and that the previous file is intact
+        raise OSError(err.errno, f"{err.strerror or err} while writing the checkpoint (any previous file at this "
+                                 "path is left as it was)", filepath) from err
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -163,39 +341,78 @@ def _safe_globals() -> list:
     return out
 
 
+# Errors of torch's weights-only unpickler that mean "the file wants to run code", as opposed to a
+# damaged file (which it reports as e.g. "Unsupported operand").
+_NEEDS_CODE = ("Unsupported global", "Trying to call reduce", "Trying to instantiate", "Can only build",
+               "Can only create new object", "Can only setattr", "Can only set", "Unsupported class")
+
+
+def _weights_only_detail(message: str) -> str:
+    """The informative line of torch's long weights-only error (what it refused, in its own words)."""
+    marker = "WeightsUnpickler error:"
+    detail = message.split(marker, 1)[1] if marker in message else message
+    lines = [line.strip() for line in detail.strip().splitlines() if line.strip()]
+    return (lines[0] if lines else message)[:300]
+
+
 def _load_checkpoint_file(path: Union[str, os.PathLike, IO[bytes]], map_location: Any = None,
                           weights_only: bool = True) -> dict[str, Any]:
     """Read a checkpoint. With ``weights_only=True`` (default) no code from the file can run.
 
-    Raises ``FileNotFoundError`` for a missing path and :class:`CheckpointError` for a truncated or
-    corrupt file, or one that needs arbitrary unpickling (naming ``weights_only=False`` as the opt-in).
+    Raises ``FileNotFoundError`` for a missing path and :class:`CheckpointError` (naming the file) for a
+    truncated or corrupt file, one that is not a checkpoint, or one that needs arbitrary unpickling (naming
+    ``weights_only=False`` as the explicit opt-in).
     """
     name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else getattr(path, "name", "<stream>")
-    if isinstance(path, (str, os.PathLike)) and not os.path.exists(path):
-        raise FileNotFoundError(f"Checkpoint file not found: {name!r}. Check the path (or use ckpt_path='last').")
+    if isinstance(path, (str, os.PathLike)):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"Checkpoint file not found: {name!r}. Check the path (or use ckpt_path='last').")
+        if os.path.isdir(path):
+            raise CheckpointError(f"Checkpoint path {name!r} is a directory, not a checkpoint file.", reason="corrupt")
     try:
-        if weights_only:
-            with torch.serialization.safe_globals(_safe_globals()):
-                return torch.load(path, map_location=map_location, weights_only=True)
-        return torch.load(path, map_location=map_location, weights_only=False)
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of files it did not write itself (damaged or foreign files)
+            warnings.filterwarnings("ignore", message=".*Detected pickle protocol.*")
+            if weights_only:
+                with torch.serialization.safe_globals(_safe_globals()):
+                    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+            else:
+                checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except FileNotFoundError:
+        raise
     except pickle.UnpicklingError as err:
         message = str(err)
-        if "weights_only" in message or "Unsupported global" in message:
-            detail = message.split("\n")[0][:300]
+        if weights_only and any(marker in message for marker in _NEEDS_CODE):
             raise CheckpointError(
                 f"Refusing to load {name!r}: it holds Python objects that can only be restored by executing code "
-                f"from the file ({detail}). If you trust where it came from, opt in explicitly with "
-                "`weights_only=False` (e.g. `Model.load_from_checkpoint(path, weights_only=False)` or "
-                "`trainer.fit(..., ckpt_path=path, weights_only=False)`)."
+                f"from the file ({_weights_only_detail(message)}). If you trust where it came from, opt in "
+                "explicitly with `weights_only=False` (e.g. `Model.load_from_checkpoint(path, weights_only=False)` "
+                "or `trainer.fit(..., ckpt_path=path, weights_only=False)`).", reason="unsafe",
             ) from None
-        raise CheckpointError(f"Checkpoint {name!r} is corrupt or truncated: {message[:200]}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        if isinstance(err, FileNotFoundError):
-            raise
         raise CheckpointError(
-            f"Checkpoint {name!r} is corrupt or truncated and cannot be read ({type(err).__name__}: "
-            f"{str(err)[:200]}). Use an earlier checkpoint."
+            f"Checkpoint {name!r} is corrupt or truncated and cannot be read (unpickling failed: "
+            f"{_weights_only_detail(message)}). Use an earlier checkpoint.", reason="corrupt",
         ) from None
+    except (ImportError, AttributeError) as err:  # weights_only=False: the class it names is gone
+        raise CheckpointError(
+            f"Checkpoint {name!r} refers to Python code that cannot be found ({type(err).__name__}: {err}). "
+            "Make the module that defined it importable again."
+        ) from None
+    except Exception as err:  # RuntimeError (zip), EOFError, OSError, KeyError from a damaged pickle memo, ...
+        if isinstance(err, RuntimeError) and "deserialize object on" in str(err):
+            # saved on an accelerator this machine lacks: not damage, the caller needs a map_location
+            raise CheckpointError(f"Cannot load {name!r} here: {str(err)[:300]}") from None
+        detail = str(err)[:200] or "the file ends too early"
+        raise CheckpointError(
+            f"Checkpoint {name!r} is corrupt or truncated and cannot be read ({type(err).__name__}: {detail}). "
+            "Use an earlier checkpoint.", reason="corrupt",
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(
+            f"{name!r} is not a checkpoint: it holds a {type(checkpoint).__name__}, not the dict "
+            "`Trainer.save_checkpoint` writes.", reason="corrupt",
+        )
+    return checkpoint
 
 
 def _resolve_ckpt_path(trainer: "Trainer", ckpt_path: Any, fn: Any) -> Optional[str]:
@@ -220,14 +437,19 @@ def _resolve_ckpt_path(trainer: "Trainer", ckpt_path: Any, fn: Any) -> Optional[
 
         candidates.append(_checkpoint_path(trainer))  # where a signal-interrupted run saved itself
         candidates = sorted({c for c in candidates if os.path.isfile(c)}, key=os.path.getmtime, reverse=True)
+        weights_only = getattr(trainer, "_weights_only", True)
         for candidate in candidates:
             try:
-                _load_checkpoint_file(candidate, map_location="cpu")
+                checkpoint = _load_checkpoint_file(candidate, map_location="cpu", weights_only=weights_only)
             except CheckpointError as err:
+                if err.reason != "corrupt":  # e.g. needs weights_only=False: falling back would hide that
+                    raise
                 rank_zero_warn(f"Skipping unreadable checkpoint while resolving ckpt_path='last': {err}")
                 continue
             if candidate != candidates[0]:
                 rank_zero_warn(f"ckpt_path='last': the newest checkpoint is unreadable; resuming from {candidate!r}.")
+            # read once: the restore that follows uses this copy instead of loading the file again
+            trainer.__dict__[_PRELOADED] = (candidate, checkpoint)
             return candidate
         rank_zero_warn(f'`.{fn.value}(ckpt_path="last")` is set, but there is no last checkpoint available. '
                        "No checkpoint will be loaded.")
@@ -241,7 +463,14 @@ def _resolve_ckpt_path(trainer: "Trainer", ckpt_path: Any, fn: Any) -> Optional[
 def _restore_module_and_callbacks(trainer: "Trainer", path: str) -> dict[str, Any]:
     """Load ``path`` and restore the module's weights, the datamodule and the callbacks (before
     ``configure_optimizers``, as Lightning does); returns the checkpoint for the training state."""
-    checkpoint = _load_checkpoint_file(path, map_location="cpu", weights_only=getattr(trainer, "_weights_only", True))
+    preloaded = trainer.__dict__.pop(_PRELOADED, None)
+    if preloaded is not None and preloaded[0] == path:
+        checkpoint = preloaded[1]
+    else:
+        checkpoint = _load_checkpoint_file(path, map_location="cpu",
+                                           weights_only=getattr(trainer, "_weights_only", True))
+    if "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path!r} has no 'state_dict': it is not a model checkpoint.", reason="corrupt")
     module = trainer.lightning_module
     trainer._call_module("on_load_checkpoint", checkpoint)
     _load_module_state(module, checkpoint["state_dict"], module.strict_loading, path)
@@ -276,6 +505,12 @@ def _restore_training_state(trainer: "Trainer", checkpoint: dict[str, Any], path
     precision = trainer.precision_plugin
     if type(precision).__qualname__ in checkpoint:
         precision.load_state_dict(checkpoint[type(precision).__qualname__])
+    elif "native_amp_scaling_state" in checkpoint:  # GradScaler state in Lightning 1.x checkpoints
+        precision.load_state_dict(checkpoint["native_amp_scaling_state"])
+    if LOOP_KEY not in checkpoint:  # written by Lightning: read its progress counters
+        lightning_state = _loop_state_from_lightning(checkpoint, trainer)
+        if lightning_state is not None:
+            checkpoint = {**checkpoint, LOOP_KEY: lightning_state}
     trainer._loop._restore_checkpoint_state(checkpoint, trainer)
     if RNG_KEY in checkpoint:
         from featherlight.utilities.seed import _set_rng_states

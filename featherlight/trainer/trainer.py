@@ -128,6 +128,7 @@ class Trainer:
         self._val_limits: list = []
         self._batch_hooks: tuple = (None, None, None)
         self._convert_input: Any = None
+        self._run_log_dir: Optional[str] = None
         self._verbose = True
         self._return_predictions = True
         self._resume: Any = None  # a mid-epoch position from the checkpoint, consumed by the fit loop
@@ -521,6 +522,8 @@ class Trainer:
         self.strategy.barrier("prepare_data")
         for logger in self.loggers:
             getattr(logger, "experiment", None)  # create the log dir early so callbacks can use it
+        self._run_log_dir = None
+        self._run_log_dir = self.strategy.broadcast(self._local_log_dir())
         self.profiler.setup(stage=stage, local_rank=self.local_rank, log_dir=self.log_dir)
         if self.datamodule is not None:
             self._call_datamodule("setup", stage=stage)
@@ -1113,16 +1116,22 @@ class Trainer:
 
     @property
     def log_dir(self) -> Optional[str]:
-        """The first logger's directory (``save_dir/name/version_N``), else ``default_root_dir``."""
+        """The first logger's directory (``save_dir/name/version_N``), else ``default_root_dir``.
+
+        During a run this is rank zero's value, agreed on by every rank when the run started, so reading
+        it never issues a collective (a rank-zero-only reader cannot hang the others)."""
+        if self._run_log_dir is not None:
+            return self._run_log_dir
+        return self._local_log_dir()
+
+    def _local_log_dir(self) -> Optional[str]:
         if self.loggers:
             first = self.loggers[0]
             from featherlight.loggers.csv_logs import CSVLogger
             from featherlight.loggers.tensorboard import TensorBoardLogger
 
-            dirpath = first.log_dir if isinstance(first, (TensorBoardLogger, CSVLogger)) else first.save_dir
-        else:
-            dirpath = self.default_root_dir
-        return self.strategy.broadcast(dirpath)
+            return first.log_dir if isinstance(first, (TensorBoardLogger, CSVLogger)) else first.save_dir
+        return self.default_root_dir
 
     @property
     def callback_metrics(self) -> dict[str, torch.Tensor]:

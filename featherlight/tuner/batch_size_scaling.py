@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 _PREFIX = {"fit": "train", "validate": "val", "test": "test", "predict": "predict"}
 _HOOK = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader",
          "predict": "predict_dataloader"}
-_ENTRY = {"fit": "fit", "validate": "validate", "test": "test", "predict": "predict"}
 
 
 def _check_batch_size_source(model: Any, batch_arg_name: str, datamodule: Any, given_loaders: Any,
@@ -49,8 +48,8 @@ def _check_batch_size_source(model: Any, batch_arg_name: str, datamodule: Any, g
     if given_loaders is not None:
         arg = "train_dataloaders" if method == "fit" else "dataloaders"
         raise MisconfigurationException(
-            f"The batch size finder cannot resize dataloaders passed directly to `.{_ENTRY.get(method, method)}"
-            f"({arg}=...)`. Build the loader in a `{_HOOK[prefix]}()` hook of your LightningModule or "
+            f"The batch size finder cannot resize dataloaders passed directly to `.{method}({arg}=...)`. Build "
+            f"the loader in a `{_HOOK[prefix]}()` hook of your LightningModule or "
             f"LightningDataModule that reads `self.{batch_arg_name}`, e.g. "
             f"`return DataLoader(dataset, batch_size=self.{batch_arg_name})`, and don't pass `{arg}`."
         )
@@ -199,7 +198,7 @@ class _BatchSizeTrials(_TrialSandbox):
                 raise
             out_of_memory = True  # the exception (and the frames holding activations) is released here
         if out_of_memory:
-            _free_memory()
+            _free_memory(force=True)
             return _Outcome(size, fitted=False, reason="ran out of memory")
         if self.probe.batches == 0:
             return _Outcome(size, fitted=False, reason=f"the {self.prefix} dataloader produced no batch")

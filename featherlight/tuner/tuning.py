@@ -90,7 +90,6 @@ class Tuner:
         init_val: int = 2,
         max_trials: int = 25,
         batch_arg_name: str = "batch_size",
-        *,
         margin: float = 0.0,
         max_val: int = 8192,
     ) -> Optional[int]:
@@ -589,20 +588,26 @@ def _is_oom_error(exception: BaseException) -> bool:
     )
 
 
-def _free_memory() -> None:
-    gc.collect()
+def _free_memory(force: bool = False) -> None:
+    """Collect garbage and return cached accelerator memory, so the next trial starts from a clean slate.
+    On a CPU-only run (no cached memory to return) this only happens when ``force`` (after an OOM)."""
     from featherlight.utilities.seed import _cuda_initialized
 
-    if _cuda_initialized():
+    cuda = _cuda_initialized()
+    mps_backend = getattr(torch.backends, "mps", None)
+    mps = mps_backend is not None and mps_backend.is_available()
+    if not (force or cuda or mps):
+        return
+    gc.collect()
+    if cuda:
         try:
             torch.cuda.empty_cache()
         except RuntimeError as err:  # emptying the cache can itself run out of memory
             if not _is_oom_error(err):
                 raise
-    mps = getattr(torch, "mps", None)
-    if mps is not None and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    if mps:
         try:
-            mps.empty_cache()
+            torch.mps.empty_cache()
         except (RuntimeError, AttributeError):
             pass
 

@@ -119,3 +119,36 @@ def test_manual_optimization(ddp_run):
     ranks, _, _ = ddp_run
     assert ranks[0]["manual_weights"] == ranks[1]["manual_weights"]
     _assert_close(_tensors(ranks[0]["manual_weights"]), models.reference_weights(epochs=2))
+
+
+@pytest.mark.parametrize(("fail_rank", "mode"), [(1, "raise"), (1, "raise_other_sleeps"), (0, "raise_other_sleeps"),
+                                                 (0, "sigkill")])
+def test_failing_rank_ends_the_job_quickly(tmp_path, fail_rank, mode):
+    """A rank that raises (or dies) stops every process within seconds, and its traceback is shown.
+
+    ``raise_other_sleeps``: the healthy rank is busy outside any collective, so only the launcher's watch of
+    its children (rank 1 failing) or the child's watch of its launcher (rank 0 failing) can stop it.
+    """
+    import time
+
+    code, output, _ = run_script("ddp_fail.py", tmp_path, fail_rank, mode, cwd=tmp_path, timeout=120)
+    finished = time.time()
+    assert code != 0
+    assert finished - float(open(tmp_path / "raised_at").read()) < 10, output[-3000:]
+    if mode == "sigkill":
+        assert "killed by signal 9" in output or code == -9
+    else:
+        assert f"RuntimeError: boom from rank {fail_rank}" in output and "Traceback" in output
+
+
+def test_collectives(ddp_run):
+    ranks, _, _ = ddp_run
+    for r in ranks:
+        c = r["collectives"]
+        assert c["mean"] == [1.5] and c["sum"] == [3.0] and c["max"] == [2.0] and c["min"] == [1.0]
+        assert c["input_kept"] == [r["rank"] + 1.0]  # reduce works on a copy
+        assert c["gather"] == [[0, 0], [1, 10]]  # a new leading dimension of world size
+        # d/dx_r of sum_j w_j * x_j over both ranks' graphs: w_r summed over the 2 ranks' losses
+        assert c["gather_grad"] == [2.0, 20.0][r["rank"]]
+        assert c["broadcast"] == {"from": 1}
+        assert c["all_true"] is False and c["any_true"] is True

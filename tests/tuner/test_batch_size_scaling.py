@@ -452,9 +452,33 @@ def test_callback_searches_then_trains_exactly_like_a_plain_run():
     assert _same_bits(tuned, _bits(plain.state_dict()))
 
 
-def test_callback_with_validate():
+def test_tuner_with_validate():
     model = BatchSizeModel(data_len=48, oom_above=10)
     Tuner(_trainer()).scale_batch_size(model, method="validate", mode="binsearch")
+    assert model.batch_size == 10
+    assert model.sizes == []  # no training step ran
+
+
+def test_tuner_with_predict():
+    class Predictor(BatchSizeModel):
+        def predict_step(self, batch, batch_idx):
+            if len(batch) > 12:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+            return self(batch)
+
+        def predict_dataloader(self):
+            return DataLoader(self.val_data, batch_size=self.batch_size)
+
+    model = Predictor(data_len=100)
+    assert Tuner(_trainer()).scale_batch_size(model, method="predict") == 8
+    assert Tuner(_trainer()).scale_batch_size(model, method="predict", mode="binsearch") == 12
+
+
+def test_callback_in_validate_searches_and_warns_the_run_keeps_its_loaders():
+    model = BatchSizeModel(data_len=48, oom_above=10)
+    trainer = _trainer(callbacks=[BatchSizeFinder(mode="binsearch", init_val=4)])
+    with pytest.warns(UserWarning, match="keeps them"):
+        trainer.validate(model, verbose=False)
     assert model.batch_size == 10
 
 
@@ -500,3 +524,38 @@ def test_same_result_as_lightning_when_memory_runs_out(mode, oom_above, expected
     assert Tuner(_trainer()).scale_batch_size(model, mode=mode) == expected
     ours = [s for i, s in enumerate(model.sizes) if i == 0 or s != model.sizes[i - 1]]
     assert ours == lmodel.sizes
+
+
+# ----------------------------------------------------------------------------------------------- isolation details
+@pytest.mark.parametrize("precision", ["64-true", "bf16-true", "bf16-mixed"])
+def test_precision_conversion_during_tuning_is_undone(precision):
+    model = BatchSizeModel(data_len=32)
+    weights = _bits(model.state_dict())
+    dtypes = [p.dtype for p in model.parameters()]
+    Tuner(_trainer(precision=precision)).scale_batch_size(model)
+    assert model.batch_size == 32
+    assert [p.dtype for p in model.parameters()] == dtypes
+    assert model.dtype == torch.float32
+    assert _same_bits(weights, _bits(model.state_dict()))
+
+
+def test_trials_write_no_logs_and_no_checkpoints(tmp_path):
+    model = BatchSizeModel(data_len=32)
+    trainer = _trainer(logger=CSVLogger(tmp_path / "logs"), enable_checkpointing=True, default_root_dir=tmp_path)
+    Tuner(trainer).scale_batch_size(model)
+    assert list(tmp_path.rglob("*.ckpt")) == []
+    assert list(tmp_path.rglob("metrics.csv")) == []
+
+    trainer = _trainer(logger=CSVLogger(tmp_path / "logs2"), enable_checkpointing=True, default_root_dir=tmp_path,
+                       callbacks=[BatchSizeFinder()], max_epochs=1)
+    trainer.fit(BatchSizeModel(data_len=32))
+    assert len(list(tmp_path.rglob("*.ckpt"))) == 1  # the real run's checkpoint only
+    assert trainer.global_step == 1
+
+
+def test_with_progress_bar_and_model_summary(capsys):
+    model = BatchSizeModel(data_len=32)
+    trainer = _trainer(enable_progress_bar=True, enable_model_summary=True, callbacks=[BatchSizeFinder()])
+    trainer.fit(model)
+    assert model.batch_size == 32
+    assert trainer.global_step == 1

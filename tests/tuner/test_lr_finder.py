@@ -92,6 +92,15 @@ def test_results_follow_the_schedule(mode):
     assert all(np.isfinite(losses))
 
 
+def test_one_point_per_optimizer_step_with_accumulation():
+    model = LRModel()
+    finder = Tuner(_trainer(accumulate_grad_batches=3)).lr_find(model, num_training=20, early_stop_threshold=None)
+    lrs = finder.results["lr"]
+    assert len(lrs) == len(finder.results["loss"]) == 20
+    assert len(set(lrs)) == 20
+    assert model.lrs_used == [lr for lr in lrs for _ in range(3)]
+
+
 def test_suggestion_on_a_simple_problem_and_attribute_update():
     torch.manual_seed(0)
     model = LRModel(lr=0.123)
@@ -153,7 +162,8 @@ def test_suggestion_with_too_few_points_warns_and_returns_none():
     model = LRModel(lr=0.3)
     with pytest.warns(UserWarning, match="not enough points"):
         finder = Tuner(_trainer()).lr_find(model, num_training=5)
-    assert finder.suggestion(skip_begin=10) is None
+    with pytest.warns(UserWarning, match="not enough points"):
+        assert finder.suggestion(skip_begin=10) is None
     assert model.lr == 0.3  # nothing to update with
     assert finder.suggestion(skip_begin=0, skip_end=0) is not None
 

@@ -88,4 +88,17 @@ manual = ManualRegressor()
 trainer5 = make_trainer(2, enable_checkpointing=False, limit_val_batches=0)
 trainer5.fit(manual, train_loader())
 result.update(manual_weights=state_to_lists(manual.state_dict()))
+# ---- the collectives, called directly (after the runs, the process group is still up)
+s = trainer.strategy
+t = torch.tensor([float(rank + 1)])
+x = torch.tensor(float(rank + 1), requires_grad=True)
+gathered = s.all_gather(x, sync_grads=True)
+(gathered * torch.tensor([1.0, 10.0])).sum().backward()
+result["collectives"] = dict(
+    mean=s.reduce(t, reduce_op="mean").tolist(), sum=s.reduce(t, reduce_op="sum").tolist(),
+    max=s.reduce(t, reduce_op="max").tolist(), min=s.reduce(t, reduce_op="min").tolist(), input_kept=t.tolist(),
+    gather=model.all_gather({"a": torch.tensor([rank, 10 * rank])})["a"].tolist(),
+    gather_grad=x.grad.item(), broadcast=s.broadcast({"from": rank}, src=1),
+    all_true=s.reduce_boolean_decision(rank == 0, all=True), any_true=s.reduce_boolean_decision(rank == 0, all=False),
+)
 save_json(out, f"rank{rank}.json", result)

@@ -1,6 +1,6 @@
 """``ddp_spawn`` / ``ddp_fork``: the run happens in worker processes; rank 0's results come back here.
 
-    python ddp_spawn_fit.py OUTDIR STRATEGY
+    python ddp_spawn_fit.py OUTDIR STRATEGY [validate] [predict]
 
 Writes ``parent.json`` with what the calling process sees after fit, validate and predict.
 """
@@ -28,8 +28,9 @@ if __name__ == "__main__":
         best_model_path=ckpt.best_model_path, best_model_score=float(ckpt.best_model_score),
         files=sorted(os.listdir(os.path.join(out, "ckpts"))),
     )
-    results = trainer.validate(model, val_loader(), verbose=False)
-    result["validate"] = results
-    preds = trainer.predict(model, val_loader(batch_size=2, n=N_PREDICT))
-    result["predicted_indices"] = [int(i) for p in preds for i in p["idx"]]
+    if "validate" in sys.argv[3:]:
+        result["validate"] = trainer.validate(model, val_loader(), verbose=False)
+    if "predict" in sys.argv[3:]:
+        preds = trainer.predict(model, val_loader(batch_size=2, n=N_PREDICT))
+        result["predicted_indices"] = [int(i) for p in preds for i in p["idx"]]
     save_json(out, "parent.json", result)

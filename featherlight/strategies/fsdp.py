@@ -1,0 +1,363 @@
+"""Fully sharded data parallel training on FSDP2 (``torch.distributed.fsdp.fully_shard``).
+
+Sharding comes from the user's ``configure_model`` (modules it already sharded are left as they are;
+the root is sharded last if it was not) or from ``auto_wrap_policy`` (a set of module classes: every
+instance is sharded, children before parents, then the root). Every step runs through the root
+module's ``__call__`` (the step temporarily stands in for ``forward``) so FSDP's unshard/reshard hooks
+fire even when ``training_step`` does not call ``self(...)``.
+
+Checkpoints go through ``torch.distributed.checkpoint``: ``state_dict_type="sharded"`` (default) writes
+a directory of shards plus ``meta.pt`` (everything but the weights and optimizer states);
+``"full"`` gathers one ordinary checkpoint file on rank 0. The Trainer calls :meth:`save_checkpoint`
+/ :meth:`load_checkpoint` on every rank.
+"""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from featherlight.strategies.ddp import _DEFAULT_TIMEOUT, DDPStrategy
+from featherlight.utilities.exceptions import MisconfigurationException
+
+if TYPE_CHECKING:
+    from featherlight.core.module import LightningModule
+
+_SHARDING = {"FULL_SHARD": True, "SHARD_GRAD_OP": False, "HYBRID_SHARD": True, "_HYBRID_SHARD_ZERO2": False}
+_META_NAME = "meta.pt"
+
+
+class FSDPStrategy(DDPStrategy):
+    """Shard parameters, gradients and optimizer states across ranks with FSDP2.
+
+    Args:
+        accelerator, parallel_devices, num_nodes, process_group_backend, timeout, start_method: as for
+            :class:`~featherlight.strategies.DDPStrategy`.
+        auto_wrap_policy: a set (or list) of ``nn.Module`` classes whose instances are sharded on their own,
+            or a callable ``(module) -> bool``. ``None``: only the root (or what ``configure_model`` sharded).
+        mixed_precision: a ``torch.distributed.fsdp.MixedPrecisionPolicy``; by default derived from the
+            Trainer's precision (``bf16-mixed``/``16-mixed``: parameters in half, gradients reduced in float32).
+        sharding_strategy: ``"FULL_SHARD"`` (reshard after forward), ``"SHARD_GRAD_OP"`` (keep parameters
+            gathered between forward and backward) or ``"HYBRID_SHARD"`` (shard within a node, replicate
+            across nodes).
+        reshard_after_forward: overrides what ``sharding_strategy`` implies.
+        cpu_offload: keep sharded parameters (and the optimizer step) on CPU.
+        state_dict_type: ``"sharded"`` (default) or ``"full"``.
+        device_mesh: a ``DeviceMesh`` to shard over (default: all ranks; 2-D for ``HYBRID_SHARD``).
+        **fully_shard_kwargs: passed to every ``fully_shard`` call.
+    """
+
+    strategy_name = "fsdp"
+    supports_inference_mode = False  # evaluation steps run under no_grad (see step_function)
+    _pad_eval_samplers = True  # every rank must run every forward: uneven evaluation batches would hang
+
+    def __init__(
+        self,
+        accelerator: Optional[str] = None,
+        parallel_devices: Optional[list[torch.device]] = None,
+        num_nodes: int = 1,
+        process_group_backend: Optional[str] = None,
+        timeout: Optional[timedelta] = _DEFAULT_TIMEOUT,
+        auto_wrap_policy: Optional[Union[set, list, tuple, Callable[[nn.Module], bool]]] = None,
+        mixed_precision: Optional[Any] = None,
+        sharding_strategy: str = "FULL_SHARD",
+        reshard_after_forward: Optional[bool] = None,
+        cpu_offload: bool = False,
+        state_dict_type: str = "sharded",
+        device_mesh: Optional[Any] = None,
+        start_method: str = "popen",
+        **fully_shard_kwargs: Any,
+    ) -> None:
+        super().__init__(accelerator=accelerator, parallel_devices=parallel_devices, num_nodes=num_nodes,
+                         process_group_backend=process_group_backend, timeout=timeout, start_method=start_method)
+        sharding_strategy = sharding_strategy.upper() if isinstance(sharding_strategy, str) else str(sharding_strategy)
+        if sharding_strategy not in _SHARDING:
+            raise MisconfigurationException(
+                f"`sharding_strategy={sharding_strategy!r}` is not supported with FSDP2; use one of {sorted(_SHARDING)}."
+            )
+        if state_dict_type not in ("sharded", "full"):
+            raise MisconfigurationException(f"`state_dict_type` must be 'sharded' or 'full', got {state_dict_type!r}.")
+        self.auto_wrap_policy = auto_wrap_policy
+        self.mixed_precision = mixed_precision
+        self.sharding_strategy = sharding_strategy
+        self.reshard_after_forward = (
+            _SHARDING[sharding_strategy] if reshard_after_forward is None else reshard_after_forward
+        )
+        self.cpu_offload = cpu_offload
+        self.state_dict_type = state_dict_type
+        self._device_mesh = device_mesh
+        self._fully_shard_kwargs = fully_shard_kwargs
+
+    # ---------------------------------------------------------------- setup
+    @property
+    def device_mesh(self) -> Any:
+        if self._device_mesh is None:
+            from torch.distributed.device_mesh import init_device_mesh
+
+            device_type = self.root_device.type
+            if self.sharding_strategy in ("HYBRID_SHARD", "_HYBRID_SHARD_ZERO2"):
+                per_node = self.world_size // self.num_nodes
+                self._device_mesh = init_device_mesh(device_type, (self.num_nodes, per_node),
+                                                     mesh_dim_names=("replicate", "shard"))
+            else:
+                self._device_mesh = init_device_mesh(device_type, (self.world_size,))
+        return self._device_mesh
+
+    def _mp_policy(self) -> Any:
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        if self.mixed_precision is not None:
+            return self.mixed_precision
+        precision = getattr(self.precision, "precision", "32-true")
+        if precision == "bf16-mixed":
+            return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if precision == "16-mixed":
+            return MixedPrecisionPolicy(param_dtype=torch.float16, reduce_dtype=torch.float32)
+        return MixedPrecisionPolicy()
+
+    def _shard_kwargs(self) -> dict[str, Any]:
+        from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy
+
+        kwargs = dict(mesh=self.device_mesh, reshard_after_forward=self.reshard_after_forward,
+                      mp_policy=self._mp_policy(), offload_policy=CPUOffloadPolicy() if self.cpu_offload
+                      else OffloadPolicy())
+        kwargs.update(self._fully_shard_kwargs)
+        return kwargs
+
+    def _wraps(self, module: nn.Module) -> bool:
+        policy = self.auto_wrap_policy
+        if policy is None:
+            return False
+        if isinstance(policy, (set, list, tuple, frozenset)):
+            return isinstance(module, tuple(policy))
+        return bool(policy(module))
+
+    def setup(self, module: "LightningModule") -> None:
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        assert self.precision is not None
+        self._lightning_module = module
+        module = self.precision.convert_module(module)
+        self._use_sharded_grad_scaler()
+        device = self.root_device
+        already = any(isinstance(m, FSDPModule) for m in module.modules())
+        on_meta = any(p.is_meta for p in module.parameters())
+        if not on_meta and not self.cpu_offload:
+            module.to(device)
+        if not already and not on_meta:
+            self._sync_module_states(module)  # every rank shards rank 0's initial values, as DDP would use
+        if not isinstance(module, FSDPModule):
+            kwargs = self._shard_kwargs()
+            if not already:
+                # children before their parents: reversed pre-order visits every child before its parent
+                for sub in reversed(list(module.modules())):
+                    if sub is not module and self._wraps(sub) and not isinstance(sub, FSDPModule):
+                        fully_shard(sub, **kwargs)
+            fully_shard(module, **kwargs)
+        if on_meta:
+            self._materialize(module, device)
+        self._lightning_module = module
+        self.model = module
+
+    def _materialize(self, module: nn.Module, device: torch.device) -> None:
+        """Parameters created on the meta device (in ``configure_model``) get memory and their initial values."""
+        module.to_empty(device=device)
+        with torch.no_grad():
+            for sub in module.modules():
+                reset = getattr(sub, "reset_parameters", None)
+                if callable(reset) and sub is not module:
+                    reset()
+
+    def _use_sharded_grad_scaler(self) -> None:
+        """16-mixed: GradScaler's inf check must agree across ranks, which ShardedGradScaler's does."""
+        scaler = getattr(self.precision, "scaler", None)
+        if scaler is None or getattr(self.precision, "precision", None) != "16-mixed":
+            return
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        if not isinstance(scaler, ShardedGradScaler):
+            self.precision.scaler = ShardedGradScaler(device=self.root_device.type)  # type: ignore[union-attr]
+
+    def teardown(self) -> None:
+        """The module stays sharded (its process group stays up): later runs in this process reuse both."""
+        if self._mp_rank is not None and self._lightning_module is not None:
+            # a spawn/fork worker: gather the full weights while the process group still exists
+            self._spawn_state = self._full_state_dict(cpu_offload=True)
+
+    # ---------------------------------------------------------------- steps
+    def step_function(self, name: str) -> Any:
+        """Every step runs through the root module's ``__call__`` so FSDP unshards (and reshards) its parameters."""
+        module = self._lightning_module
+        method = getattr(module, name)
+        trainer = getattr(module, "_trainer", None)
+        accumulate = getattr(trainer, "accumulate_grad_batches", 1) if name == "training_step" else 1
+        if accumulate > 1 and module.automatic_optimization:
+            return self._accumulating(self._redirect(module, method), module, trainer, accumulate)
+        return self._redirect(module, method)
+
+    @staticmethod
+    def _accumulating(step: Callable, module: Any, trainer: Any, accumulate: int) -> Callable:
+        """Gradients are reduce-scattered only on the batch that closes an accumulation window."""
+        loop = trainer._loop
+
+        def accumulating_step(*args: Any, **kwargs: Any) -> Any:
+            batch_idx, total = loop.batch_idx, trainer.num_training_batches
+            sync = (batch_idx + 1) % accumulate == 0 or total == float("inf") or batch_idx + 1 >= total
+            # read by FSDP during the backward that follows, so it is left set until the next step
+            module.set_requires_gradient_sync(sync)
+            return step(*args, **kwargs)
+
+        return accumulating_step
+
+    @staticmethod
+    def _redirect(module: Any, method: Callable) -> Callable:
+        def redirected(*args: Any, **kwargs: Any) -> Any:
+            previous = module.__dict__.get("forward")
+
+            def step_as_forward(*a: Any, **k: Any) -> Any:
+                _restore(module, previous)  # the step may itself call self(...) = the real forward
+                return method(*a, **k)
+
+            module.forward = step_as_forward  # type: ignore[method-assign]
+            try:
+                if torch.is_inference_mode_enabled():
+                    # FSDP's gathered parameters are reused by training: they must not become inference tensors
+                    with torch.inference_mode(False), torch.no_grad():
+                        return module(*args, **kwargs)
+                return module(*args, **kwargs)
+            finally:
+                _restore(module, previous)
+
+        return redirected
+
+    def clip_grad_norm(self, parameters: list, max_norm: float) -> Tensor:
+        """Clip by the global norm over every rank's shards (DTensor gradients reduce it across the mesh)."""
+        norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        full = getattr(norm, "full_tensor", None)
+        return full() if callable(full) else norm
+
+    # ---------------------------------------------------------------- state
+    def model_state_dict(self) -> dict[str, Any]:
+        """This rank's shards (DTensors); :meth:`save_checkpoint` decides what is written."""
+        return self._lightning_module.state_dict()  # type: ignore[union-attr]
+
+    def _full_state_dict(self, cpu_offload: bool = True) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(self._lightning_module,
+                                    options=StateDictOptions(full_state_dict=True, cpu_offload=cpu_offload))
+
+    def _state_dict_for_parent(self, module: nn.Module) -> dict[str, Any]:
+        return getattr(self, "_spawn_state", None) or {}
+
+    def _optimizers(self) -> list:
+        trainer = getattr(self._lightning_module, "_trainer", None)
+        return list(getattr(trainer, "optimizers", None) or [])
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Union[str, os.PathLike]) -> None:
+        """Write ``checkpoint`` (the Trainer's dict) to ``filepath``. Every rank must call this.
+
+        ``"sharded"``: ``filepath`` becomes a directory of ``torch.distributed.checkpoint`` shards (weights and
+        optimizer states, each rank writing its own) plus ``meta.pt`` with the rest of the dict, written by
+        rank 0. ``"full"``: the weights and optimizer states are gathered and rank 0 writes one file.
+        """
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+
+        from featherlight.trainer.checkpoint import _atomic_torch_save
+
+        module = self._lightning_module
+        path = os.fspath(filepath)
+        optimizers = self._optimizers() if "optimizer_states" in checkpoint else []
+        if self.state_dict_type == "full":
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            checkpoint = dict(checkpoint)
+            checkpoint["state_dict"] = get_model_state_dict(module, options=options)
+            if "optimizer_states" in checkpoint:
+                checkpoint["optimizer_states"] = [get_optimizer_state_dict(module, o, options=options)
+                                                  for o in optimizers]
+            if self.is_global_zero:
+                _atomic_torch_save(checkpoint, path)
+            self.barrier("fsdp_save_checkpoint")
+            return
+        import torch.distributed.checkpoint as dcp
+
+        if self.is_global_zero and os.path.isfile(path):
+            os.remove(path)  # a full checkpoint of the same name: the directory takes its place
+        self.barrier("fsdp_save_checkpoint_prepare")
+        state: dict[str, Any] = {"model": get_model_state_dict(module)}
+        if optimizers:
+            state["optimizers"] = {str(i): get_optimizer_state_dict(module, o) for i, o in enumerate(optimizers)}
+        dcp.save(state, checkpoint_id=path)
+        meta = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
+        meta["featherlight_sharded"] = {"optimizers": len(optimizers)}
+        if self.is_global_zero:
+            _atomic_torch_save(meta, os.path.join(path, _META_NAME))
+        self.barrier("fsdp_save_checkpoint")
+
+    def load_checkpoint(self, filepath: Union[str, os.PathLike]) -> dict[str, Any]:
+        """Read a checkpoint written by :meth:`save_checkpoint` (either type, whatever this strategy's
+        ``state_dict_type``) and load the weights into the sharded module. Every rank must call this.
+
+        Returns the checkpoint dict; its ``state_dict`` holds the module's now-loaded (sharded) state, so
+        loading it into the module again changes nothing. The optimizer states are loaded later, once the
+        optimizers exist, by :meth:`load_optimizer_states`.
+        """
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             set_model_state_dict)
+
+        from featherlight.trainer.checkpoint import _load_checkpoint_file
+
+        module = self._lightning_module
+        path = os.fspath(filepath)
+        if os.path.isdir(path):
+            checkpoint = _load_checkpoint_file(os.path.join(path, _META_NAME), map_location="cpu")
+            saved = checkpoint.pop("featherlight_sharded", {}).get("optimizers", 0)
+            state = {"model": get_model_state_dict(module)}
+            dcp.load(state, checkpoint_id=path)
+            set_model_state_dict(module, state["model"])
+            if saved:
+                checkpoint["optimizer_states"] = [_ShardedOptimizerState(path, i) for i in range(saved)]
+        else:
+            checkpoint = _load_checkpoint_file(path, map_location="cpu")
+            set_model_state_dict(module, checkpoint["state_dict"], options=StateDictOptions(full_state_dict=True))
+        checkpoint["state_dict"] = module.state_dict()
+        return checkpoint
+
+    def load_optimizer_states(self, checkpoint: dict[str, Any], optimizers: list) -> None:
+        """Load the checkpoint's optimizer states into ``optimizers`` (every rank its shard)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
+                                                             set_optimizer_state_dict)
+
+        module = self._lightning_module
+        states = checkpoint.get("optimizer_states") or []
+        for i, (optimizer, saved) in enumerate(zip(optimizers, states)):
+            if isinstance(saved, _ShardedOptimizerState):
+                state = {"optimizers": {str(saved.index): get_optimizer_state_dict(module, optimizer)}}
+                dcp.load(state, checkpoint_id=saved.path)
+                set_optimizer_state_dict(module, optimizer, state["optimizers"][str(saved.index)])
+            else:
+                set_optimizer_state_dict(module, optimizer, saved, options=StateDictOptions(full_state_dict=True))
+
+
+class _ShardedOptimizerState(dict):
+    """Stands for optimizer ``index``'s state inside the sharded checkpoint directory ``path``."""
+
+    def __init__(self, path: str, index: int) -> None:
+        super().__init__()
+        self.path, self.index = path, index
+
+
+def _restore(module: nn.Module, previous: Any) -> None:
+    if previous is None:
+        module.__dict__.pop("forward", None)
+    else:
+        module.forward = previous  # type: ignore[method-assign]
+
+
+__all__ = ["FSDPStrategy"]
