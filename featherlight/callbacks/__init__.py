@@ -11,6 +11,8 @@ _LAZY = {
     "BackboneFinetuning": "featherlight.callbacks.finetuning",
     "BaseFinetuning": "featherlight.callbacks.finetuning",
     "BasePredictionWriter": "featherlight.callbacks.prediction_writer",
+    "BatchSizeFinder": "featherlight.callbacks.batch_size_finder",
+    "LearningRateFinder": "featherlight.callbacks.lr_finder",
     "Checkpoint": "featherlight.callbacks.checkpoint",
     "EMAWeightAveraging": "featherlight.callbacks.weight_averaging",
     "EarlyStopping": "featherlight.callbacks.early_stopping",

@@ -6,6 +6,11 @@ from enum import Enum
 from typing import Any, Optional
 
 
+class _StopRun(Exception):
+    """Raised by a callback to end the current run early but cleanly: teardown hooks run, the status
+    is FINISHED and the entry point returns (the tuner's finders use it once their search is done)."""
+
+
 class _StrEnum(str, Enum):
     def __str__(self) -> str:
         return self.value

@@ -22,7 +22,7 @@ from featherlight.strategies.strategy import Strategy, _select_strategy
 from featherlight.trainer import data as _data
 from featherlight.trainer.dispatch import _Dispatcher, _call_module_hook
 from featherlight.trainer.logging import _LogState
-from featherlight.trainer.states import LoopState, RunningStage, TrainerFn, TrainerState, TrainerStatus
+from featherlight.trainer.states import LoopState, RunningStage, TrainerFn, TrainerState, TrainerStatus, _StopRun
 from featherlight.utilities.exceptions import MisconfigurationException
 from featherlight.utilities.rank_zero import WarningCache, rank_zero_info, rank_zero_warn
 
@@ -389,6 +389,7 @@ class Trainer:
             datamodule, train_dataloaders = train_dataloaders, None
         self._check_loader_args(train_dataloaders, val_dataloaders, datamodule, "fit")
         self._given_loaders = {"train": train_dataloaders, "val": val_dataloaders}
+        self.train_dataloader, self._train_loaded_epoch = None, None  # every fit asks for its loaders anew
         self._weights_only = weights_only is not False
         self._run(model, TrainerFn.FITTING, datamodule, ckpt_path)
 
@@ -485,6 +486,9 @@ class Trainer:
         try:
             # the strategy may run this in other processes too (ddp_spawn) or start them first (ddp)
             out = self.strategy.launch(self._setup_and_run, fn, ckpt_path)
+        except _StopRun:
+            self._teardown(fn.value)
+            out = None
         except BaseException as exc:
             self._on_exception(exc)
             raise

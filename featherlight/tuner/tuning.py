@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
 
 import torch
 
+from featherlight.trainer.states import _StopRun
 from featherlight.utilities.exceptions import MisconfigurationException
 from featherlight.utilities.rank_zero import rank_zero_warn
 
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
 _METHODS = ("fit", "validate", "test", "predict")
 
 
-class _TunerExitException(Exception):
+class _TunerExitException(_StopRun):
     """Raised by a finder callback that :class:`Tuner` started, to end the run once the search is done."""
 
 
@@ -248,7 +249,6 @@ def _run_with_finder(trainer: "Trainer", finder: Any, model: "LightningModule", 
     with _Preserved(trainer, model, dms):
         trainer.callbacks = [finder]
         _quiet_trainer(trainer)
-        trainer._on_exception = _exit_aware_on_exception(trainer)  # type: ignore[method-assign]
         try:
             if method == "fit":
                 trainer.fit(model, train_dataloaders, val_dataloaders, datamodule)
@@ -260,24 +260,6 @@ def _run_with_finder(trainer: "Trainer", finder: Any, model: "LightningModule", 
                 trainer.predict(model, dataloaders, datamodule=datamodule, return_predictions=False)
         except _TunerExitException:
             pass
-
-
-def _exit_aware_on_exception(trainer: "Trainer") -> Callable[[BaseException], None]:
-    """The trainer's exception handler, except that the finder's early exit tears the run down like a
-    finished one (``teardown`` hooks) instead of an interrupted one (``on_exception`` hooks)."""
-    original = trainer._on_exception
-
-    def on_exception(exc: BaseException) -> None:
-        if not isinstance(exc, _TunerExitException):
-            original(exc)
-            return
-        from featherlight.trainer.states import TrainerStatus
-
-        fn = trainer.state.fn
-        trainer._teardown(fn.value if fn is not None else "fit")
-        trainer.state.status, trainer.state.stage = TrainerStatus.FINISHED, None
-
-    return on_exception
 
 
 def _quiet_trainer(trainer: "Trainer") -> None:
