@@ -31,6 +31,9 @@ class GradientAccumulationScheduler(Callback):
     ``trainer.estimated_stepping_batches`` is computed from the Trainer's factor (1), not from the schedule.
     """
 
+    # tells strategies that accumulate_grad_batches changes between epochs (read it per batch, not once per run)
+    _sets_accumulate_grad_batches = True
+
     def __init__(self, scheduling: dict[int, int]) -> None:
         super().__init__()
         if not scheduling:
@@ -74,7 +77,7 @@ class GradientAccumulationScheduler(Callback):
             )
         from featherlight.trainer.dispatch import _module_overrides
 
-        overrides = _module_overrides(pl_module, "optimizer_step") or _module_overrides(pl_module, "optimizer_zero_grad")
+        overrides = any(_module_overrides(pl_module, hook) for hook in ("optimizer_step", "optimizer_zero_grad"))
         if overrides and self.going_to_accumulate_grad_batches():
             rank_zero_warn(
                 "`GradientAccumulationScheduler` accumulates gradients and the LightningModule overrides "

@@ -28,11 +28,14 @@ class StochasticWeightAveraging(Callback):
     averaged weights are copied into the module. If the module has batch-norm layers, training runs one
     extra epoch (``max_epochs`` grows by one while fitting) in which the averaged weights are in place and
     the training data only goes forward through ``training_step`` (no backward, no optimizer step) so the
-    batch-norm running statistics are recomputed for them (a cumulative average over the epoch).
+    batch-norm running statistics are recomputed for them (a cumulative average over the epoch). Its
+    hooks, logging and validation run as in any epoch (the validation scores the final model), and like
+    Lightning it adds one to ``global_step`` at its end, so checkpoint callbacks save the final model.
 
     The averaged weights, the number of models averaged and the SWA scheduler are saved in checkpoints
     (``checkpoint["callbacks"]["StochasticWeightAveraging"]``, the layout Lightning uses) and restored on
-    resume.
+    resume; a run resumed from a checkpoint taken inside the batch-norm epoch carries on accumulating the
+    statistics.
 
     Only one optimizer and at most one LR scheduler are supported; the averaging happens once per epoch.
 
@@ -56,7 +59,8 @@ class StochasticWeightAveraging(Callback):
         avg_fn: Optional[_AVG_FN] = None,
         device: Optional[Union[torch.device, str]] = torch.device("cpu"),
     ) -> None:
-        bad_start = "`swa_epoch_start` must be an int >= 1 (an epoch, counted from 1) or a float in [0, 1] (a fraction of `max_epochs`)"
+        bad_start = ("`swa_epoch_start` must be an int >= 1 (an epoch, counted from 1) or a float in [0, 1] "
+                     "(a fraction of `max_epochs`)")
         if isinstance(swa_epoch_start, bool) or not isinstance(swa_epoch_start, (int, float)):
             raise MisconfigurationException(f"{bad_start}; got {swa_epoch_start!r}.")
         if isinstance(swa_epoch_start, int) and swa_epoch_start < 1:
@@ -68,7 +72,8 @@ class StochasticWeightAveraging(Callback):
         )
         if not valid_lrs:
             raise MisconfigurationException(
-                f"`swa_lrs` must be a positive float or a list of positive floats (one per param group); got {swa_lrs!r}."
+                "`swa_lrs` must be a positive float or a list of positive floats (one per param group); got "
+                f"{swa_lrs!r}."
             )
         if avg_fn is not None and not callable(avg_fn):
             raise MisconfigurationException(f"`avg_fn` must be callable; got {avg_fn!r}.")
@@ -102,6 +107,9 @@ class StochasticWeightAveraging(Callback):
         self._start_epoch: Optional[int] = None  # swa_epoch_start resolved to an int (1-based)
         self._bumped_max_epochs = False  # max_epochs was raised by one for the batch-norm epoch
         self._bn_epoch_module: Optional["LightningModule"] = None  # switched to forward-only for the BN epoch
+        self._in_bn_epoch = False  # the batch-norm epoch has started and not ended (saved in checkpoints)
+        self._resumed_in_bn_epoch = False  # restored from a checkpoint taken inside the batch-norm epoch
+        self._pending_average_state: Optional[dict] = None
 
     # ------------------------------------------------------------------ schedule
     @property
@@ -146,12 +154,23 @@ class StochasticWeightAveraging(Callback):
     def setup(self, trainer: "Trainer", pl_module: "LightningModule", stage: str) -> None:
         if stage != "fit":
             return
+        from featherlight.trainer.dispatch import _module_overrides
+
         self._reset_fit_state()
         self.momenta = {}
-        # a copy of the module as it is before it moves to the training device; it moves to `device` when SWA starts
-        self._average_model = AveragedModel(pl_module, avg_fn=self._avg_fn, use_buffers=False)
+        self._average_model = None
+        if not _module_overrides(pl_module, "configure_model"):
+            # a copy of the module before it moves to the training device; it moves to `device` when SWA starts
+            self._average_model = AveragedModel(pl_module, avg_fn=self._avg_fn, use_buffers=False)
+        # else: the module gets its layers in configure_model, after this hook: the copy is made in on_fit_start
 
     def on_fit_start(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
+        if self._average_model is None:
+            self._average_model = AveragedModel(pl_module, device=torch.device("cpu"), avg_fn=self._avg_fn,
+                                                use_buffers=False)
+            if self._pending_average_state is not None:
+                self._average_model.module.load_state_dict(self._pending_average_state)
+        self._pending_average_state = None
         if len(trainer.optimizers) != 1:
             raise MisconfigurationException(
                 f"`StochasticWeightAveraging` supports exactly one optimizer; `configure_optimizers` returned "
@@ -194,9 +213,15 @@ class StochasticWeightAveraging(Callback):
             self._latest_update_epoch = epoch
         if self._max_epochs != -1 and epoch == self.swa_end + 1:
             # the batch-norm epoch: averaged weights in, statistics reset, forward passes only
-            assert self._average_model is not None
-            self.transfer_weights(self._average_model.module, pl_module)
-            self.reset_batch_norm_and_save_state(pl_module)
+            if self._resumed_in_bn_epoch:
+                # the checkpoint holds the averaged weights and the statistics accumulated so far: carry on
+                self._save_momenta_for_cumulative_average(pl_module)
+            else:
+                assert self._average_model is not None
+                self.transfer_weights(self._average_model.module, pl_module)
+                self.reset_batch_norm_and_save_state(pl_module)
+            self._resumed_in_bn_epoch = False
+            self._in_bn_epoch = True
             if pl_module.automatic_optimization:
                 pl_module.automatic_optimization = False  # the loop then runs training_step and nothing else
                 self._bn_epoch_module = pl_module
@@ -245,7 +270,17 @@ class StochasticWeightAveraging(Callback):
             trainer.lr_scheduler_configs.append(config)
         self._average_model.n_averaged.fill_(self._init_n_averaged)
 
+    def on_train_batch_end(
+        self, trainer: "Trainer", pl_module: "LightningModule", outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._in_bn_epoch and trainer.is_last_batch:
+            # Lightning closes its batch-norm epoch with one optimizer step (without gradients: the weights do
+            # not change). Counting it keeps `global_step` the same, and so checkpointing: ModelCheckpoint saves
+            # the final model at the end of this epoch because the step count moved.
+            trainer._loop.global_step += 1
+
     def on_train_epoch_end(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
+        self._in_bn_epoch = False
         self._end_bn_epoch()
 
     def on_train_end(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
@@ -277,7 +312,6 @@ class StochasticWeightAveraging(Callback):
     def reset_batch_norm_and_save_state(self, pl_module: nn.Module) -> None:
         """Reset the running statistics of every batch-norm layer and switch it to a cumulative average
         (``momentum=None``), remembering the momenta for :meth:`reset_momenta`."""
-        self.momenta = {}
         with torch.no_grad():
             for module in pl_module.modules():
                 if not isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -288,6 +322,12 @@ class StochasticWeightAveraging(Callback):
                     module.running_var.fill_(1)
                 if module.num_batches_tracked is not None:
                     module.num_batches_tracked.zero_()
+        self._save_momenta_for_cumulative_average(pl_module)
+
+    def _save_momenta_for_cumulative_average(self, pl_module: nn.Module) -> None:
+        self.momenta = {}
+        for module in pl_module.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 self.momenta[module] = module.momentum
                 module.momentum = None
 
@@ -302,17 +342,24 @@ class StochasticWeightAveraging(Callback):
         n = self._init_n_averaged
         if self._initialized and self._average_model is not None:
             n = int(self._average_model.n_averaged.item())
+        # a run resumed inside the batch-norm epoch has no SWALR to rebuild: it passes the saved state on
+        scheduler = self._scheduler_state if self._swa_scheduler is None else self._swa_scheduler.state_dict()
         return {
             "n_averaged": n,
             "latest_update_epoch": self._latest_update_epoch,
-            "scheduler_state": None if self._swa_scheduler is None else self._swa_scheduler.state_dict(),
+            "scheduler_state": scheduler,
             "average_model_state": None if self._average_model is None else self._average_model.module.state_dict(),
+            "in_batch_norm_epoch": self._in_bn_epoch,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._init_n_averaged = int(state_dict["n_averaged"])
         self._latest_update_epoch = int(state_dict["latest_update_epoch"])
         self._scheduler_state = state_dict["scheduler_state"]
+        self._resumed_in_bn_epoch = bool(state_dict.get("in_batch_norm_epoch", False))
         average = state_dict.get("average_model_state")
-        if self._average_model is not None and average is not None:
-            self._average_model.module.load_state_dict(average)
+        if average is not None:
+            if self._average_model is not None:
+                self._average_model.module.load_state_dict(average)
+            else:
+                self._pending_average_state = average  # loaded when the copy is made (on_fit_start)

@@ -49,6 +49,9 @@ class WeightAveraging(Callback):
         multi_avg_fn: list averaging function (see above).
     """
 
+    # asks the trainer to call on_save_checkpoint for weights-only checkpoints too (they should hold the average)
+    _saves_into_weights_only_checkpoints = True
+
     def __init__(
         self,
         device: Optional[Union[torch.device, str, int]] = None,
@@ -179,9 +182,6 @@ class WeightAveraging(Callback):
             held.copy_(tmp)
         self._swapped = not self._swapped
 
-    def _averaged_module_tensors_are_held(self) -> bool:
-        return self._average is not None and not self._swapped
-
     # ------------------------------------------------------------------ training hooks
     def setup(self, trainer: "Trainer", pl_module: "LightningModule", stage: str) -> None:
         if stage == "fit":
@@ -289,6 +289,11 @@ class WeightAveraging(Callback):
     def on_save_checkpoint(self, trainer: "Trainer", pl_module: "LightningModule", checkpoint: dict[str, Any]) -> None:
         if self._average is None:
             return
+        if "optimizer_states" not in checkpoint:
+            # a weights-only checkpoint (for inference): just the averaged weights, nothing to resume from
+            if not self._swapped:
+                checkpoint["state_dict"] = self._with_held(checkpoint["state_dict"], self._state_dict_keys(pl_module))
+            return
         if trainer.state.fn == "fit" and trainer.training:
             # a callback that checkpoints in on_train_batch_end before this one runs must still see the update
             # for the step just taken (a resumed run does not repeat that hook)
@@ -315,7 +320,7 @@ class WeightAveraging(Callback):
             self._n_averaged = int(checkpoint["averaging_state"].get("n_averaged", 0))
             _load_module_state(pl_module, checkpoint["current_model_state"], pl_module.strict_loading,
                                getattr(trainer, "ckpt_path", None))
-            rank_zero_info("Restored the training weights from `current_model_state` and the average from `state_dict`.")
+            rank_zero_info("Restored the training weights from `current_model_state`, the average from `state_dict`.")
         else:
             rank_zero_warn(
                 f"The checkpoint was not saved with {type(self).__name__}: the training weights and the average "

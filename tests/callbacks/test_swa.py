@@ -53,13 +53,13 @@ def make_module(base, bn=True):
     return Net
 
 
-def _fit(trainer_cls, module, callbacks, max_epochs=6, **kwargs):
+def _fit(trainer_cls, module, callbacks, max_epochs=6, ckpt_path=None, **kwargs):
     torch.manual_seed(0)
     trainer = trainer_cls(max_epochs=max_epochs, callbacks=callbacks, logger=False, enable_checkpointing=False,
                           enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, **kwargs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer.fit(module)
+        trainer.fit(module, ckpt_path=ckpt_path)
     return trainer
 
 
@@ -105,6 +105,7 @@ def test_matches_lightning(bn, strategy):
     assert ours.lrs == pytest.approx(theirs.lrs)
     assert ours.train_epochs == theirs.train_epochs  # with batch norm: one more, forward-only epoch
     assert t1.current_epoch == t2.current_epoch and t1.max_epochs == t2.max_epochs == 6
+    assert t1.global_step == t2.global_step
     for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
     # validation in the batch-norm epoch sees the averaged model with its new statistics
@@ -154,7 +155,7 @@ def test_batch_norm_epoch_recomputes_statistics_and_restores_state():
     cb = StochasticWeightAveraging(**SWA_KW)
     trainer = _fit(L.Trainer, model, [cb, Steps()], max_epochs=3)
     assert trainer.max_epochs == 3 and trainer.current_epoch == 4
-    assert steps == [4, 8, 12, 12]  # no optimizer step in the batch-norm epoch
+    assert steps == [4, 8, 12, 13]  # no optimizer step in the batch-norm epoch, one counted at its end
     assert model.automatic_optimization and bn.momentum == 0.1 and cb.momenta == {}
     # the running statistics are the cumulative average over the training data, for the averaged weights
     x = torch.stack([b for b, e in zip(model.batches, model.train_epochs) if e == 3])
@@ -206,7 +207,8 @@ def test_one_optimizer_and_scheduler_only():
             pass
 
         def configure_optimizers(self):
-            return [torch.optim.SGD(self.net[0].parameters(), lr=0.1), torch.optim.SGD(self.net[3].parameters(), lr=0.1)]
+            return [torch.optim.SGD(self.net[0].parameters(), lr=0.1),
+                    torch.optim.SGD(self.net[3].parameters(), lr=0.1)]
 
     with pytest.raises(MisconfigurationException, match="exactly one optimizer"):
         _fit(L.Trainer, TwoOptimizers(), [StochasticWeightAveraging(**SWA_KW)])
@@ -225,6 +227,35 @@ def test_infinite_training_transfers_at_the_end():
     assert int(cb.n_averaged) == 3  # epochs 1, 2, 3
     for a, b in zip(cb._average_model.module.parameters(), model.parameters()):
         assert torch.equal(a, b)
+
+
+def test_layers_built_in_configure_model(tmp_path):
+    """The averaged copy is made after `configure_model` has built the layers."""
+    class Lazy(make_module(L.LightningModule, bn=True)):
+        def __init__(self):
+            super().__init__()
+            self.net = None
+
+        def configure_model(self):
+            if self.net is None:
+                with torch.random.fork_rng():  # the same weights as Net's, without moving the data order's RNG
+                    torch.manual_seed(0)
+                    self.net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(),
+                                                   torch.nn.Linear(8, 1))
+
+    eager, lazy = make_module(L.LightningModule, bn=True)(), Lazy()
+    _fit(L.Trainer, eager, [StochasticWeightAveraging(**SWA_KW)], max_epochs=4)
+    trainer = _fit(L.Trainer, lazy, [StochasticWeightAveraging(**SWA_KW)], max_epochs=4)
+    for (name, a), b in zip(eager.state_dict().items(), lazy.state_dict().values()):
+        assert torch.equal(a, b), name
+    # and a resume restores its state into the copy made then
+    trainer.save_checkpoint(tmp_path / "lazy.ckpt")
+    cb = StochasticWeightAveraging(**SWA_KW)
+    resumed = Lazy()
+    _fit(L.Trainer, resumed, [cb], max_epochs=4, ckpt_path=tmp_path / "lazy.ckpt")
+    saved = torch.load(tmp_path / "lazy.ckpt", weights_only=True)["callbacks"]["StochasticWeightAveraging"]
+    for name, value in cb._average_model.module.state_dict().items():
+        assert torch.equal(saved["average_model_state"][name], value), name
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -259,23 +290,23 @@ def _resume_run(H, model_cls, make_cb, kill, tmp_path):
     torch.manual_seed(1)
     logger, model = H.Recorder(), model_cls()
     if kill is None:
-        H._trainer(logger, [make_cb()]).fit(model)
+        H._trainer(logger, [make_cb()], max_epochs=4).fit(model)
         return model, logger.rows
     path = tmp_path / "killed.ckpt"
     with pytest.raises(H.Killed):
-        H._trainer(logger, [make_cb(), H.KillAt(*kill, path)]).fit(model)
+        H._trainer(logger, [make_cb(), H.KillAt(*kill, path)], max_epochs=4).fit(model)
     before = list(logger.rows)
     torch.manual_seed(12345)
     logger2, resumed = H.Recorder(), model_cls()
-    H._trainer(logger2, [make_cb()]).fit(resumed, ckpt_path=path)
+    H._trainer(logger2, [make_cb()], max_epochs=4).fit(resumed, ckpt_path=path)
     return resumed, before + logger2.rows
 
 
 @pytest.mark.parametrize("bn", [False, True], ids=["no_bn", "bn"])
 @pytest.mark.parametrize("point", ["mid_epoch", "epoch_end", "epoch_start", "during_validation", "validation_end"])
 def test_resume_is_bit_exact(point, bn, tmp_path):
-    """SWA from the second epoch of three: killed before or inside the SWA epochs, a resumed run ends with
-    the same averaged weights (and batch-norm statistics) and logs as an uninterrupted one."""
+    """SWA from the second epoch of four: killed before or inside the SWA epochs, a resumed run ends with
+    the same averaged weights (and batch-norm statistics), learning rates and logs as an uninterrupted one."""
     H = _harness()
 
     class Model(H.Model):
@@ -285,9 +316,45 @@ def test_resume_is_bit_exact(point, bn, tmp_path):
                 self.net.insert(1, torch.nn.BatchNorm1d(16))
 
     def make_cb():
-        return StochasticWeightAveraging(swa_lrs=0.005, swa_epoch_start=2, annealing_epochs=2)
+        return StochasticWeightAveraging(swa_lrs=0.002, swa_epoch_start=2, annealing_epochs=3)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         H._assert_same(_resume_run(H, Model, make_cb, None, tmp_path),
                        _resume_run(H, Model, make_cb, H.KILL_POINTS[point], tmp_path))
+
+
+@pytest.mark.parametrize("kill", [("on_train_batch_end", 4, 5), ("on_train_batch_end", 4, 10),
+                                  ("on_validation_batch_end", 4, 1), ("on_validation_end", 4, None),
+                                  ("on_train_epoch_start", 4, None)])
+def test_resume_inside_the_batch_norm_epoch_is_bit_exact(kill, tmp_path):
+    """Killed while the batch-norm statistics are being recomputed, a resumed run accumulates the rest."""
+    H = _harness()
+
+    class Model(H.Model):
+        def __init__(self, workers=0):
+            super().__init__(workers)
+            self.net.insert(1, torch.nn.BatchNorm1d(16))
+
+    def make_cb():
+        return StochasticWeightAveraging(swa_lrs=0.002, swa_epoch_start=2, annealing_epochs=3)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        H._assert_same(_resume_run(H, Model, make_cb, None, tmp_path),
+                       _resume_run(H, Model, make_cb, kill, tmp_path))
+
+
+def test_model_checkpoint_saves_the_final_model(tmp_path):
+    """As in Lightning, the batch-norm epoch's end counts as a step: the last checkpoint is the final model."""
+    model = make_module(L.LightningModule, bn=True)()
+    ckpt = L.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    trainer = L.Trainer(max_epochs=3, callbacks=[StochasticWeightAveraging(**SWA_KW), ckpt], logger=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model)
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 13
+    for name, value in model.state_dict().items():
+        assert torch.equal(saved["state_dict"][name], value), name
