@@ -15,6 +15,10 @@ Failures end the job quickly: the rank-0 launcher watches its children (a failed
 rest and rank 0), children exit when the launcher disappears, and rank 0 stops its children when it
 raises. The training step runs through ``DistributedDataParallel.__call__`` so DDP's gradient
 all-reduce fires; evaluation and prediction call the LightningModule directly.
+
+The process group is created by the first run of a process and kept for the later ones (``fit`` then
+``test`` in one script reuse it; re-creating it would race on the rendezvous store); it is destroyed
+at interpreter exit, and only if this module created it.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ import tempfile
 import threading
 import time
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -330,14 +334,29 @@ class _GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         return out.to(input.dtype)
 
 
-def _convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
-    """Batch norm layers synchronised across ranks: torch's SyncBatchNorm on accelerators, ours on CPU."""
-    module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+def _convert_sync_batchnorm(module: nn.Module, device: torch.device) -> dict[str, nn.Module]:
+    """Batch norm layers synchronised across ranks: torch's SyncBatchNorm on accelerators, ours on CPU.
+
+    Returns the replaced layers by name. They share their parameters and buffers with their replacements,
+    so putting them back (:func:`_revert_sync_batchnorm`) keeps everything the run learned.
+    """
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    originals = {name: m for name, m in module.named_modules()
+                 if name and isinstance(m, _BatchNorm) and not isinstance(m, (nn.SyncBatchNorm, _GlooSyncBatchNorm))}
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    assert converted is module  # a LightningModule is never itself a batch norm layer
     if device.type == "cpu":
         for m in module.modules():
             if type(m) is nn.SyncBatchNorm:
                 m.__class__ = _GlooSyncBatchNorm  # same attributes; only forward differs
-    return module
+    return originals
+
+
+def _revert_sync_batchnorm(module: nn.Module, originals: dict[str, nn.Module]) -> None:
+    for name, layer in originals.items():
+        parent_name, _, child = name.rpartition(".")
+        setattr(module.get_submodule(parent_name) if parent_name else module, child, layer)
 
 
 _REDUCE_OPS = {"sum": "SUM", "max": "MAX", "min": "MIN", "mean": "SUM", "avg": "SUM", "product": "PRODUCT",
@@ -447,6 +466,13 @@ class DDPStrategy(Strategy):
 
     def _check_job(self, job: dict[str, Any]) -> None:
         expected = self.num_processes * self.num_nodes
+        local = job.get("local_world_size")
+        if local is not None and local != self.num_processes:
+            raise MisconfigurationException(
+                f"The launcher started {local} process(es) on this node (LOCAL_WORLD_SIZE), but the Trainer was "
+                f"configured for devices={self.num_processes}. Make them agree, e.g. `torchrun --nproc_per_node="
+                f"{self.num_processes}` or `Trainer(devices={local})`."
+            )
         if job["world_size"] != expected:
             where = {"slurm": "SLURM (SLURM_NTASKS)", "torchelastic": "torchrun (WORLD_SIZE)"}.get(
                 job["kind"], "the environment (WORLD_SIZE)")
@@ -474,8 +500,13 @@ class DDPStrategy(Strategy):
 
     @property
     def root_device(self) -> torch.device:
+        resolved = self._resolved
+        if resolved is not None and "device" in resolved:
+            return resolved["device"]  # read every batch: fixed once the process joined its job
+        return self._device_of(self.local_rank)
+
+    def _device_of(self, local: int) -> torch.device:
         devices = self._devices
-        local = self.local_rank
         if devices[0].type == "cuda":
             if local >= len(devices):
                 raise MisconfigurationException(
@@ -570,7 +601,8 @@ class DDPStrategy(Strategy):
     # ---------------------------------------------------------------- per-process setup
     def setup_environment(self) -> None:
         self._resolved = None
-        ranks = self._resolved = self._ranks()
+        ranks = self._ranks()
+        self._resolved = dict(ranks, device=self._device_of(ranks["local_rank"]))
         rank_zero_only.rank = ranks["global_rank"]  # type: ignore[attr-defined]
         if ranks["kind"] == "slurm":
             os.environ.setdefault("MASTER_ADDR", _first_slurm_host(os.environ.get("SLURM_NODELIST", "127.0.0.1")))
@@ -617,7 +649,7 @@ class DDPStrategy(Strategy):
         trainer = getattr(module, "_trainer", None)
         fitting = trainer is not None and trainer.state.fn == "fit"
         if fitting and getattr(trainer, "sync_batchnorm", False):
-            module = _convert_sync_batchnorm(module, device)
+            self._batchnorm_layers = _convert_sync_batchnorm(module, device)
         self._lightning_module = module
         if fitting:
             self.model = self._wrap_ddp(module)
@@ -651,6 +683,13 @@ class DDPStrategy(Strategy):
         """Unwrap DDP. The process group stays up for later runs in this process and is destroyed at exit."""
         if self._lightning_module is not None:
             self.model = self._lightning_module
+            layers = self.__dict__.pop("_batchnorm_layers", None)
+            if layers:
+                # plain batch norm again: a later single-process run must not wait for other ranks
+                _revert_sync_batchnorm(self._lightning_module, layers)
+        patched = self.__dict__.pop("_trainer_patched", None)
+        if patched is not None:
+            patched.__dict__.pop("_backward", None)
 
     # ---------------------------------------------------------------- steps
     def step_function(self, name: str) -> Any:
@@ -686,9 +725,10 @@ class DDPStrategy(Strategy):
 
     def _manual_training_step(self, ddp: Any, wrapper: _TrainingStepModule) -> Callable:
         """Manual optimization calls ``backward`` inside ``training_step``, i.e. inside DDP's forward. The
-        reducer is prepared before each backward (``pre_backward``; without that Trainer hook, once at the
-        start of the step), and DDP's post-forward must not prepare it again after the step."""
-        hooked = getattr(Strategy, "pre_backward", None) is not None
+        reducer is prepared before each backward (:meth:`pre_backward`), and DDP's post-forward must not
+        prepare it again once the step returns."""
+        if getattr(Strategy, "pre_backward", None) is None:
+            self._route_backward_through_pre_backward()
 
         def inside() -> None:
             ddp.require_backward_grad_sync = False
@@ -696,14 +736,27 @@ class DDPStrategy(Strategy):
         wrapper.after_step = inside
 
         def manual_step(*args: Any, **kwargs: Any) -> Any:
-            if not hooked:
-                self._prepare_reducer(ddp, None)
             try:
                 return ddp(*args, **kwargs)
             finally:
                 ddp.require_backward_grad_sync = True
 
         return manual_step
+
+    def _route_backward_through_pre_backward(self) -> None:
+        """Stopgap while the Trainer has no ``strategy.pre_backward`` call: this run's trainer calls it
+        before each backward (an instance attribute, removed again in :meth:`teardown`)."""
+        trainer = self._lightning_module.trainer  # type: ignore[union-attr]
+        if "_backward" in trainer.__dict__:
+            return
+        backward = trainer._backward
+
+        def backward_after_pre_backward(loss: Tensor, optimizer: Any, *args: Any, **kwargs: Any) -> None:
+            self.pre_backward(loss)
+            backward(loss, optimizer, *args, **kwargs)
+
+        trainer._backward = backward_after_pre_backward
+        self._trainer_patched = trainer
 
     @staticmethod
     def _prepare_reducer(ddp: Any, output: Any) -> None:

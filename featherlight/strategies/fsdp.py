@@ -14,6 +14,7 @@ a directory of shards plus ``meta.pt`` (everything but the weights and optimizer
 from __future__ import annotations
 
 import os
+import sys
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
@@ -183,8 +184,9 @@ class FSDPStrategy(DDPStrategy):
 
     def teardown(self) -> None:
         """The module stays sharded (its process group stays up): later runs in this process reuse both."""
-        if self._mp_rank is not None and self._lightning_module is not None:
-            # a spawn/fork worker: gather the full weights while the process group still exists
+        if self._mp_rank is not None and self._lightning_module is not None and sys.exc_info()[0] is None:
+            # a spawn/fork worker that succeeded (no collective on the failure path): gather the full weights
+            # for the parent while the process group still exists
             self._spawn_state = self._full_state_dict(cpu_offload=True)
 
     # ---------------------------------------------------------------- steps

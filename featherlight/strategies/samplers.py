@@ -1,7 +1,7 @@
 """Distributed samplers for the dataloaders of a multi-process run.
 
 Training loaders get a ``DistributedSampler`` (each rank a shard; padded so every rank runs the same
-number of steps, which DDP's gradient all-reduce needs). Validation, test and predict loaders get an
+number of steps, which DDP's gradient all-reduce needs) that a mid-epoch resume can start part-way. Validation, test and predict loaders get an
 :class:`_UnpaddedDistributedSampler`: each sample goes to exactly one rank, nothing is repeated, so
 epoch-level metrics and predictions count every sample once (ranks may run different numbers of
 evaluation batches; featherlight reduces logged values only at epoch end, which every rank reaches).
@@ -41,6 +41,30 @@ class _UnpaddedDistributedSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class _ResumableDistributedSampler(DistributedSampler):
+    """``DistributedSampler`` that a mid-epoch resume can start part-way through its shard (the order depends
+    only on ``seed`` and ``epoch``, so skipping the first ``skip`` indices loads nothing twice)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        skip, self._skip = self._skip, 0
+        indices = super().__iter__()
+        if skip:
+            indices = iter(list(indices)[skip:])
+        return indices
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "epoch": self.epoch}
+
+    def load_state_dict(self, state: Optional[dict], skip: int) -> None:
+        if state and "epoch" in state:
+            self.epoch = int(state["epoch"])
+        self._skip = skip
 
 
 def _seed() -> int:
@@ -100,10 +124,13 @@ def distributed_loader(loader: DataLoader, prefix: str, num_replicas: int, rank:
     """A copy of ``loader`` that reads only rank ``rank``'s share of the dataset."""
     if shuffle is None:
         shuffle = bool(_default_sampling(loader))
-    if prefix == "train" or pad_eval:
-        sampler: DistributedSampler = DistributedSampler(
+    if prefix == "train":
+        sampler: DistributedSampler = _ResumableDistributedSampler(
             loader.dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=_seed()
         )
+    elif pad_eval:
+        sampler = DistributedSampler(loader.dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
+                                     seed=_seed())
     else:
         sampler = _UnpaddedDistributedSampler(loader.dataset, num_replicas, rank, shuffle=shuffle, seed=_seed())
     return DataLoader(loader.dataset, sampler=sampler, **_loader_kwargs(loader))
@@ -142,4 +169,4 @@ def process_dataloader(loader: Any, prefix: str, trainer: Any) -> Any:
     return distributed_loader(loader, prefix, num_replicas, rank, shuffle=shuffle, pad_eval=pad_eval)
 
 
-__all__ = ["process_dataloader", "distributed_loader", "_UnpaddedDistributedSampler"]
+__all__ = ["process_dataloader", "distributed_loader", "_UnpaddedDistributedSampler", "_ResumableDistributedSampler"]

@@ -38,7 +38,7 @@ def test_ranks_and_wrapper(ddp_run):
     assert [r["rank"] for r in ranks] == [0, 1]
     assert all(r["world_size"] == 2 for r in ranks)
     assert all(r["ddp_type"] == "DistributedDataParallel" for r in ranks)
-    assert all(r["sampler"] == "DistributedSampler" for r in ranks)
+    assert all(r["sampler"] == "_ResumableDistributedSampler" for r in ranks)
     assert all(r["num_training_batches"] == 4 for r in ranks)  # 32 samples / 2 ranks / batch 4
 
 
@@ -89,9 +89,20 @@ def test_checkpoints_written_by_rank_zero_only_and_resumable(ddp_run):
     assert ranks[0]["resumed_weights"] == ranks[1]["resumed_weights"]
 
 
+def test_mid_epoch_resume(ddp_run):
+    ranks, out, _ = ddp_run
+    assert sorted(os.listdir(out / "ckpts_mid")) == ["epoch=2-step=10.ckpt", "epoch=2-step=12.ckpt"]
+    assert ranks[0]["resumed_writes"] == ["epoch=2-step=10.ckpt", "epoch=2-step=12.ckpt"]
+    # resumed after batch 2 of epoch 2 (each rank's sampler skips its first 2 x 4 samples): the same weights
+    for r in ranks:
+        assert r["mid_resumed_step"] == 12
+        _assert_close(_tensors(r["mid_resumed_weights"]), _tensors(r["resumed_weights"]))
+
+
 def test_sync_batchnorm_matches_full_batch(ddp_run):
     ranks, _, _ = ddp_run
-    assert all(r["bn_layer"] == "_GlooSyncBatchNorm" for r in ranks)
+    assert all(r["bn_layer"] == "_GlooSyncBatchNorm" for r in ranks)  # during fit
+    assert all(r["bn_layer_after"] == "BatchNorm1d" for r in ranks)  # plain again after it
     w0 = _tensors(ranks[0]["bn_weights"])
     assert ranks[0]["bn_weights"] == ranks[1]["bn_weights"]
     # synchronised statistics over 2 x 4 samples = batch norm over the 8-sample batch of one process
@@ -119,6 +130,10 @@ def test_manual_optimization(ddp_run):
     ranks, _, _ = ddp_run
     assert ranks[0]["manual_weights"] == ranks[1]["manual_weights"]
     _assert_close(_tensors(ranks[0]["manual_weights"]), models.reference_weights(epochs=2))
+    # two backward passes in one step: each must be all-reduced
+    assert ranks[0]["two_optimizer_weights"] == ranks[1]["two_optimizer_weights"]
+    _assert_close(_tensors(ranks[0]["two_optimizer_weights"]),
+                  models.reference_weights(epochs=1, model=models.TwoOptimizerRegressor()))
 
 
 @pytest.mark.parametrize(("fail_rank", "mode"), [(1, "raise_other_sleeps"), (0, "raise_other_sleeps"), (0, "sigkill")])

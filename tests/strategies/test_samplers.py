@@ -1,5 +1,4 @@
 """Distributed samplers (in one process: the rank and world size are given, no process group needed)."""
-import os
 import warnings
 from functools import partial
 from types import SimpleNamespace
@@ -56,7 +55,7 @@ def test_train_loader_gets_distributed_sampler_and_keeps_its_arguments(monkeypat
                         drop_last=True, worker_init_fn=init, persistent_workers=True, generator=generator,
                         prefetch_factor=3, timeout=5.0, multiprocessing_context="spawn")
     new = process_dataloader(loader, "train", _trainer())
-    assert new is not loader and type(new.sampler) is DistributedSampler
+    assert new is not loader and isinstance(new.sampler, DistributedSampler)
     assert new.sampler.shuffle and new.sampler.seed == 42
     assert new.sampler.num_replicas == 2 and new.sampler.rank == 1
     for name in ("batch_size", "num_workers", "collate_fn", "pin_memory", "drop_last", "worker_init_fn",
@@ -65,6 +64,18 @@ def test_train_loader_gets_distributed_sampler_and_keeps_its_arguments(monkeypat
     sequential = process_dataloader(DataLoader(_data(10), batch_size=2), "train", _trainer())
     assert not sequential.sampler.shuffle
     assert _indices(sequential) == [1, 3, 5, 7, 9]
+
+
+def test_train_sampler_resumes_part_way():
+    loader = process_dataloader(DataLoader(_data(12), batch_size=2, shuffle=True), "train", _trainer(rank=0))
+    sampler = loader.sampler
+    sampler.set_epoch(3)
+    full = list(sampler)
+    assert sampler.state_dict() == {"seed": 0, "epoch": 3}
+    sampler.set_epoch(0)
+    sampler.load_state_dict({"seed": 0, "epoch": 3}, skip=4)
+    assert list(sampler) == full[4:]
+    assert list(sampler) == full  # the skip applies to one epoch only
 
 
 @pytest.mark.parametrize("prefix", ["val", "test", "predict"])

@@ -1,7 +1,6 @@
 """featherlight scripts under ``torchrun``: one node with two processes, and two localhost "nodes" with one
 process each. featherlight must join the job torchrun created instead of launching processes itself."""
 import os
-import subprocess
 import sys
 
 import pytest
@@ -10,7 +9,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "scripts"))
 
 import fl_dist_models as models  # noqa: E402
-from fl_dist_run import SCRIPTS, clean_env, free_port, load_ranks, run  # noqa: E402
+from fl_dist_run import SCRIPTS, finish, free_port, load_ranks, run, start  # noqa: E402
 
 SCRIPT = os.path.join(SCRIPTS, "torchrun_fit.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
@@ -44,20 +43,11 @@ def test_torchrun_one_node_two_processes(tmp_path):
 
 def test_torchrun_two_nodes_one_process_each(tmp_path):
     port = free_port()
-    procs = []
-    for node in (0, 1):
-        cmd = TORCHRUN + ["--nnodes=2", f"--node_rank={node}", "--nproc_per_node=1", "--master_addr=127.0.0.1",
-                          f"--master_port={port}", SCRIPT, str(tmp_path), "1", "2"]
-        procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
-    outputs = []
-    for proc in procs:
-        try:
-            outputs.append(proc.communicate(timeout=180)[0])
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-4000:] for o in outputs)
+    procs = [start(TORCHRUN + ["--nnodes=2", f"--node_rank={node}", "--nproc_per_node=1", "--master_addr=127.0.0.1",
+                               f"--master_port={port}", SCRIPT, str(tmp_path), "1", "2"], tmp_path,
+                   tmp_path / f"node{node}.log") for node in (0, 1)]
+    timed_out, outputs = finish(procs, timeout=180)
+    assert not timed_out and [p.returncode for p in procs] == [0, 0], "\n".join(o[-4000:] for o in outputs)
     ranks = load_ranks(tmp_path)
     assert [r["local_rank"] for r in ranks] == [0, 0]
     _check(ranks, [0, 1])

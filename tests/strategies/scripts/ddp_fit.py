@@ -3,17 +3,21 @@
     python ddp_fit.py OUTDIR
 
 Runs, in order: fit (2 epochs, uneven validation, collective counting, checkpoints), predict, a resumed fit
-(to epoch 3) from the last checkpoint, and a SyncBatchNorm fit. Each rank writes ``rank{R}.json``.
+(to epoch 3) from the last checkpoint, a mid-epoch resume, a SyncBatchNorm fit, gradient accumulation (with a DDP comm hook
+counting the all-reduces), manual optimization (one and two backward passes per step) and the strategy's
+collectives called directly. Each rank writes ``rank{R}.json``.
 """
 import os
 
 import torch
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 import featherlight as L
 import featherlight.trainer.checkpoint as ckpt_module
 from featherlight.callbacks import ModelCheckpoint
-from fl_dist_models import (FLAGS, N_PREDICT, CollectiveCounter, ManualRegressor, Regressor, outdir_from_argv, save_json,
-                            state_to_lists, train_loader, val_loader)
+from featherlight.strategies import DDPStrategy
+from fl_dist_models import (FLAGS, N_PREDICT, CollectiveCounter, ManualRegressor, Regressor, TwoOptimizerRegressor,
+                            outdir_from_argv, save_json, state_to_lists, train_loader, val_loader)
 
 out = outdir_from_argv()
 ckpt_dir = os.path.join(out, "ckpts")
@@ -55,20 +59,27 @@ result["predicted_indices"] = [int(i) for p in preds for i in p["idx"]]
 # ---- resume from the last checkpoint to epoch 3
 writes.clear()
 model2 = Regressor()
-trainer2 = make_trainer(3, [ModelCheckpoint(dirpath=os.path.join(out, "ckpts2"))], num_sanity_val_steps=0)
+trainer2 = make_trainer(3, [ModelCheckpoint(dirpath=os.path.join(out, "ckpts_mid"), every_n_train_steps=2,
+                                            save_top_k=-1)], num_sanity_val_steps=0)
 trainer2.fit(model2, train_loader(), val_loader(), ckpt_path=os.path.join(ckpt_dir, "last.ckpt"))
 result.update(resumed_weights=state_to_lists(model2.state_dict()), resumed_global_step=trainer2.global_step,
               resumed_writes=list(writes))
+# ---- mid-epoch resume: from the checkpoint taken after batch 2 of epoch 2, to the end of epoch 2
+mid = Regressor()
+trainer_mid = make_trainer(3, enable_checkpointing=False, num_sanity_val_steps=0)
+trainer_mid.fit(mid, train_loader(), val_loader(), ckpt_path=os.path.join(out, "ckpts_mid", "epoch=2-step=10.ckpt"))
+result.update(mid_resumed_weights=state_to_lists(mid.state_dict()), mid_resumed_step=trainer_mid.global_step)
 # ---- SyncBatchNorm
 bn = Regressor(batchnorm=True)
-trainer3 = make_trainer(2, sync_batchnorm=True, enable_checkpointing=False, num_sanity_val_steps=0,
+layer_types = []
+probe = L.Callback()
+probe.on_train_start = lambda trainer, pl_module: layer_types.append(type(pl_module.net[1]).__name__)
+trainer3 = make_trainer(2, [probe], sync_batchnorm=True, enable_checkpointing=False, num_sanity_val_steps=0,
                         limit_val_batches=0)
 trainer3.fit(bn, train_loader())
-result.update(bn_weights=state_to_lists(bn.state_dict()),
-              bn_layer=type(bn.net[1]).__name__)
+result.update(bn_weights=state_to_lists(bn.state_dict()), bn_layer=layer_types[0],
+              bn_layer_after=type(bn.net[1]).__name__)
 # ---- gradient accumulation: DDP all-reduces only on the batch that closes a window (a comm hook counts)
-from featherlight.strategies import DDPStrategy
-from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 hook_calls = []
 
@@ -88,6 +99,9 @@ manual = ManualRegressor()
 trainer5 = make_trainer(2, enable_checkpointing=False, limit_val_batches=0)
 trainer5.fit(manual, train_loader())
 result.update(manual_weights=state_to_lists(manual.state_dict()))
+two = TwoOptimizerRegressor()
+make_trainer(1, enable_checkpointing=False, limit_val_batches=0).fit(two, train_loader())
+result.update(two_optimizer_weights=state_to_lists(two.state_dict()))
 # ---- the collectives, called directly (after the runs, the process group is still up)
 s = trainer.strategy
 t = torch.tensor([float(rank + 1)])

@@ -94,9 +94,28 @@ class ManualRegressor(Regressor):
         return loss
 
 
+class TwoOptimizerRegressor(ManualRegressor):
+    """Manual optimization with two optimizers and two backward passes per step (GAN-like)."""
+
+    def configure_optimizers(self):
+        return [torch.optim.SGD(self.net[0].parameters(), lr=0.1),
+                torch.optim.SGD(self.net[-1].parameters(), lr=0.1)]
+
+    def training_step(self, batch, batch_idx):
+        first, second = self.optimizers()
+        _, x, y = batch
+        first.zero_grad()
+        self.manual_backward(F.mse_loss(self(x), y))
+        first.step()
+        first.zero_grad()
+        second.zero_grad()
+        self.manual_backward(2 * F.mse_loss(self(x), y))
+        second.step()
+
+
 def reference_weights(epochs, batchnorm=False, world=2, **trainer_kwargs):
     """The single-process run the distributed ones must match: one process, global batch = world x per-rank."""
-    model = Regressor(batchnorm=batchnorm)
+    model = trainer_kwargs.pop("model", None) or Regressor(batchnorm=batchnorm)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, enable_checkpointing=False,
                         num_sanity_val_steps=0, limit_val_batches=0, **FLAGS, **trainer_kwargs)
     trainer.fit(model, train_loader(PER_RANK_BATCH * world))

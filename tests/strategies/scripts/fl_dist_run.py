@@ -1,6 +1,7 @@
 """Running the distributed test scripts in fresh processes (the tests' side)."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,12 +18,65 @@ def clean_env(**extra):
     return env
 
 
+def start(command, cwd, log_path, env=None):
+    """Start ``command`` in its own session (so everything it starts can be killed together), output to a file:
+    a file never fills up and blocks the job the way an unread pipe can."""
+    log = open(log_path, "w+")
+    proc = subprocess.Popen(command, cwd=cwd, env=env or clean_env(), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    proc.log = log
+    return proc
+
+
+def finish(procs, timeout):
+    """Wait for ``procs``; kill the process groups of those still running after ``timeout`` seconds.
+    Returns (timed_out, [outputs])."""
+    deadline = time.monotonic() + timeout
+    timed_out = False
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+    # the job is over when every process it started is gone, not just the first one
+    while any(_group_alive(p.pid) for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # leftovers (workers of a failed job), if any
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+    outputs = []
+    for proc in procs:
+        proc.log.seek(0)
+        outputs.append(proc.log.read())
+        proc.log.close()
+    return timed_out, outputs
+
+
+def _group_alive(pgid):
+    """Whether a live (not zombie) process of process group ``pgid`` exists (Linux /proc)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
+
+
 def run(command, cwd, timeout=120, env=None):
-    """Run ``command`` (a list); returns (returncode, combined output, seconds)."""
-    start = time.monotonic()
-    proc = subprocess.run(command, cwd=cwd, env=env or clean_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=timeout)
-    return proc.returncode, proc.stdout, time.monotonic() - start
+    """Run ``command`` (a list); returns (returncode, combined output, seconds). A timeout fails with the output."""
+    begin = time.monotonic()
+    proc = start(command, cwd, os.path.join(cwd, f"run-{time.monotonic_ns()}.log"), env)
+    timed_out, (output,) = finish([proc], timeout)
+    assert not timed_out, f"timed out after {timeout} s:\n{output[-6000:]}"
+    return proc.returncode, output, time.monotonic() - begin
 
 
 def run_script(name, *args, cwd, timeout=120, env=None):
