@@ -704,13 +704,14 @@ class DDPStrategy(Strategy):
             return self._manual_training_step(ddp, wrapper)
         wrapper.after_step = None
         trainer = module.trainer  # type: ignore[union-attr]
-        accumulate = trainer.accumulate_grad_batches
-        if accumulate == 1:
+        scheduled = any(getattr(cb, "_sets_accumulate_grad_batches", False) for cb in trainer.callbacks)
+        if trainer.accumulate_grad_batches == 1 and not scheduled:
             return ddp  # DDP's own __call__: nothing of ours per step
         loop = trainer._loop
 
         def accumulating_step(*args: Any, **kwargs: Any) -> Any:
             # gradients are all-reduced only on the batch that closes an accumulation window
+            accumulate = trainer.accumulate_grad_batches  # a callback may change it between epochs
             batch_idx = loop.batch_idx
             total = trainer.num_training_batches
             ddp.require_backward_grad_sync = (

@@ -108,6 +108,9 @@ class Strategy:
     def predict_step(self, *args: Any, **kwargs: Any) -> Any:
         return self._lightning_module.predict_step(*args, **kwargs)  # type: ignore[union-attr]
 
+    def pre_backward(self, loss: Tensor) -> None:
+        """Called right before each backward (e.g. DDP prepares its reducer for manual optimization)."""
+
     # ---------------------------------------------------------------- collectives (no-ops in one process)
     def reduce(self, tensor: Any, group: Any = None, reduce_op: str = "mean") -> Any:
         return tensor
@@ -201,6 +204,15 @@ def _resolve_device(accelerator: Any, devices: Any) -> tuple[str, list[int]]:
     return acc, ids
 
 
+def _external_world_size() -> int:
+    """The world size of a job another launcher started (torchrun, SLURM), or 1."""
+    import os
+
+    if all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
+        return int(os.environ["WORLD_SIZE"])
+    return 1
+
+
 def _mps_available() -> bool:
     return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
@@ -217,6 +229,13 @@ def _select_strategy(strategy: Any, accelerator: Any, devices: Any, num_nodes: i
         return strategy
     acc, ids = _resolve_device(accelerator, devices)
     name = strategy.lower() if isinstance(strategy, str) else strategy
+    if name == "auto" and devices == "auto" and _external_world_size() > 1:
+        # launched by torchrun/SLURM: join that job (one process per device on this node)
+        import os
+
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        ids = list(range(local))
+        name = "ddp"
     multi = len(ids) * num_nodes > 1
     if name in ("auto", "single_device", None) and not multi:
         index = ids[0] if acc == "cuda" else None

@@ -49,8 +49,7 @@ def run_evaluation(trainer: "Trainer", stage: RunningStage, loaders: list, limit
     trainer._call_module(eval_hook)
     call(f"on_{fn}_start")
     call(f"on_{fn}_epoch_start")
-    grad_context = torch.inference_mode() if trainer._inference_mode else torch.no_grad()
-    with grad_context:
+    with _grad_context(trainer):
         for dataloader_idx, (loader, limit) in enumerate(zip(loaders, limits)):
             extra = (dataloader_idx,) if multiple else ()
             fetch = trainer._profiled_iter(loader, fn)
@@ -70,7 +69,9 @@ def run_evaluation(trainer: "Trainer", stage: RunningStage, loaders: list, limit
                 call(f"on_{fn}_batch_end", output, batch, batch_idx, *extra)
                 trainer._log_eval_step(stage, dataloader_idx)
                 batch_idx += 1
-                if trainer._signal_received is not None:
+                # one process only: ranks may run different numbers of evaluation batches, so several
+                # processes agree on a signal at training batch boundaries instead
+                if trainer._signal_received is not None and not trainer._signal_every:
                     trainer._checkpoint_and_exit()
     trainer._log.end_epoch(trainer)
     call(f"on_{fn}_epoch_end")
@@ -100,8 +101,7 @@ def run_predict(trainer: "Trainer", loaders: list, limits: list, return_predicti
     strategy = trainer.strategy
     predict_step = trainer._profiled(strategy.step_function("predict_step"),
                                      f"[Strategy]{type(strategy).__name__}.predict_step")
-    grad_context = torch.inference_mode() if trainer._inference_mode else torch.no_grad()
-    with grad_context:
+    with _grad_context(trainer):
         for dataloader_idx, (loader, limit) in enumerate(zip(loaders, limits)):
             extra = (dataloader_idx,) if multiple else ()
             fetch = trainer._profiled_iter(loader, "predict")
@@ -128,6 +128,14 @@ def run_predict(trainer: "Trainer", loaders: list, limits: list, return_predicti
     if not return_predictions:
         return None
     return predictions if multiple else predictions[0]
+
+
+def _grad_context(trainer: "Trainer") -> Any:
+    """``inference_mode`` (the ``Trainer(inference_mode=True)`` default) unless the strategy can't use it
+    (FSDP reuses gathered parameters in training), else ``no_grad``."""
+    if trainer._inference_mode and getattr(trainer.strategy, "supports_inference_mode", True):
+        return torch.inference_mode()
+    return torch.no_grad()
 
 
 def _capture_modes(module: torch.nn.Module) -> dict[torch.nn.Module, bool]:

@@ -127,7 +127,8 @@ def _finish_batch(trainer: "Trainer", store: _ResultStore, batch_idx: int, is_la
             _step_schedulers(trainer, "step", batch_idx, plateau=True)
         loop.batches_that_stepped += 1
     loop.phase = "done"
-    if trainer._signal_received is not None:
+    every = trainer._signal_every
+    if (trainer._signal_received is not None and not every) or (every and loop.total_batch_idx % every == 0):
         trainer._checkpoint_and_exit()
 
 

@@ -128,6 +128,8 @@ class Trainer:
         self._val_limits: list = []
         self._batch_hooks: tuple = (None, None, None)
         self._convert_input: Any = None
+        self._pre_backward: Any = None
+        self._signal_every = 0
         self._run_log_dir: Optional[str] = None
         self._verbose = True
         self._return_predictions = True
@@ -781,6 +783,11 @@ class Trainer:
     def _resolve_batch_hooks(self) -> None:
         from featherlight.precision.precision import Precision
 
+        strategy = self.strategy
+        self._pre_backward = None if type(strategy).pre_backward is Strategy.pre_backward else strategy.pre_backward
+        # ranks agree on a stop signal every this many batches (a collective); one process reads its flag
+        self._signal_every = 0 if strategy.world_size == 1 else 50
+
         precision = self.precision_plugin
         # full precision leaves batches alone: skip the call entirely
         self._convert_input = None if type(precision).convert_input is Precision.convert_input else \
@@ -817,6 +824,8 @@ class Trainer:
         call = self._dispatch.call
         call("on_before_backward", loss)
         scaled = self.precision_plugin.scale_loss(loss)
+        if self._pre_backward is not None:
+            self._pre_backward(scaled)
         backward = self._dispatch.module_hook("backward")
         if backward is not None:
             prev, self._current_fx = self._current_fx, "backward"
@@ -1036,9 +1045,20 @@ class Trainer:
 
     # ================================================================== checkpointing
     def _checkpoint_and_exit(self) -> None:
-        """A signal asked the run to stop: save where it is (fit only) and leave with a non-zero status."""
+        """A signal asked the run to stop: save where it is (fit only) and leave with a non-zero status.
+
+        With several processes every rank calls this at the same batch (see ``_signal_every``); they agree
+        whether any of them was signalled, then all save and exit together."""
         from featherlight.trainer.interrupt import _save_and_raise
 
+        if self._signal_every:
+            import signal
+
+            received = self.strategy.reduce_boolean_decision(self._signal_received is not None, all=False)
+            if not received:
+                return
+            if self._signal_received is None:
+                self._signal_received = int(signal.SIGTERM)
         _save_and_raise(self)
 
     def save_checkpoint(self, filepath: _PATH, weights_only: bool = False, storage_options: Optional[Any] = None) -> None:
