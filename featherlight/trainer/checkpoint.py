@@ -11,11 +11,11 @@ import inspect
 import os
 import pickle
 import warnings
+from collections.abc import Mapping
 from typing import IO, TYPE_CHECKING, Any, Optional, Union
 
 import torch
 
-from featherlight.utilities.exceptions import MisconfigurationException
 from featherlight.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 if TYPE_CHECKING:
@@ -115,9 +115,10 @@ def _lightning_loops(trainer: "Trainer") -> dict[str, Any]:
 
     featherlight resumes from its own ``featherlight_loop`` entry; this one lets
     ``lightning.pytorch.Trainer.fit(ckpt_path=...)`` resume a featherlight checkpoint at the same epoch,
-    batch and global step. The counters Lightning decides with (epoch and batch progress, optimizer step
-    totals, ``_batches_that_stepped``, validation progress) are the ones it writes at the same hook; the
-    per-epoch scheduler and step counts it only displays are derived as well as our counters allow.
+    batch and global step. The epoch, batch, optimizer-step and scheduler progress and
+    ``_batches_that_stepped`` are what Lightning writes at the same hook (tests compare them). The
+    validation progress is approximate: we do not count validation batches, and Lightning reads it only
+    to resume inside a validation (``phase == "validating"``, written as such).
     """
     loop = trainer._loop
     epoch, global_step, stepped_batches = int(loop.epoch), int(loop.global_step), int(loop.batches_that_stepped)
@@ -128,11 +129,17 @@ def _lightning_loops(trainer: "Trainer") -> dict[str, Any]:
     mid_epoch = fitting and phase in ("batch", "ended", "validating", "validated", "done", "epoch_end")
 
     val_progress = {"total": _progress(0, 0, 0), "current": _progress(0, 0, 0), "is_last_batch": False}
+    counted_epoch = epoch  # the epoch the per-epoch ("current") counters describe
     if not mid_epoch:
         epoch_progress = {"total": _progress(epoch, epoch, epoch), "current": _progress(epoch, epoch, epoch)}
-        batch_progress = {"total": _progress(total, total, total), "current": _progress(0, 0, 0),
-                          "is_last_batch": False}
-        done_batches, open_window = 0, False
+        # Lightning keeps the finished epoch's per-epoch counts until the next epoch starts; we know them
+        # when that epoch ran to its last batch
+        n_batches = trainer.num_training_batches
+        finished = epoch > 0 and loop.batch_is_last and isinstance(n_batches, (int, float)) \
+            and 0 < n_batches < float("inf")
+        done_batches, open_window, counted_epoch = (int(n_batches), False, epoch - 1) if finished else (0, False, epoch)
+        batch_progress = {"total": _progress(total, total, total), "current": _progress(*(done_batches,) * 3),
+                          "is_last_batch": bool(finished)}
     else:
         processed = epoch + 1 if phase == "epoch_end" else epoch
         epoch_progress = {"total": _progress(epoch + 1, epoch + 1, processed, epoch),
@@ -158,7 +165,7 @@ def _lightning_loops(trainer: "Trainer") -> dict[str, Any]:
     if automatic:
         accumulate = max(int(trainer.accumulate_grad_batches), 1)
         steps_now = done_batches // accumulate + int(bool(loop.batch_is_last) and done_batches % accumulate > 0)
-        steps_now = min(steps_now, global_step) if mid_epoch else 0
+        steps_now = min(steps_now, global_step)
         opened = int(open_window and mid_epoch)
         optim = {"optimizer": {
             "step": {"total": _progress(global_step), "current": _progress(steps_now)},
@@ -167,15 +174,17 @@ def _lightning_loops(trainer: "Trainer") -> dict[str, Any]:
         }}
         manual = {"total": _progress(0), "current": _progress(0)}
     else:
-        steps_now = (global_step if epoch == 0 else min(global_step, done_batches)) if mid_epoch else 0
+        steps_now = global_step  # Lightning never resets this one per epoch
         optim = {"optimizer": {"step": {"total": _progress(0), "current": _progress(0)},
                                "zero_grad": {"total": _progress(0, 0), "current": _progress(0, 0)}}}
         manual = {"total": _progress(global_step), "current": _progress(steps_now)}
-    sched_total = sum(int(getattr(cfg.scheduler, "last_epoch", 0) or 0) for cfg in trainer.lr_scheduler_configs)
-    epoch_stepped = mid_epoch and phase != "batch" and bool(loop.batch_is_last) and not open_window
+    # Lightning counts the scheduler steps it makes (none with manual optimization)
+    configs = trainer.lr_scheduler_configs if automatic else []
+    sched_total = sum(int(getattr(cfg.scheduler, "last_epoch", 0) or 0) for cfg in configs)
+    epoch_stepped = done_batches > 0 and phase != "batch" and bool(loop.batch_is_last) and not open_window
     sched_now = sum(steps_now // max(int(cfg.frequency), 1) if cfg.interval == "step"
-                    else int(epoch_stepped and (epoch + 1) % max(int(cfg.frequency), 1) == 0)
-                    for cfg in trainer.lr_scheduler_configs)
+                    else int(epoch_stepped and (counted_epoch + 1) % max(int(cfg.frequency), 1) == 0)
+                    for cfg in configs)
     sched_now = min(sched_now, sched_total)
 
     fit_loop = {
@@ -191,6 +200,7 @@ def _lightning_loops(trainer: "Trainer") -> dict[str, Any]:
         "epoch_loop.val_loop.batch_progress": val_progress,
         "epoch_progress": epoch_progress,
     }
+
     def untouched(is_last_batch: Optional[bool]) -> dict[str, Any]:
         progress: dict[str, Any] = {"total": _progress(0, 0, 0), "current": _progress(0, 0, 0)}
         if is_last_batch is not None:
@@ -301,6 +311,42 @@ def _save_checkpoint(trainer: "Trainer", filepath: Union[str, os.PathLike], weig
     trainer.strategy.barrier("save_checkpoint")
 
 
+class _WritebackStream:
+    """A binary file wrapper that asks the kernel to start writing each ``chunk`` to disk as soon as it is
+    written (``posix_fadvise(DONTNEED)`` starts writeback of dirty pages without waiting for it), so the
+    final ``fsync`` of an atomic write overlaps with serialising the rest instead of following it.
+
+    Only a hint: the data is as durable as before (the fsync still decides), and on platforms without
+    ``posix_fadvise`` this is a plain pass-through.
+    """
+
+    _CHUNK = 16 << 20
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self._written = 0
+        self._started = 0
+        try:
+            self._fd: Optional[int] = f.fileno() if hasattr(os, "posix_fadvise") else None
+        except (AttributeError, OSError, ValueError):
+            self._fd = None
+
+    def write(self, data: Any) -> int:
+        n = self._f.write(data)
+        self._written += n
+        if self._fd is not None and self._written - self._started >= self._CHUNK:
+            self._f.flush()
+            try:
+                os.posix_fadvise(self._fd, self._started, self._written - self._started, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                self._fd = None  # a filesystem that does not take the hint
+            self._started = self._written
+        return n
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
 def _atomic_torch_save(obj: Any, filepath: Union[str, os.PathLike]) -> None:
     from featherlight.utilities.io import atomic_write
 
@@ -308,13 +354,18 @@ def _atomic_torch_save(obj: Any, filepath: Union[str, os.PathLike]) -> None:
     directory = os.path.dirname(os.path.abspath(filepath))
     os.makedirs(directory, exist_ok=True)
     try:
-        atomic_write(filepath, lambda f: torch.save(obj, f))
-    except OSError as err:
-        if err.errno is None or err.filename is not None:
+        atomic_write(filepath, lambda f: torch.save(obj, _WritebackStream(f)))
+    except Exception as err:
+        # A full disk surfaces as an OSError from a write, or as torch's zip writer failing to finish the file
+        # with that OSError as its context: report the OSError, naming the checkpoint (not the temporary file).
+        cause: Optional[BaseException] = err
+        while cause is not None and not (isinstance(cause, OSError) and cause.errno is not None):
+            cause = cause.__context__
+        if cause is None:
             raise
-        # e.g. ENOSPC from a write: say which checkpoint failed and that the previous file is intact
-        raise OSError(err.errno, f"{err.strerror or err} while writing the checkpoint (any previous file at this "
-                                 "path is left as it was)", filepath) from err
+        assert isinstance(cause, OSError)
+        raise OSError(cause.errno, f"{cause.strerror or cause} while writing the checkpoint (any previous file at "
+                                   "this path is left as it was)", filepath) from err
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -341,18 +392,19 @@ def _safe_globals() -> list:
     return out
 
 
-# Errors of torch's weights-only unpickler that mean "the file wants to run code", as opposed to a
-# damaged file (which it reports as e.g. "Unsupported operand").
-_NEEDS_CODE = ("Unsupported global", "Trying to call reduce", "Trying to instantiate", "Can only build",
-               "Can only create new object", "Can only setattr", "Can only set", "Unsupported class")
+# What torch's weights-only unpickler says when a file wants to run code (import a global, call a function,
+# build a class), as opposed to a damaged file (which it reports as e.g. "Unsupported operand").
+_NEEDS_CODE = ("GLOBAL", "global", "reduce", "instantiate", "Can only", "allowlist", "persistent_load")
 
 
 def _weights_only_detail(message: str) -> str:
     """The informative line of torch's long weights-only error (what it refused, in its own words)."""
-    marker = "WeightsUnpickler error:"
-    detail = message.split(marker, 1)[1] if marker in message else message
-    lines = [line.strip() for line in detail.strip().splitlines() if line.strip()]
-    return (lines[0] if lines else message)[:300]
+    lines = [line.strip() for line in message.split("WeightsUnpickler error:")[-1].splitlines() if line.strip()]
+    for line in lines:
+        if any(marker in line for marker in _NEEDS_CODE) and "torch.load" not in line:
+            return line[:300]
+    informative = [line for line in lines if "torch.load" not in line and "weights_only" not in line]
+    return (informative or lines or [message])[0][:300]
 
 
 def _load_checkpoint_file(path: Union[str, os.PathLike, IO[bytes]], map_location: Any = None,
@@ -382,7 +434,7 @@ def _load_checkpoint_file(path: Union[str, os.PathLike, IO[bytes]], map_location
         raise
     except pickle.UnpicklingError as err:
         message = str(err)
-        if weights_only and any(marker in message for marker in _NEEDS_CODE):
+        if weights_only and any(marker in _weights_only_detail(message) for marker in _NEEDS_CODE):
             raise CheckpointError(
                 f"Refusing to load {name!r}: it holds Python objects that can only be restored by executing code "
                 f"from the file ({_weights_only_detail(message)}). If you trust where it came from, opt in "
@@ -436,8 +488,11 @@ def _resolve_ckpt_path(trainer: "Trainer", ckpt_path: Any, fn: Any) -> Optional[
         from featherlight.trainer.interrupt import _checkpoint_path
 
         candidates.append(_checkpoint_path(trainer))  # where a signal-interrupted run saved itself
-        candidates = sorted({c for c in candidates if os.path.isfile(c)}, key=os.path.getmtime, reverse=True)
+        # newest first; on a tie (coarse timestamps) a "last*" file, which ModelCheckpoint writes after the others
+        candidates = sorted({c for c in candidates if os.path.isfile(c)}, reverse=True,
+                            key=lambda c: (os.stat(c).st_mtime_ns, os.path.basename(c).startswith("last"), c))
         weights_only = getattr(trainer, "_weights_only", True)
+        unreadable = []
         for candidate in candidates:
             try:
                 checkpoint = _load_checkpoint_file(candidate, map_location="cpu", weights_only=weights_only)
@@ -445,12 +500,19 @@ def _resolve_ckpt_path(trainer: "Trainer", ckpt_path: Any, fn: Any) -> Optional[
                 if err.reason != "corrupt":  # e.g. needs weights_only=False: falling back would hide that
                     raise
                 rank_zero_warn(f"Skipping unreadable checkpoint while resolving ckpt_path='last': {err}")
+                unreadable.append(candidate)
                 continue
             if candidate != candidates[0]:
                 rank_zero_warn(f"ckpt_path='last': the newest checkpoint is unreadable; resuming from {candidate!r}.")
             # read once: the restore that follows uses this copy instead of loading the file again
             trainer.__dict__[_PRELOADED] = (candidate, checkpoint)
             return candidate
+        if unreadable:
+            # starting afresh would quietly drop the run these files belonged to
+            raise CheckpointError(
+                f'`.{fn.value}(ckpt_path="last")`: every checkpoint found is unreadable ({unreadable}). Move them '
+                "away (or pass `ckpt_path=None`) to start a new run.", reason="corrupt",
+            )
         rank_zero_warn(f'`.{fn.value}(ckpt_path="last")` is set, but there is no last checkpoint available. '
                        "No checkpoint will be loaded.")
         return None
@@ -537,7 +599,14 @@ def _match_compiled_keys(module: torch.nn.Module, state_dict: dict[str, Any]) ->
 
 
 def _load_module_state(module: torch.nn.Module, state_dict: dict[str, Any], strict: bool, path: Any) -> None:
-    keys = module.load_state_dict(_match_compiled_keys(module, state_dict), strict=False)
+    try:
+        keys = module.load_state_dict(_match_compiled_keys(module, state_dict), strict=False)
+    except RuntimeError as err:  # shapes differ: torch's message lists them
+        raise RuntimeError(
+            f"The weights in {path!r} do not fit {type(module).__name__}: {err}\nThe model was probably built with "
+            "other hyperparameters than the checkpoint's; check them (keyword arguments to `load_from_checkpoint` "
+            "override the saved ones)."
+        ) from None
     missing, unexpected = list(keys.missing_keys), list(keys.unexpected_keys)
     if not (missing or unexpected):
         return
@@ -555,62 +624,118 @@ def _load_module_state(module: torch.nn.Module, state_dict: dict[str, Any], stri
 
 
 # ------------------------------------------------------------------------------------------- load_from_checkpoint
-def _instantiate(cls: type, hparams: dict[str, Any], path: Any) -> Any:
-    params = inspect.signature(cls.__init__).parameters
-    accepts_kwargs = any(p.kind == p.VAR_KEYWORD for p in params.values())
-    kwargs = hparams if accepts_kwargs else {k: v for k, v in hparams.items() if k in params}
-    try:
-        return cls(**kwargs)
-    except TypeError as err:
-        raise TypeError(
-            f"Could not rebuild {cls.__name__} from the hyperparameters saved in {path!r} ({err}). Saved: "
-            f"{sorted(hparams)}; {cls.__name__}.__init__ takes {[p for p in params if p != 'self']}. Pass the "
-            f"missing or renamed arguments to `{cls.__name__}.load_from_checkpoint(path, name=value)`."
-        ) from None
+# keys LightningCLI adds to hparams to rebuild a class by import path; we never import from a checkpoint
+_INSTANTIATOR_KEYS = ("_instantiator", "_class_path")
 
 
-def _read_hparams(checkpoint: dict[str, Any], key: str, hparams_file: Any, overrides: dict[str, Any]) -> dict:
-    hparams = dict(checkpoint.get(key) or {})
+def _init_kwargs(cls: type, checkpoint: dict[str, Any], hparams_key: str, name_key: str, hparams_file: Any,
+                 overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The keyword arguments to rebuild ``cls`` with, and the hyperparameters they came from.
+
+    The saved hyperparameters (replaced by ``hparams_file`` when given, as Lightning does), updated with
+    ``overrides``; if they were saved from one config object (``save_hyperparameters(config)``), they are
+    passed back as that ``__init__`` argument (an :class:`AttributeDict`: item and attribute access both
+    work), overrides naming ``__init__`` arguments applying on top.
+    """
+    from featherlight.utilities.parsing import AttributeDict
+
+    saved = checkpoint.get(hparams_key)
+    hparams: dict[str, Any] = dict(saved) if isinstance(saved, Mapping) else {}
     if hparams_file is not None:
         from featherlight.core.saving import load_hparams_from_yaml
 
         ext = os.fspath(hparams_file).rsplit(".", 1)[-1].lower()
-        if ext not in ("yaml", "yml", "csv"):
-            raise ValueError(f"`hparams_file` must be a .yaml file, got {hparams_file!r}.")
-        hparams.update(load_hparams_from_yaml(hparams_file))
+        if ext not in ("yaml", "yml"):
+            raise ValueError(f"`hparams_file` must be a .yaml or .yml file, got {os.fspath(hparams_file)!r}.")
+        hparams = dict(load_hparams_from_yaml(hparams_file))
     hparams.update(overrides)
-    return hparams
+    for key in _INSTANTIATOR_KEYS:
+        hparams.pop(key, None)
+    params = inspect.signature(cls.__init__).parameters
+    names = [n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    config_name = checkpoint.get(name_key)
+    kwargs: dict[str, Any] = dict(hparams)
+    if config_name and config_name in names:
+        kwargs = {config_name: AttributeDict(hparams)}
+        kwargs.update((k, v) for k, v in overrides.items() if k in names)
+    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in names}
+    return kwargs, hparams
+
+
+def _instantiate(cls: type, kwargs: dict[str, Any], hparams: dict[str, Any], path: Any) -> Any:
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        params = inspect.signature(cls.__init__).parameters
+        init_args = [n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        missing = [n for n in init_args if params[n].default is params[n].empty and n not in kwargs]
+        example = ", ".join(f"{n}=..." for n in missing) or "name=value"
+        raise TypeError(
+            f"Could not rebuild {cls.__name__} from the hyperparameters saved in {_describe(path)} ({err}). "
+            f"Saved hyperparameters: {sorted(hparams)}; {cls.__name__}.__init__ takes {init_args}"
+            + (f" and needs {missing}" if missing else "")
+            + f". If an argument was renamed or added, pass it: `{cls.__name__}.load_from_checkpoint(path, "
+            f"{example})` (keyword arguments override the saved hyperparameters)."
+        ) from None
+
+
+def _describe(path: Any) -> str:
+    return repr(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else repr(getattr(path, "name", "<stream>"))
+
+
+def _default_map_location(storage: Any, location: str) -> Any:
+    """Tensors saved on an accelerator this machine lacks load on the CPU; the others where they were saved."""
+    device_type = location.split(":")[0]
+    if device_type in ("cpu", "meta"):
+        return None
+    module = getattr(torch, device_type, None)
+    available = getattr(module, "is_available", None)
+    if callable(available) and available():
+        return None
+    return storage.cpu()
+
+
+def _is_overridden(obj: Any, name: str, base: type) -> bool:
+    return getattr(type(obj), name, None) is not getattr(base, name, None)
 
 
 def _load_module_from_checkpoint(cls: type, path: Any, map_location: Any, hparams_file: Any,
                                  strict: Optional[bool], weights_only: bool = True, **kwargs: Any) -> Any:
-    checkpoint = _load_checkpoint_file(path, map_location=map_location or "cpu", weights_only=weights_only)
-    hparams = _read_hparams(checkpoint, "hyper_parameters", hparams_file, kwargs)
-    model = _instantiate(cls, hparams, path)
-    model.on_load_checkpoint(checkpoint)
+    from featherlight.core.module import LightningModule
+
+    checkpoint = _load_checkpoint_file(path, map_location=map_location or _default_map_location,
+                                       weights_only=weights_only)
     if "state_dict" not in checkpoint:
-        raise CheckpointError(f"{path!r} has no 'state_dict': it is not a model checkpoint.")
+        raise CheckpointError(f"{_describe(path)} has no 'state_dict': it is not a model checkpoint.", reason="corrupt")
+    init_kwargs, hparams = _init_kwargs(cls, checkpoint, "hyper_parameters", "hparams_name", hparams_file, kwargs)
+    model = _instantiate(cls, init_kwargs, hparams, path)
+    if model._strict_loading is not None and strict is not None and strict != model.strict_loading:
+        raise ValueError(
+            f"You set `.load_from_checkpoint(..., strict={strict!r})`, which conflicts with "
+            f"`{cls.__name__}.strict_loading={model.strict_loading!r}`. Set the same value for both."
+        )
     strict = model.strict_loading if strict is None else strict
-    _load_module_state(model, checkpoint["state_dict"], strict, path)
-    device = _device_of(map_location)
-    if device is not None:
-        model.to(device)
-    return model
-
-
-def _device_of(map_location: Any) -> Optional[torch.device]:
-    if isinstance(map_location, (str, torch.device)):
-        return torch.device(map_location)
-    if isinstance(map_location, dict) and len(set(map_location.values())) == 1:
-        return torch.device(next(iter(map_location.values())))
-    return None
+    if _is_overridden(model, "configure_model", LightningModule):
+        model.configure_model()
+    model.on_load_checkpoint(checkpoint)
+    state_dict = checkpoint["state_dict"]
+    _load_module_state(model, state_dict, strict, path)
+    if not state_dict:
+        rank_zero_warn(f"The state dict in {_describe(path)} contains no parameters.")
+        return model
+    # the model goes where the checkpoint's tensors were loaded (map_location decides), as in Lightning
+    device = next((t.device for t in state_dict.values() if isinstance(t, torch.Tensor)), None)
+    return model.to(device) if device is not None else model
 
 
 def _load_datamodule_from_checkpoint(cls: type, path: Any, map_location: Any, hparams_file: Any,
                                      weights_only: bool = True, **kwargs: Any) -> Any:
-    checkpoint = _load_checkpoint_file(path, map_location=map_location or "cpu", weights_only=weights_only)
-    hparams = _read_hparams(checkpoint, "datamodule_hyper_parameters", hparams_file, kwargs)
-    dm = _instantiate(cls, hparams, path)
+    checkpoint = _load_checkpoint_file(path, map_location=map_location or _default_map_location,
+                                       weights_only=weights_only)
+    init_kwargs, hparams = _init_kwargs(cls, checkpoint, "datamodule_hyper_parameters", "datamodule_hparams_name",
+                                        hparams_file, kwargs)
+    dm = _instantiate(cls, init_kwargs, hparams, path)
     key = cls.__qualname__
     if key in checkpoint:
         dm.load_state_dict(checkpoint[key])
