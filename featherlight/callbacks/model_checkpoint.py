@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import uuid
 import time
 import weakref
 from datetime import timedelta
@@ -472,14 +473,15 @@ class ModelCheckpoint(Checkpoint):
     def _link_checkpoint(trainer: "Trainer", filepath: str, linkpath: str) -> None:
         """Point ``linkpath`` at ``filepath`` (relative symbolic link; a copy where links are not allowed)."""
         if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):
-            if os.path.islink(linkpath) or os.path.isfile(linkpath):
-                os.remove(linkpath)
-            elif os.path.isdir(linkpath):
+            if os.path.isdir(linkpath) and not os.path.islink(linkpath):
                 shutil.rmtree(linkpath)
+            # built beside it, then renamed over it: `last.ckpt` never stops existing
+            tmp = os.path.join(os.path.dirname(linkpath), f".{os.path.basename(linkpath)}.{uuid.uuid4().hex}.tmp")
             try:
-                os.symlink(os.path.relpath(filepath, os.path.dirname(linkpath)), linkpath)
+                os.symlink(os.path.relpath(filepath, os.path.dirname(linkpath)), tmp)
             except OSError:  # e.g. Windows without the privilege to create links
-                shutil.copy(filepath, linkpath)
+                shutil.copy(filepath, tmp)
+            os.replace(tmp, linkpath)
         trainer.strategy.barrier("ModelCheckpoint._link_checkpoint")
 
     # ------------------------------------------------------------------ names and files

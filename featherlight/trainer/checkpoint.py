@@ -93,6 +93,11 @@ def _dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> dict[str
             checkpoint[type(dm).__qualname__] = dm_state
     if not weights_only:
         trainer._dispatch.call_callbacks("on_save_checkpoint", checkpoint)
+    else:
+        # callbacks that decide what the model's weights are (weight averaging) edit weights-only files too
+        for cb in trainer.callbacks:
+            if getattr(cb, "_saves_into_weights_only_checkpoints", False):
+                cb.on_save_checkpoint(trainer, module, checkpoint)
     trainer._call_module("on_save_checkpoint", checkpoint)
     if dm is not None:
         dm.on_save_checkpoint(checkpoint)
@@ -306,7 +311,10 @@ def _rng_from_tensors(states: dict[str, Any]) -> dict[str, Any]:
 def _save_checkpoint(trainer: "Trainer", filepath: Union[str, os.PathLike], weights_only: bool = False) -> None:
     """Dump the state and write it atomically on global rank zero; every rank waits for the write."""
     checkpoint = _dump_checkpoint(trainer, weights_only)
-    if trainer.is_global_zero:
+    save = getattr(trainer.strategy, "save_checkpoint", None)
+    if save is not None:
+        save(checkpoint, filepath)  # every rank takes part (FSDP writes its shards or gathers)
+    elif trainer.is_global_zero:
         _atomic_torch_save(checkpoint, filepath)
     trainer.strategy.barrier("save_checkpoint")
 
@@ -526,8 +534,11 @@ def _restore_module_and_callbacks(trainer: "Trainer", path: str) -> dict[str, An
     """Load ``path`` and restore the module's weights, the datamodule and the callbacks (before
     ``configure_optimizers``, as Lightning does); returns the checkpoint for the training state."""
     preloaded = trainer.__dict__.pop(_PRELOADED, None)
+    strategy_load = getattr(trainer.strategy, "load_checkpoint", None)
     if preloaded is not None and preloaded[0] == path:
         checkpoint = preloaded[1]
+    elif strategy_load is not None:
+        checkpoint = strategy_load(path)  # loads sharded weights in place; its state_dict reloads harmlessly
     else:
         checkpoint = _load_checkpoint_file(path, map_location="cpu",
                                            weights_only=getattr(trainer, "_weights_only", True))
@@ -559,9 +570,13 @@ def _restore_training_state(trainer: "Trainer", checkpoint: dict[str, Any], path
             f"Trying to restore optimizer state but checkpoint {path!r} contains only the model (saved with "
             "`weights_only=True`). Load the weights with `Model.load_from_checkpoint` and fit without `ckpt_path`."
         )
-    for opt, state in zip(trainer.optimizers, optimizer_states):
-        opt.load_state_dict(state)
-        _optimizer_state_to_device(opt, trainer.strategy.root_device)
+    load_optimizers = getattr(trainer.strategy, "load_optimizer_states", None)
+    if load_optimizers is not None:
+        load_optimizers(checkpoint, trainer.optimizers)  # sharded optimizer state
+    else:
+        for opt, state in zip(trainer.optimizers, optimizer_states):
+            opt.load_state_dict(state)
+            _optimizer_state_to_device(opt, trainer.strategy.root_device)
     for cfg, state in zip(trainer.lr_scheduler_configs, checkpoint.get("lr_schedulers", [])):
         cfg.scheduler.load_state_dict(state)
     precision = trainer.precision_plugin

@@ -21,47 +21,6 @@ out = outdir_from_argv()
 CLIP = 0.05
 
 
-# ---- the checkpoint.py integration proposed in the report, applied here to test the strategy side of it
-def _save_checkpoint(trainer, filepath, weights_only=False):
-    checkpoint = ckpt_module._dump_checkpoint(trainer, weights_only)
-    save = getattr(trainer.strategy, "save_checkpoint", None)
-    if save is not None:
-        save(checkpoint, filepath)
-    elif trainer.is_global_zero:
-        ckpt_module._atomic_torch_save(checkpoint, filepath)
-    trainer.strategy.barrier("save_checkpoint")
-
-
-_original_restore_module = ckpt_module._restore_module_and_callbacks
-_original_restore_training = ckpt_module._restore_training_state
-
-
-def _restore_module_and_callbacks(trainer, path):
-    load = getattr(trainer.strategy, "load_checkpoint", None)
-    if load is None:
-        return _original_restore_module(trainer, path)
-    checkpoint = load(path)  # proposed: `checkpoint = load(path)` in place of `_load_checkpoint_file(...)`
-    reader = ckpt_module._load_checkpoint_file
-    ckpt_module._load_checkpoint_file = lambda *args, **kwargs: checkpoint
-    try:
-        return _original_restore_module(trainer, path)
-    finally:
-        ckpt_module._load_checkpoint_file = reader
-
-
-def _restore_training_state(trainer, checkpoint, path):
-    load = getattr(trainer.strategy, "load_optimizer_states", None)
-    if load is None:
-        return _original_restore_training(trainer, checkpoint, path)
-    # proposed: the strategy loads the optimizer states; everything else as before
-    load(checkpoint, trainer.optimizers)
-    optimizers, trainer.optimizers = trainer.optimizers, []
-    try:
-        return _original_restore_training(trainer, checkpoint, path)
-    finally:
-        trainer.optimizers = optimizers
-
-
 class Probe(Callback):
     def on_train_start(self, trainer, pl_module):
         self.sharded = type(pl_module).__name__
@@ -95,10 +54,7 @@ trainer.strategy.save_checkpoint(dump, os.path.join(out, "sharded.ckpt"))
 trainer.strategy.state_dict_type = "full"
 trainer.strategy.save_checkpoint(ckpt_module._dump_checkpoint(trainer), os.path.join(out, "full.ckpt"))
 result["sharded_files"] = sorted(os.listdir(os.path.join(out, "sharded.ckpt")))
-# ---- resume to epoch 3 from each checkpoint, through ckpt_path (with the proposed checkpoint.py integration)
-ckpt_module._save_checkpoint = _save_checkpoint
-ckpt_module._restore_module_and_callbacks = _restore_module_and_callbacks
-ckpt_module._restore_training_state = _restore_training_state
+# ---- resume to epoch 3 from each checkpoint, through ckpt_path (the Trainer routes through the strategy)
 for name in ("sharded", "full"):
     resumed = Regressor()
     t = make_trainer(3, Probe(), num_sanity_val_steps=0)
