@@ -27,8 +27,6 @@ class LightningOptimizer:
     def __init__(self, optimizer: Optimizer) -> None:
         self._optimizer = optimizer
         self._trainer: Optional["Trainer"] = None
-        self._on_before_step: Callable[[], None] = _do_nothing_closure
-        self._on_after_step: Callable[[], None] = _do_nothing_closure
 
     @property
     def optimizer(self) -> Optimizer:
@@ -61,10 +59,7 @@ class LightningOptimizer:
         trainer = self._trainer
         if trainer is None:
             return self._optimizer.step(closure=closure, **kwargs) if closure else self._optimizer.step(**kwargs)
-        self._on_before_step()
-        out = trainer._step_optimizer(self._optimizer, closure or _do_nothing_closure, kwargs)
-        self._on_after_step()
-        return out
+        return trainer._step_optimizer(self._optimizer, closure or _do_nothing_closure, kwargs)
 
     @classmethod
     def _to_lightning_optimizer(cls, optimizer: Any, trainer: "Trainer") -> "LightningOptimizer":

@@ -16,6 +16,13 @@ from torch.optim import Optimizer
 from featherlight.utilities.apply_func import apply_to_collection
 
 
+_NULL_CONTEXT = contextlib.nullcontext()  # reusable: entering it has no state
+_EVALUATES_CLOSURE_ONCE = frozenset(
+    getattr(torch.optim, name) for name in ("SGD", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop",
+                                            "Adagrad", "Adadelta", "ASGD", "Rprop") if hasattr(torch.optim, name)
+)
+
+
 class Precision:
     """Full precision (``"32-true"``): nothing is converted or scaled."""
 
@@ -28,7 +35,7 @@ class Precision:
         return data
 
     def forward_context(self) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()
+        return _NULL_CONTEXT
 
     def scale_loss(self, loss: Tensor) -> Tensor:
         return loss
@@ -38,6 +45,16 @@ class Precision:
 
     def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any], **kwargs: Any) -> tuple[Any, bool]:
         """Step ``optimizer`` with ``closure``; returns (the optimizer's output, whether it really stepped)."""
+        if type(optimizer) in _EVALUATES_CLOSURE_ONCE:
+            # these call the closure exactly once, first, under enable_grad: calling it here is the same
+            # computation without the closure machinery (LBFGS and unknown optimizers still get it)
+            if torch.is_grad_enabled():
+                loss = closure()
+            else:
+                with torch.enable_grad():
+                    loss = closure()
+            out = optimizer.step(**kwargs)
+            return (loss if out is None else out), True
         return optimizer.step(closure=closure, **kwargs), True
 
     def state_dict(self) -> dict[str, Any]:

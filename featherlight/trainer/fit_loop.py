@@ -59,6 +59,7 @@ def run_fit(trainer: "Trainer") -> None:
                 _finish_batch(trainer, store, resume.batch_idx, resume.is_last, resume.stepped, resume.phase)
 
         num_batches = trainer.num_training_batches
+        automatic = module.automatic_optimization
         step = trainer._profiled(_automatic_step if module.automatic_optimization else _manual_step,
                                  "run_training_batch")
         epoch_profile = trainer._profile("run_training_epoch")
@@ -73,8 +74,8 @@ def run_fit(trainer: "Trainer") -> None:
             if call("on_train_batch_start", batch, batch_idx) == -1:
                 break
             outputs = step(trainer, batch, batch_idx, is_last)
-            stepped = not module.automatic_optimization or _window_end(trainer, batch_idx, is_last)
-            if stepped and module.automatic_optimization:
+            stepped = not automatic or _window_end(trainer, batch_idx, is_last)
+            if stepped and automatic and trainer.lr_scheduler_configs:
                 _step_schedulers(trainer, "step", batch_idx)
                 if is_last:
                     _step_schedulers(trainer, "epoch", batch_idx)
@@ -123,7 +124,7 @@ def _finish_batch(trainer: "Trainer", store: _ResultStore, batch_idx: int, is_la
         trainer.state.stage = RunningStage.TRAINING
     loop.phase = "validated"
     if stepped:
-        if trainer.lightning_module.automatic_optimization:
+        if trainer.lr_scheduler_configs and trainer.lightning_module.automatic_optimization:
             _step_schedulers(trainer, "step", batch_idx, plateau=True)
         loop.batches_that_stepped += 1
     loop.phase = "done"
@@ -179,24 +180,25 @@ def _automatic_step(trainer: "Trainer", batch: Any, batch_idx: int, is_last: boo
     """One batch of automatic optimisation: the closure, and ``optimizer_step`` when a window ends."""
     module = trainer.lightning_module
     training_step = trainer._training_step
-    precision = trainer.precision_plugin
+    forward_context = trainer.precision_plugin.forward_context
     call = trainer._dispatch.call
     optimizer = trainer.strategy._lightning_optimizers[0]
+    raw_optimizer = optimizer._optimizer
     accumulate = trainer.accumulate_grad_batches
     zero_grad_first = batch_idx % accumulate == 0
     result: list = []
 
     def closure() -> Optional[Tensor]:
         trainer._current_fx = "training_step"
-        with precision.forward_context():
+        with forward_context():
             output = training_step(batch, batch_idx)
         trainer._current_fx = None
-        loss = _loss_from_output(output)
+        loss = output if type(output) is Tensor else _loss_from_output(output)
         result.append(output if isinstance(output, dict) else ({"loss": loss.detach()} if loss is not None else {}))
         if zero_grad_first:
-            call("on_before_zero_grad", optimizer.optimizer)
+            call("on_before_zero_grad", raw_optimizer)
             trainer._current_fx = "optimizer_zero_grad"
-            module.optimizer_zero_grad(trainer._loop.epoch, batch_idx, optimizer.optimizer)
+            module.optimizer_zero_grad(trainer._loop.epoch, batch_idx, raw_optimizer)
             trainer._current_fx = None
         if loss is None:
             trainer._warnings.warn(
@@ -209,10 +211,10 @@ def _automatic_step(trainer: "Trainer", batch: Any, batch_idx: int, is_last: boo
                 result[-1] = {**output, "loss": loss.detach()}
             else:
                 result[-1] = {"loss": loss.detach()}
-        trainer._backward(loss, optimizer.optimizer)
+        trainer._backward(loss, raw_optimizer)
         return loss
 
-    if _window_end(trainer, batch_idx, is_last):
+    if (batch_idx + 1) % accumulate == 0 or is_last:  # the window closes: step
         trainer._current_fx = "optimizer_step"
         module.optimizer_step(trainer.current_epoch, batch_idx, optimizer, closure)
         trainer._current_fx = None

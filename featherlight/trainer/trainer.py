@@ -129,6 +129,9 @@ class Trainer:
         self._batch_hooks: tuple = (None, None, None)
         self._convert_input: Any = None
         self._pre_backward: Any = None
+        self._scale_loss: Any = None
+        self._backward_hook: Any = None
+        self._clip_active = False
         self._signal_every = 0
         self._run_log_dir: Optional[str] = None
         self._verbose = True
@@ -784,11 +787,15 @@ class Trainer:
         from featherlight.precision.precision import Precision
 
         strategy = self.strategy
+        precision = self.precision_plugin
         self._pre_backward = None if type(strategy).pre_backward is Strategy.pre_backward else strategy.pre_backward
+        # per-step switches resolved once per run: a hook nobody overrides costs nothing per step
+        self._scale_loss = None if type(precision).scale_loss is Precision.scale_loss else precision.scale_loss
+        self._backward_hook = self._dispatch.module_hook("backward")
+        self._clip_active = bool(self.gradient_clip_val) or \
+            self._dispatch.module_hook("configure_gradient_clipping") is not None
         # ranks agree on a stop signal every this many batches (a collective); one process reads its flag
         self._signal_every = 0 if strategy.world_size == 1 else 50
-
-        precision = self.precision_plugin
         # full precision leaves batches alone: skip the call entirely
         self._convert_input = None if type(precision).convert_input is Precision.convert_input else \
             precision.convert_input
@@ -823,10 +830,11 @@ class Trainer:
         """on_before_backward -> (scaled) backward through the module's ``backward`` hook -> on_after_backward."""
         call = self._dispatch.call
         call("on_before_backward", loss)
-        scaled = self.precision_plugin.scale_loss(loss)
+        scale = self._scale_loss
+        scaled = scale(loss) if scale is not None else loss
         if self._pre_backward is not None:
             self._pre_backward(scaled)
-        backward = self._dispatch.module_hook("backward")
+        backward = self._backward_hook
         if backward is not None:
             prev, self._current_fx = self._current_fx, "backward"
             backward(scaled, *args, **kwargs)
@@ -837,25 +845,23 @@ class Trainer:
 
     def _step_optimizer(self, optimizer: torch.optim.Optimizer, closure: Any, kwargs: dict) -> Any:
         """The step behind ``LightningOptimizer.step``: closure, unscale, hooks, clipping, precision step."""
-        module = self.lightning_module
+        precision = self.strategy.precision
+        automatic = self.lightning_module.automatic_optimization
 
         def closure_then_clip() -> Any:
             out = closure()
-            self.precision_plugin.unscale_gradients(optimizer)
+            precision.unscale_gradients(optimizer)
             self._dispatch.call("on_before_optimizer_step", optimizer)
-            if module.automatic_optimization:
+            if automatic and self._clip_active:
                 self._clip_gradients(optimizer)
             return out
 
-        out, stepped = self.precision_plugin.optimizer_step(optimizer, closure_then_clip, **kwargs)
+        out, stepped = precision.optimizer_step(optimizer, closure_then_clip, **kwargs)
         self._last_step_skipped = not stepped
         self._loop.global_step += 1
         return out
 
     def _clip_gradients(self, optimizer: torch.optim.Optimizer) -> None:
-        hook = self._dispatch.module_hook("configure_gradient_clipping")
-        if hook is None and not self.gradient_clip_val:
-            return  # nothing to do: no per-step work when clipping is off
         self._call_module("configure_gradient_clipping", optimizer, gradient_clip_val=self.gradient_clip_val,
                           gradient_clip_algorithm=self.gradient_clip_algorithm)
 
@@ -873,8 +879,9 @@ class Trainer:
             scalars.setdefault("epoch", self.current_epoch)
             step = self._loop.batches_that_stepped + step_offset
         for logger in self.loggers:
+            # no `logger.save()` here: loggers buffer and flush on their own interval; the trainer saves them
+            # at epoch ends (a flush to disk every log interval costs more than the training step)
             logger.log_metrics(metrics=scalars, step=int(step))
-            logger.save()
 
     def _log_train_step(self) -> None:
         if not self.loggers:
@@ -887,6 +894,8 @@ class Trainer:
         _, log, _ = self._log.refresh(self)
         # Lightning logs epoch-end training metrics at the step of the epoch's last batch
         self._log_metrics(log, step_offset=-1)
+        for logger in self.loggers:
+            logger.save()
 
     def _log_eval_step(self, stage: RunningStage, dataloader_idx: int) -> None:
         store = self._log.store
@@ -907,6 +916,8 @@ class Trainer:
         if stage == RunningStage.SANITY_CHECKING:
             return []
         self._log_metrics(dict(log))
+        for logger in self.loggers:
+            logger.save()
         results: list[dict[str, float]] = []
         for idx in range(num_dataloaders):
             suffix = f"/dataloader_idx_{idx}"
