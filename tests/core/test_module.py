@@ -135,8 +135,10 @@ def test_log_torchmetrics_metric_is_computed_over_the_epoch():
     assert out[0]["metric"] == pytest.approx(0.5)
 
 
-def test_log_no_host_sync_per_step(monkeypatch):
-    """`self.log` with defaults never turns a tensor into a number during training."""
+@pytest.mark.parametrize("flags", [{}, {"accumulate_grad_batches": 3, "gradient_clip_val": 0.5},
+                                   {"gradient_clip_val": 0.1, "gradient_clip_algorithm": "value"}])
+def test_log_no_host_sync_per_step(monkeypatch, flags):
+    """`self.log`, accumulation and clipping never turn a tensor into a number during training."""
     import os
     import sys
 
@@ -156,7 +158,9 @@ def test_log_no_host_sync_per_step(monkeypatch):
             return super().training_step(batch, batch_idx)
 
     monkeypatch.setattr(torch.Tensor, "item", counting_item)
-    trainer = lean(limit_train_batches=20, limit_val_batches=0)
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self, _orig=torch.Tensor.tolist: (
+        calls.append("tolist") if sys._getframe(1).f_code.co_filename.startswith(package) else None) or _orig(self))
+    trainer = lean(limit_train_batches=20, limit_val_batches=0, **flags)
     trainer.fit(Model())
     assert calls == []
 
