@@ -212,14 +212,24 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
                 "You are trying to `self.log()` but the module is not attached to a `Trainer`; the value is dropped."
             )
             return
+        store = trainer._log.store
+        fx = trainer._current_fx
+        if store is not None:
+            entry = store.entries.get((fx, name, store.dataloader_idx))
+            # the common case, a scalar tensor logged again under a known key: record it and return
+            if entry is not None and entry.fast and type(value) is Tensor and value.ndim == 0 and batch_size is None:
+                value = value.detach()
+                entry.last = value
+                entry.computed = None
+                if entry.meta.on_epoch:
+                    entry.update(value, store.current_batch_size() if entry.meta.reduce == "mean" else 1)
+                return
         if trainer.barebones:
             _warnings.warn(
                 "You are trying to `self.log()` but `Trainer(barebones=True)` is configured. Logging can "
                 "impact raw speed so it is disabled under this setting."
             )
             return
-        store = trainer._log.store
-        fx = trainer._current_fx
         if store is None:
             raise MisconfigurationException(
                 f"You can't `self.log()` inside `{fx}`. Log from a step or epoch hook, e.g. `training_step` or "

@@ -186,6 +186,7 @@ def _automatic_step(trainer: "Trainer", batch: Any, batch_idx: int, is_last: boo
     raw_optimizer = optimizer._optimizer
     accumulate = trainer.accumulate_grad_batches
     zero_grad_first = batch_idx % accumulate == 0
+    wants_outputs = trainer._dispatch._plan["on_train_batch_end"] is not None
     result: list = []
 
     def closure() -> Optional[Tensor]:
@@ -194,7 +195,9 @@ def _automatic_step(trainer: "Trainer", batch: Any, batch_idx: int, is_last: boo
             output = training_step(batch, batch_idx)
         trainer._current_fx = None
         loss = output if type(output) is Tensor else _loss_from_output(output)
-        result.append(output if isinstance(output, dict) else ({"loss": loss.detach()} if loss is not None else {}))
+        # `outputs` for on_train_batch_end, built only if a hook will read it
+        result.append(output if not wants_outputs or isinstance(output, dict) else
+                      ({"loss": loss.detach()} if loss is not None else {}))
         if zero_grad_first:
             call("on_before_zero_grad", raw_optimizer)
             trainer._current_fx = "optimizer_zero_grad"
@@ -207,7 +210,9 @@ def _automatic_step(trainer: "Trainer", batch: Any, batch_idx: int, is_last: boo
             return None
         if accumulate > 1:
             loss = loss / accumulate
-            if isinstance(output, dict):
+            if not wants_outputs:
+                pass
+            elif isinstance(output, dict):
                 result[-1] = {**output, "loss": loss.detach()}
             else:
                 result[-1] = {"loss": loss.detach()}

@@ -92,7 +92,7 @@ def _is_metric(value: Any) -> bool:
 class _Entry:
     """One logged key: its last value, and the pieces of its epoch reduction."""
 
-    __slots__ = ("meta", "last", "pending", "total", "count", "computed", "metric")
+    __slots__ = ("meta", "last", "pending", "total", "count", "computed", "metric", "fast")
 
     def __init__(self, meta: _Meta) -> None:
         self.meta = meta
@@ -102,6 +102,7 @@ class _Entry:
         self.count: Union[int, Tensor] = 0
         self.computed: Optional[Tensor] = None
         self.metric: Any = None
+        self.fast = False  # set once the key has been validated: later calls take the short path
 
     def update(self, value: Any, batch_size: int) -> None:
         self.last = value
@@ -222,12 +223,17 @@ class _ResultStore:
             )
         if entry.meta.on_epoch and entry.meta.reduce == "mean":
             if batch_size is None:
-                if self.batch_size is None:
-                    self.batch_size = 1 if self.batch is None else _safe_batch_size(self.batch)
-                batch_size = self.batch_size
+                batch_size = self.current_batch_size()
         else:
             batch_size = 1
         entry.update(value, batch_size)
+        entry.fast = entry.metric is None
+
+    def current_batch_size(self) -> int:
+        """The running batch's size, inferred once per batch (for batch-size-weighted epoch means)."""
+        if self.batch_size is None:
+            self.batch_size = 1 if self.batch is None else _safe_batch_size(self.batch)
+        return self.batch_size
 
     def _register(self, fx, name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist,
                   sync_dist_group, add_dataloader_idx, rank_zero_only) -> _Entry:
