@@ -220,6 +220,16 @@ def _automatic_step(trainer: "Trainer", batch: Any, batch_idx: int, is_last: boo
         return loss
 
     if (batch_idx + 1) % accumulate == 0 or is_last:  # the window closes: step
+        if trainer._plain_step:
+            # nothing overrides the step (module hook, precision, optimizer needing the closure): the same
+            # work as below without its indirections
+            closure()
+            call("on_before_optimizer_step", raw_optimizer)
+            if trainer._clip_active:
+                trainer._clip_gradients(raw_optimizer)
+            raw_optimizer.step()
+            trainer._loop.global_step += 1
+            return result[-1]
         trainer._current_fx = "optimizer_step"
         module.optimizer_step(trainer.current_epoch, batch_idx, optimizer, closure)
         trainer._current_fx = None

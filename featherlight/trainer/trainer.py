@@ -132,6 +132,7 @@ class Trainer:
         self._scale_loss: Any = None
         self._backward_hook: Any = None
         self._clip_active = False
+        self._plain_step = False
         self._signal_every = 0
         self._run_log_dir: Optional[str] = None
         self._verbose = True
@@ -553,6 +554,7 @@ class Trainer:
             checkpoint = _restore_module_and_callbacks(self, self.ckpt_path)
         if fn == TrainerFn.FITTING:
             self._configure_optimizers()
+            self._plain_step = self._is_plain_step()
             self._training_step = self._profiled(self.strategy.step_function("training_step"),
                                                  f"[Strategy]{type(self.strategy).__name__}.training_step")
             self._dispatch.call("on_fit_start")
@@ -694,6 +696,18 @@ class Trainer:
             raise MisconfigurationException(
                 "No `test_step()` method defined to run `Trainer.test`; define it in your LightningModule."
             )
+
+    def _is_plain_step(self) -> bool:
+        """True when no one customises the optimizer step: the module keeps ``optimizer_step``, full precision,
+        one optimizer that evaluates its closure once, no profiler. The loop then steps directly."""
+        from featherlight.precision.precision import _EVALUATES_CLOSURE_ONCE, Precision
+        from featherlight.trainer.dispatch import _needs_call
+
+        module = self.lightning_module
+        return (module.automatic_optimization and len(self.optimizers) == 1
+                and type(self.optimizers[0]) in _EVALUATES_CLOSURE_ONCE
+                and type(self.precision_plugin) is Precision and not self._dispatch._profiling
+                and not _needs_call(module, "optimizer_step", LightningModule))
 
     def _configure_optimizers(self) -> None:
         module = self.lightning_module
