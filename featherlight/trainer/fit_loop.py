@@ -82,7 +82,7 @@ def run_fit(trainer: "Trainer") -> None:
             loop.phase, loop.batch_stepped, loop.batch_is_last = "ended", stepped, is_last
             call("on_train_batch_end", outputs, batch, batch_idx)
             _finish_batch(trainer, store, batch_idx, is_last, stepped)
-            if _epoch_done(trainer):
+            if (trainer.max_steps != -1 or trainer.should_stop) and _epoch_done(trainer):
                 break
         epoch_profile.__exit__(None, None, None)
 
@@ -115,9 +115,10 @@ def _finish_batch(trainer: "Trainer", store: _ResultStore, batch_idx: int, is_la
     loop = trainer._loop
     if from_phase == "ended":
         loop.total_batch_idx += 1
-        if stepped:
+        if stepped and trainer.loggers:
             trainer._log_train_step()
-    if from_phase == "validating" or (from_phase == "ended" and _should_validate(trainer, batch_idx, is_last)):
+    if from_phase == "validating" or (
+            from_phase == "ended" and trainer._val_on and _should_validate(trainer, batch_idx, is_last)):
         loop.phase = "validating"
         trainer._run_validation_in_fit()
         trainer._log.switch(trainer, store)
