@@ -11,6 +11,13 @@ if TYPE_CHECKING:
     from featherlight.trainer.trainer import Trainer
 
 
+def _outputs_unused(fn: Any) -> Any:
+    """Mark a featherlight ``on_train_batch_end`` that never reads ``outputs``: when no other override may read
+    them, the loop does not build them (a detached loss in a dict, every batch)."""
+    fn._outputs_unused = True
+    return fn
+
+
 class Callback:
     """Abstract base for callbacks. Override only the hooks you need: the trainer skips the rest.
 

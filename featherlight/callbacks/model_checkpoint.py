@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 import torch
 from torch import Tensor
 
+from featherlight.callbacks.callback import _outputs_unused
 from featherlight.callbacks.checkpoint import Checkpoint
 from featherlight.trainer.states import TrainerFn
 from featherlight.utilities.exceptions import MisconfigurationException
@@ -205,6 +206,7 @@ class ModelCheckpoint(Checkpoint):
         self._last_time_checked = time.monotonic()
         self._val_has_run = False
 
+    @_outputs_unused
     def on_train_batch_end(
         self, trainer: "Trainer", pl_module: "LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:

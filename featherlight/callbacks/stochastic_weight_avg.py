@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import SWALR, AveragedModel
 
-from featherlight.callbacks.callback import Callback
+from featherlight.callbacks.callback import Callback, _outputs_unused
 from featherlight.utilities.exceptions import MisconfigurationException
 from featherlight.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
@@ -270,6 +270,7 @@ class StochasticWeightAveraging(Callback):
             trainer.lr_scheduler_configs.append(config)
         self._average_model.n_averaged.fill_(self._init_n_averaged)
 
+    @_outputs_unused
     def on_train_batch_end(
         self, trainer: "Trainer", pl_module: "LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:

@@ -7,7 +7,7 @@ import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from featherlight.callbacks.callback import Callback
+from featherlight.callbacks.callback import Callback, _outputs_unused
 from featherlight.trainer.states import RunningStage
 from featherlight.utilities.exceptions import MisconfigurationException
 from featherlight.utilities.rank_zero import rank_zero_info
@@ -155,6 +155,7 @@ class Timer(Callback):
         self._distributed = getattr(trainer, "world_size", 1) > 1
         self._decide(trainer, self.time_elapsed() >= self._duration)
 
+    @_outputs_unused
     def on_train_batch_end(
         self, trainer: "Trainer", pl_module: "LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:

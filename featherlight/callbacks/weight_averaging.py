@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 import torch
 from torch import Tensor
 
-from featherlight.callbacks.callback import Callback
+from featherlight.callbacks.callback import Callback, _outputs_unused
 from featherlight.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 if TYPE_CHECKING:
@@ -210,6 +210,7 @@ class WeightAveraging(Callback):
                 self._update(pl_module)
             self._latest_update_step = step
 
+    @_outputs_unused
     def on_train_batch_end(
         self, trainer: "Trainer", pl_module: "LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:

@@ -63,6 +63,7 @@ class _Dispatcher:
         self._profiler: Any = None
         self._module_obj: Any = None
         self._plan: dict[str, Any] = {hook: None for hook in SHARED_HOOKS}
+        self._runners: dict[str, Callable | None] = dict.fromkeys(SHARED_HOOKS)
 
     def rebuild(self) -> None:
         """Find, per hook, who overrides it. Called when a run starts (callbacks or module may change)."""
@@ -94,9 +95,12 @@ class _Dispatcher:
         # per hook: (callbacks before the module, the module's method, callbacks after), or None when
         # nobody overrides it, so an unused hook costs one dict lookup
         self._plan: dict[str, Any] = {}
+        self._runners: dict[str, Callable | None] = {}
         for hook in SHARED_HOOKS:
             early, fn, late = self.callbacks[hook], self.module_hook(hook), self.late_callbacks.get(hook, ())
-            self._plan[hook] = (early, fn, late) if (early or fn is not None or late) else None
+            plan = (early, fn, late) if (early or fn is not None or late) else None
+            self._plan[hook] = plan
+            self._runners[hook] = None if plan is None else self._runner(hook, *plan)
 
     def module_hook(self, hook: str) -> Callable | None:
         try:
@@ -111,22 +115,42 @@ class _Dispatcher:
             self.module[hook] = fn
             return fn
 
-    def call(self, hook: str, *args: Any) -> Any:
-        """Call ``hook`` on every callback that overrides it, then on the module; returns the module's result."""
+    def _runner(self, hook: str, early: tuple, fn: Callable | None, late: tuple) -> Callable:
+        """One hook's calls, in order: callbacks, the module (whose result is returned), late callbacks."""
+        trainer = self.trainer
+
+        def run(*args: Any) -> Any:
+            prev = trainer._current_fx
+            trainer._current_fx = hook
+            module = trainer.lightning_module
+            for cb_fn in early:
+                cb_fn(trainer, module, *args)
+            out = fn(*args) if fn is not None else None
+            for cb_fn in late:
+                cb_fn(trainer, module, *args)
+            trainer._current_fx = prev
+            return out
+
+        return run
+
+    def hook(self, hook: str) -> Callable | None:
+        """What ``call(hook, ...)`` runs, or None when nobody overrides ``hook``: the per-batch loop resolves its
+        hooks once per epoch, so an unused one costs a ``None`` test."""
+        return self._runners[hook]
+
+    def reads_outputs(self, hook: str) -> bool:
+        """Whether anyone overriding a batch-end ``hook`` may read its ``outputs`` (built only if so): False
+        only when every override is a featherlight method marked ``_outputs_unused``."""
         plan = self._plan[hook]
         if plan is None:
-            return None
+            return False
         early, fn, late = plan
-        trainer = self.trainer
-        prev = trainer._current_fx
-        trainer._current_fx = hook
-        for cb_fn in early:
-            cb_fn(trainer, trainer.lightning_module, *args)
-        out = fn(*args) if fn is not None else None
-        for cb_fn in late:
-            cb_fn(trainer, trainer.lightning_module, *args)
-        trainer._current_fx = prev
-        return out
+        return fn is not None or not all(getattr(cb_fn, "_outputs_unused", False) for cb_fn in early + late)
+
+    def call(self, hook: str, *args: Any) -> Any:
+        """Call ``hook`` on every callback that overrides it, then on the module; returns the module's result."""
+        run = self._runners[hook]
+        return None if run is None else run(*args)
 
     def call_callbacks(self, hook: str, *args: Any) -> None:
         trainer = self.trainer

@@ -5,8 +5,9 @@ Read ``run_fit`` first; everything it calls is below it in this file, except the
 """
 from __future__ import annotations
 
+import itertools
 import math
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -28,7 +29,7 @@ def run_fit(trainer: "Trainer") -> None:
     from that phase, then carries on as if it had never stopped.
     """
     loop = trainer._loop
-    call = trainer._dispatch.call
+    call, hook = trainer._dispatch.call, trainer._dispatch.hook
     module = trainer.lightning_module
 
     trainer._load_train_dataloader()
@@ -59,9 +60,13 @@ def run_fit(trainer: "Trainer") -> None:
                 _finish_batch(trainer, store, resume.batch_idx, resume.is_last, resume.stepped, resume.phase)
 
         num_batches = trainer.num_training_batches
+        # what every batch reads, resolved once per epoch: a hook nobody overrides is None and costs a test
         automatic = module.automatic_optimization
-        step = trainer._profiled(_automatic_step if module.automatic_optimization else _manual_step,
+        step = trainer._profiled(_automatic_step(trainer) if automatic else _manual_step(trainer),
                                  "run_training_batch")
+        transfer = trainer._transfer_batch if trainer._moves_batches else None
+        batch_start, batch_end = hook("on_train_batch_start"), hook("on_train_batch_end")
+        schedulers = automatic and bool(trainer.lr_scheduler_configs)
         epoch_profile = trainer._profile("run_training_epoch")
         epoch_profile.__enter__()
         batches = () if resume is not None and _epoch_done(trainer) else \
@@ -69,18 +74,19 @@ def run_fit(trainer: "Trainer") -> None:
         resume = None
         for batch_idx, batch, is_last in batches:
             loop.batch_idx, loop.phase = batch_idx, "batch"
-            batch = trainer._transfer_batch(batch, 0)
+            if transfer is not None:
+                batch = transfer(batch, 0)
             store.new_batch(batch)
-            if call("on_train_batch_start", batch, batch_idx) == -1:
+            if batch_start is not None and batch_start(batch, batch_idx) == -1:
                 break
-            outputs = step(trainer, batch, batch_idx, is_last)
-            stepped = not automatic or _window_end(trainer, batch_idx, is_last)
-            if stepped and automatic and trainer.lr_scheduler_configs:
+            outputs, stepped = step(batch, batch_idx, is_last)
+            if stepped and schedulers:
                 _step_schedulers(trainer, "step", batch_idx)
                 if is_last:
                     _step_schedulers(trainer, "epoch", batch_idx)
             loop.phase, loop.batch_stepped, loop.batch_is_last = "ended", stepped, is_last
-            call("on_train_batch_end", outputs, batch, batch_idx)
+            if batch_end is not None:
+                batch_end(outputs, batch, batch_idx)
             _finish_batch(trainer, store, batch_idx, is_last, stepped)
             if (trainer.max_steps != -1 or trainer.should_stop) and _epoch_done(trainer):
                 break
@@ -115,7 +121,8 @@ def _finish_batch(trainer: "Trainer", store: _ResultStore, batch_idx: int, is_la
     loop = trainer._loop
     if from_phase == "ended":
         loop.total_batch_idx += 1
-        if stepped and trainer.loggers:
+        if stepped and trainer.loggers and ((loop.batches_that_stepped + 1) % trainer.log_every_n_steps == 0
+                                            or trainer.should_stop or trainer.fast_dev_run):
             trainer._log_train_step()
     if from_phase == "validating" or (
             from_phase == "ended" and trainer._val_on and _should_validate(trainer, batch_idx, is_last)):
@@ -134,11 +141,11 @@ def _finish_batch(trainer: "Trainer", store: _ResultStore, batch_idx: int, is_la
         trainer._checkpoint_and_exit()
 
 
-def _batches(trainer: "Trainer", loader: Any, num_batches: float, start: int = 0, resume: Any = None):
-    """Yield ``(batch_idx, batch, is_last)`` from ``start``; looks one batch ahead only when the length is
-    unknown. A resumed epoch's iterator comes from ``resume``, positioned without loading skipped batches."""
+def _batches(trainer: "Trainer", loader: Any, num_batches: float, start: int = 0, resume: Any = None) -> Iterator:
+    """``(batch_idx, batch, is_last)`` from ``start``; looks one batch ahead only when the length is unknown.
+    A resumed epoch's iterator comes from ``resume``, positioned without loading skipped batches."""
     if num_batches == 0 or start >= num_batches:
-        return
+        return iter(())
     if resume is not None and start:
         fetch = resume.iterator(trainer, loader, start)
     else:
@@ -147,21 +154,20 @@ def _batches(trainer: "Trainer", loader: Any, num_batches: float, start: int = 0
         # the RNG states the epoch's data order is drawn from: a mid-epoch resume draws it again from them
         trainer._loop.epoch_start_rng = _collect_rng_states()
         fetch = trainer._profiled_iter(loader, "train")
-    if not math.isinf(num_batches):
-        last = int(num_batches) - 1
-        for batch_idx in range(start, int(num_batches)):
-            try:
-                batch = next(fetch)
-            except StopIteration:
-                return
-            yield batch_idx, batch, batch_idx == last
-        return
-    # unknown length (IterableDataset): fetch one ahead to know which batch is the last
+    if math.isinf(num_batches):
+        return _look_ahead(fetch, start)
+    n = int(num_batches)
+    # no generator frame per batch: the index range comes first, so zip stops at the limit without fetching a
+    # batch past it (or earlier, when the loader runs out); the third column marks the last batch
+    return zip(range(start, n), fetch, itertools.chain(itertools.repeat(False, n - 1 - start), (True,)))
+
+
+def _look_ahead(fetch: Iterator, batch_idx: int) -> Iterator:
+    """For loaders of unknown length (IterableDataset): fetch one batch ahead to know which one is the last."""
     try:
         batch = next(fetch)
     except StopIteration:
         return
-    batch_idx = start
     while True:
         try:
             nxt = next(fetch)
@@ -172,76 +178,112 @@ def _batches(trainer: "Trainer", loader: Any, num_batches: float, start: int = 0
         batch, batch_idx = nxt, batch_idx + 1
 
 
-def _window_end(trainer: "Trainer", batch_idx: int, is_last: bool) -> bool:
-    """True on the batch that closes an accumulation window (the epoch's last batch always does)."""
-    return (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or is_last
+def _automatic_step(trainer: "Trainer") -> Callable[[Any, int, bool], tuple[Any, bool]]:
+    """This epoch's step of automatic optimisation: ``step(batch, batch_idx, is_last) -> (outputs, stepped)``.
 
+    Every batch runs ``forward_backward`` (training_step, zero_grad at the start of an accumulation window,
+    backward); the batch that closes a window also steps the optimizer, through ``optimizer_step`` and a
+    closure as in Lightning. When nothing customises that step (``Trainer._is_plain_step``: no
+    ``optimizer_step`` override, full precision, an optimizer that calls its closure once, no profiler) the
+    optimizer is stepped directly: the same work without the indirections. Everything the step reads is
+    resolved here, once per epoch, because this is the hot path.
+    """
+    from featherlight.core.module import LightningModule
+    from featherlight.trainer.dispatch import _needs_call
 
-def _automatic_step(trainer: "Trainer", batch: Any, batch_idx: int, is_last: bool) -> dict:
-    """One batch of automatic optimisation: the closure, and ``optimizer_step`` when a window ends."""
     module = trainer.lightning_module
+    loop = trainer._loop
+    hook = trainer._dispatch.hook
     training_step = trainer._training_step
-    forward_context = trainer.precision_plugin.forward_context
-    call = trainer._dispatch.call
+    forward_context = trainer._forward_context
+    # no hook, loss scaling, strategy or `backward` override touches backward: call `loss.backward()` directly
+    backward = trainer._backward if trainer._customises_backward() else None
     optimizer = trainer.strategy._lightning_optimizers[0]
     raw_optimizer = optimizer._optimizer
     accumulate = trainer.accumulate_grad_batches
-    zero_grad_first = batch_idx % accumulate == 0
-    wants_outputs = trainer._dispatch._plan["on_train_batch_end"] is not None
-    result: list = []
+    plain, clip = trainer._plain_step, trainer._clip_active
+    before_zero_grad, before_optimizer_step = hook("on_before_zero_grad"), hook("on_before_optimizer_step")
+    # the module's optimizer_zero_grad when overridden; else what Lightning's default does, called directly
+    zero_grad = module.optimizer_zero_grad if _needs_call(module, "optimizer_zero_grad", LightningModule) else None
+    # `outputs` for on_train_batch_end are built only if a hook may read them (not for the progress bar or
+    # checkpointing, which only count batches)
+    wants_outputs = trainer._dispatch.reads_outputs("on_train_batch_end")
 
-    def closure() -> Optional[Tensor]:
+    def forward_backward(batch: Any, batch_idx: int) -> tuple[Any, Optional[Tensor]]:
+        """What the optimizer's closure runs. Returns training_step's output and the loss it backpropagated."""
         trainer._current_fx = "training_step"
-        with forward_context():
+        if forward_context is None:
             output = training_step(batch, batch_idx)
+        else:
+            with forward_context():
+                output = training_step(batch, batch_idx)
         trainer._current_fx = None
         loss = output if type(output) is Tensor else _loss_from_output(output)
-        # `outputs` for on_train_batch_end, built only if a hook will read it
-        result.append(output if not wants_outputs or isinstance(output, dict) else
-                      ({"loss": loss.detach()} if loss is not None else {}))
-        if zero_grad_first:
-            call("on_before_zero_grad", raw_optimizer)
-            trainer._current_fx = "optimizer_zero_grad"
-            module.optimizer_zero_grad(trainer._loop.epoch, batch_idx, raw_optimizer)
-            trainer._current_fx = None
+        if batch_idx % accumulate == 0:
+            if before_zero_grad is not None:
+                before_zero_grad(raw_optimizer)
+            if zero_grad is None:
+                raw_optimizer.zero_grad()
+            else:
+                trainer._current_fx = "optimizer_zero_grad"
+                zero_grad(loop.epoch, batch_idx, raw_optimizer)
+                trainer._current_fx = None
         if loss is None:
             trainer._warnings.warn(
                 "`training_step` returned `None`. If this was on purpose, ignore this warning: the batch is skipped."
             )
-            return None
+            return output, None
         if accumulate > 1:
             loss = loss / accumulate
-            if not wants_outputs:
-                pass
-            elif isinstance(output, dict):
-                result[-1] = {**output, "loss": loss.detach()}
-            else:
-                result[-1] = {"loss": loss.detach()}
-        trainer._backward(loss, raw_optimizer)
-        return loss
+        if backward is None:
+            loss.backward()
+        else:
+            backward(loss, raw_optimizer)
+        return output, loss
 
-    if (batch_idx + 1) % accumulate == 0 or is_last:  # the window closes: step
-        if trainer._plain_step:
-            # nothing overrides the step (module hook, precision, optimizer needing the closure): the same
-            # work as below without its indirections
-            closure()
-            call("on_before_optimizer_step", raw_optimizer)
-            if trainer._clip_active:
+    def step(batch: Any, batch_idx: int, is_last: bool) -> tuple[Any, bool]:
+        if (batch_idx + 1) % accumulate and not is_last:  # inside an accumulation window: no optimizer step
+            output, loss = forward_backward(batch, batch_idx)
+            stepped = False
+        elif plain:
+            output, loss = forward_backward(batch, batch_idx)
+            if before_optimizer_step is not None:
+                before_optimizer_step(raw_optimizer)
+            if clip:
                 trainer._clip_gradients(raw_optimizer)
             raw_optimizer.step()
-            trainer._loop.global_step += 1
-            return result[-1]
-        trainer._current_fx = "optimizer_step"
-        module.optimizer_step(trainer.current_epoch, batch_idx, optimizer, closure)
-        trainer._current_fx = None
-        if not result:
-            raise MisconfigurationException(
-                "The closure wasn't executed. `optimizer_step` must call `optimizer.step(closure=optimizer_closure)` "
-                "(or `optimizer_closure()`): it runs training_step and backward."
-            )
-    else:
-        closure()
-    return result[-1]
+            loop.global_step += 1
+            stepped = True
+        else:
+            result: list = []
+
+            def closure() -> Optional[Tensor]:
+                result.append(forward_backward(batch, batch_idx))
+                return result[-1][1]
+
+            trainer._current_fx = "optimizer_step"
+            module.optimizer_step(trainer.current_epoch, batch_idx, optimizer, closure)
+            trainer._current_fx = None
+            if not result:
+                raise MisconfigurationException(
+                    "The closure wasn't executed. `optimizer_step` must call `optimizer.step(closure=optimizer_closure)` "
+                    "(or `optimizer_closure()`): it runs training_step and backward."
+                )
+            output, loss = result[-1]
+            stepped = True
+        return (_batch_outputs(output, loss, accumulate) if wants_outputs else output), stepped
+
+    return step
+
+
+def _batch_outputs(output: Any, loss: Optional[Tensor], accumulate: int) -> Any:
+    """``outputs`` of ``on_train_batch_end``, as Lightning builds them: the step's dict, or ``{"loss": ...}``
+    with the (accumulation-scaled) loss detached; ``{}`` for a skipped batch."""
+    if loss is None:
+        return output if isinstance(output, dict) else {}
+    if isinstance(output, dict):
+        return output if accumulate == 1 else {**output, "loss": loss.detach()}
+    return {"loss": loss.detach()}
 
 
 def _loss_from_output(output: Any) -> Optional[Tensor]:
@@ -263,23 +305,31 @@ def _loss_from_output(output: Any) -> Optional[Tensor]:
     )
 
 
-def _manual_step(trainer: "Trainer", batch: Any, batch_idx: int, is_last: bool) -> dict:
-    """One batch of manual optimisation: the user's ``training_step`` steps optimizers itself."""
-    precision = trainer.precision_plugin
-    trainer._current_fx = "training_step"
-    with precision.forward_context():
-        output = trainer._training_step(batch, batch_idx)
-    trainer._current_fx = None
-    if output is None:
-        return {}
-    if isinstance(output, Tensor):
-        return {"loss": output.detach()}
-    if isinstance(output, dict):
-        return {k: (v.detach() if isinstance(v, Tensor) else v) for k, v in output.items()}
-    raise MisconfigurationException(
-        f"In manual optimization, `training_step` must return a Tensor, a dict or None; it returned "
-        f"{type(output).__name__}."
-    )
+def _manual_step(trainer: "Trainer") -> Callable[[Any, int, bool], tuple[Any, bool]]:
+    """This epoch's step of manual optimisation: the user's ``training_step`` steps optimizers itself."""
+    training_step = trainer._training_step
+    forward_context = trainer._forward_context
+
+    def step(batch: Any, batch_idx: int, is_last: bool) -> tuple[Any, bool]:
+        trainer._current_fx = "training_step"
+        if forward_context is None:
+            output = training_step(batch, batch_idx)
+        else:
+            with forward_context():
+                output = training_step(batch, batch_idx)
+        trainer._current_fx = None
+        if output is None:
+            return {}, True
+        if isinstance(output, Tensor):
+            return {"loss": output.detach()}, True
+        if isinstance(output, dict):
+            return {k: (v.detach() if isinstance(v, Tensor) else v) for k, v in output.items()}, True
+        raise MisconfigurationException(
+            f"In manual optimization, `training_step` must return a Tensor, a dict or None; it returned "
+            f"{type(output).__name__}."
+        )
+
+    return step
 
 
 def _step_schedulers(trainer: "Trainer", interval: str, batch_idx: Optional[int], plateau: bool = False) -> None:

@@ -127,6 +127,8 @@ class Trainer:
         self._val_on: Optional[bool] = None
         self._val_limits: list = []
         self._batch_hooks: tuple = (None, None, None)
+        self._moves_batches = True
+        self._forward_context: Any = None
         self._convert_input: Any = None
         self._pre_backward: Any = None
         self._scale_loss: Any = None
@@ -821,6 +823,11 @@ class Trainer:
             else:
                 hooks.append(self._dispatch.module_hook(name))
         self._batch_hooks = tuple(hooks)
+        # on the CPU in full precision with no transfer hooks a batch is used as it comes: the loop skips the call
+        self._moves_batches = any(h is not None for h in hooks) or self.strategy.root_device.type != "cpu" \
+            or self._convert_input is not None
+        self._forward_context = None if type(precision).forward_context is Precision.forward_context else \
+            precision.forward_context
 
     def _profiled_iter(self, loader: Any, stage: str) -> Iterator:
         it = iter(loader)
@@ -839,6 +846,12 @@ class Trainer:
                 yield batch
 
         return gen()
+
+    def _customises_backward(self) -> bool:
+        """Whether anything beyond ``loss.backward()`` happens in ``_backward`` this run."""
+        plan = self._dispatch._plan
+        return plan["on_before_backward"] is not None or plan["on_after_backward"] is not None or \
+            self._scale_loss is not None or self._pre_backward is not None or self._backward_hook is not None
 
     def _backward(self, loss: torch.Tensor, optimizer: Any, *args: Any, **kwargs: Any) -> None:
         """on_before_backward -> (scaled) backward through the module's ``backward`` hook -> on_after_backward."""
@@ -898,11 +911,9 @@ class Trainer:
             logger.log_metrics(metrics=scalars, step=int(step))
 
     def _log_train_step(self) -> None:
-        if not self.loggers:
-            return
-        if (self._loop.batches_that_stepped + 1) % self.log_every_n_steps == 0 or self.should_stop or self.fast_dev_run:
-            _, log, _ = self._log.refresh(self)
-            self._log_metrics(log)
+        """Send the step's values to the loggers (the loop calls this every ``log_every_n_steps`` steps)."""
+        _, log, _ = self._log.refresh(self)
+        self._log_metrics(log)
 
     def _log_train_epoch(self) -> None:
         _, log, _ = self._log.refresh(self)

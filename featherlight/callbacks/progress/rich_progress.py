@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Optional, Union
 
+from featherlight.callbacks.callback import _outputs_unused
 from featherlight.callbacks.progress.progress_bar import ProgressBar, _convert_inf, _LineReporter, _in_notebook
 
 if TYPE_CHECKING:
@@ -292,6 +293,7 @@ class RichProgressBar(ProgressBar):
             self._train_lines.begin(self._train_description(trainer).rstrip(), total)
             self._train_due = self._train_lines.next_due
 
+    @_outputs_unused
     def on_train_batch_end(
         self, trainer: "Trainer", pl_module: "LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:

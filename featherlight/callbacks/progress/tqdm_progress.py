@@ -7,6 +7,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Optional, Union
 
+from featherlight.callbacks.callback import _outputs_unused
 from featherlight.callbacks.progress.progress_bar import (
     ProgressBar,
     _convert_inf,
@@ -334,6 +335,7 @@ class TQDMProgressBar(ProgressBar):
             return f"Epoch {trainer.current_epoch}/{max_epochs - 1}"
         return f"Epoch {trainer.current_epoch}"
 
+    @_outputs_unused
     def on_train_batch_end(
         self, trainer: "Trainer", pl_module: "LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:
