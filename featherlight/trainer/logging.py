@@ -227,7 +227,14 @@ class _ResultStore:
         else:
             batch_size = 1
         entry.update(value, batch_size)
-        entry.fast = entry.metric is None
+        # a step value logged with sync_dist is reduced across ranks here, when every rank logs it (as Lightning
+        # does); the epoch reduction keeps the local values and syncs once at epoch end
+        sync_step = entry.meta.on_step and entry.meta.sync_dist and trainer.strategy.world_size > 1
+        if sync_step:
+            strategy = trainer.strategy
+            local = value if isinstance(value, Tensor) else torch.tensor(float(value), device=strategy.root_device)
+            entry.last = strategy.reduce(local, group=entry.meta.sync_dist_group, reduce_op=entry.meta.reduce)
+        entry.fast = entry.metric is None and not sync_step
 
     def current_batch_size(self) -> int:
         """The running batch's size, inferred once per batch (for batch-size-weighted epoch means)."""
