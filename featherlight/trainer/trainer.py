@@ -1,7 +1,7 @@
 """The Trainer: flags chosen once, four entry points, and the properties Lightning users read.
 
-``fit`` -> ``_run`` -> ``fit_loop.run_fit`` -> ``_automatic_step`` -> closure -> ``training_step``: the
-loop itself lives in ``fit_loop.py`` and ``eval_loop.py``; this file sets the stage around it.
+``fit`` -> ``_run`` -> ``fit_loop.run_fit`` -> ``step`` -> ``forward_backward`` -> ``training_step``: the loop
+itself lives in ``fit_loop.py`` and ``eval_loop.py``; this file sets the stage around it.
 """
 from __future__ import annotations
 
