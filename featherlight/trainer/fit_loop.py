@@ -271,18 +271,18 @@ def _automatic_step(trainer: "Trainer") -> Callable[[Any, int, bool], tuple[Any,
                 )
             output, loss = result[-1]
             stepped = True
-        return (_batch_outputs(output, loss, accumulate) if wants_outputs else output), stepped
+        return (_batch_outputs(output, loss) if wants_outputs else output), stepped
 
     return step
 
 
-def _batch_outputs(output: Any, loss: Optional[Tensor], accumulate: int) -> Any:
-    """``outputs`` of ``on_train_batch_end``, as Lightning builds them: the step's dict, or ``{"loss": ...}``
-    with the (accumulation-scaled) loss detached; ``{}`` for a skipped batch."""
+def _batch_outputs(output: Any, loss: Optional[Tensor]) -> dict:
+    """``outputs`` of ``on_train_batch_end``, as Lightning builds them: ``{"loss": ...}`` with the
+    (accumulation-scaled) loss detached, then the other keys of a returned dict; ``{}`` for a skipped batch."""
     if loss is None:
-        return output if isinstance(output, dict) else {}
+        return {}
     if isinstance(output, dict):
-        return output if accumulate == 1 else {**output, "loss": loss.detach()}
+        return {"loss": loss.detach(), **{k: v for k, v in output.items() if k != "loss"}}
     return {"loss": loss.detach()}
 
 
