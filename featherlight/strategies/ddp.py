@@ -66,6 +66,8 @@ class _ProcessRegistry:
         self._registered = False
         self._observer: Optional[threading.Thread] = None
         self._parent_watch: Optional[threading.Thread] = None
+        self.nodes: Optional[tuple[int, int]] = None  # (node_rank, num_nodes) of a multi-node job launched here
+        self.node_watch: Any = None
 
     def register_exit(self) -> None:
         if not self._registered:
@@ -78,6 +80,8 @@ class _ProcessRegistry:
                 proc.wait()
             except Exception:  # pragma: no cover - best effort at exit
                 pass
+        if self.node_watch is not None:
+            self.node_watch.finish()  # this node ended normally; node 0 keeps the store up for the others
         if self.owns_process_group and dist.is_available() and dist.is_initialized():
             try:
                 dist.destroy_process_group()
@@ -100,8 +104,9 @@ class _ProcessRegistry:
                         running = True
                     elif code != 0 and not self.stopping:
                         self.stopping = True
-                        self.kill_children()
                         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                        self.publish_failure(f"rank {rank} (pid {proc.pid}) {how}")
+                        self.kill_children()
                         sys.stderr.write(
                             f"\n[featherlight] rank {rank} (pid {proc.pid}) {how}; stopping all processes of this "
                             "job (the rank's own output, if any, is above).\n"
@@ -130,6 +135,22 @@ class _ProcessRegistry:
                 proc.wait(timeout=_KILL_GRACE_S)
             except subprocess.TimeoutExpired:  # pragma: no cover
                 pass
+
+    # --------------------------------------------------------------- several nodes, launched by hand
+    def start_node_watch(self) -> None:
+        """On a node launcher of a multi-node job started without torchrun/SLURM: watch the other nodes."""
+        if self.nodes is None or self.node_watch is not None:
+            return
+        from torch.distributed.distributed_c10d import _get_default_store
+
+        from featherlight.strategies.node_watch import _NodeWatch
+
+        self.node_watch = _NodeWatch(_get_default_store(), *self.nodes, stop_node=self.kill_children)
+        self.node_watch.start()
+
+    def publish_failure(self, message: str) -> None:
+        if self.node_watch is not None:
+            self.node_watch.publish_failure(message)
 
     # --------------------------------------------------------------- child side
     def watch_parent(self, launcher_pid: int) -> None:
@@ -541,8 +562,12 @@ class DDPStrategy(Strategy):
         self._start_children()
         try:
             return function(*args)
-        except BaseException:
+        except BaseException as ex:
             # the other ranks would otherwise wait in a collective for this one until the timeout
+            import traceback
+
+            trace = "".join(traceback.format_exception(type(ex), ex, ex.__traceback__))
+            _REGISTRY.publish_failure(f"rank {self.global_rank} raised {type(ex).__name__}: {ex}\n{trace[-3000:]}")
             _REGISTRY.kill_children()
             raise
 
@@ -562,6 +587,8 @@ class DDPStrategy(Strategy):
         env["LOCAL_WORLD_SIZE"] = str(per_node)
         command = _script_command() if per_node > 1 else []
         _REGISTRY.register_exit()
+        if self.num_nodes > 1:
+            _REGISTRY.nodes = (node_rank, self.num_nodes)
         for local_rank in range(1, per_node):
             child_env = dict(os.environ, LOCAL_RANK=str(local_rank), RANK=str(node_rank * per_node + local_rank))
             child_env[_LAUNCHER_PID_ENV] = str(os.getpid())
@@ -635,6 +662,7 @@ class DDPStrategy(Strategy):
         # kept across runs of this process (fit then test reuse it); destroyed at exit
         _REGISTRY.owns_process_group = True
         _REGISTRY.register_exit()
+        _REGISTRY.start_node_watch()
         rank_zero_info(
             f"Initialized distributed: {ranks['world_size']} processes, backend {self.process_group_backend}."
         )
