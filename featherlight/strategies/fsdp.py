@@ -10,6 +10,12 @@ Checkpoints go through ``torch.distributed.checkpoint``: ``state_dict_type="shar
 a directory of shards plus ``meta.pt`` (everything but the weights and optimizer states);
 ``"full"`` gathers one ordinary checkpoint file on rank 0. The Trainer calls :meth:`save_checkpoint`
 / :meth:`load_checkpoint` on every rank.
+
+Either kind loads with another world size: an FSDP run of any size reshards a sharded directory (DCP does)
+or shards a full file, including one written by a single process without FSDP (optimizer states keyed by
+position are renamed to parameter names first); a single process without FSDP reads a sharded directory
+whole, without a process group (``featherlight.strategies.dcp_io``; ``Model.load_from_checkpoint`` too).
+DCP files are read with an allow-list, never with plain ``pickle`` (see ``dcp_io``).
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ if TYPE_CHECKING:
     from featherlight.core.module import LightningModule
 
 _SHARDING = {"FULL_SHARD": True, "SHARD_GRAD_OP": False, "HYBRID_SHARD": True, "_HYBRID_SHARD_ZERO2": False}
-_META_NAME = "meta.pt"
+_META_NAME = "meta.pt"  # = dcp_io.META_NAME (kept here so importing this module loads no DCP code)
 
 
 class FSDPStrategy(DDPStrategy):
@@ -295,7 +301,7 @@ class FSDPStrategy(DDPStrategy):
             state["optimizers"] = {str(i): get_optimizer_state_dict(module, o) for i, o in enumerate(optimizers)}
         dcp.save(state, checkpoint_id=path)
         meta = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
-        meta["featherlight_sharded"] = {"optimizers": len(optimizers)}
+        meta["featherlight_sharded"] = {"optimizers": len(optimizers), "world_size": self.world_size}
         if self.is_global_zero:
             _atomic_torch_save(meta, os.path.join(path, _META_NAME))
         self.barrier("fsdp_save_checkpoint")
@@ -308,43 +314,59 @@ class FSDPStrategy(DDPStrategy):
         loading it into the module again changes nothing. The optimizer states are loaded later, once the
         optimizers exist, by :meth:`load_optimizer_states`.
         """
-        import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                              set_model_state_dict)
 
-        from featherlight.trainer.checkpoint import _load_checkpoint_file
+        from featherlight.strategies.dcp_io import load_in_place
+        from featherlight.trainer.checkpoint import CheckpointError, _load_checkpoint_file
 
         module = self._lightning_module
         path = os.fspath(filepath)
+        weights_only = self._weights_only()
         if os.path.isdir(path):
-            checkpoint = _load_checkpoint_file(os.path.join(path, _META_NAME), map_location="cpu")
+            if not os.path.isfile(os.path.join(path, _META_NAME)):
+                raise CheckpointError(f"{path!r} is a directory but not a sharded featherlight checkpoint (it has no "
+                                      f"{_META_NAME}).", reason="corrupt")
+            checkpoint = _load_checkpoint_file(os.path.join(path, _META_NAME), map_location="cpu",
+                                               weights_only=weights_only)
             saved = checkpoint.pop("featherlight_sharded", {}).get("optimizers", 0)
             state = {"model": get_model_state_dict(module)}
-            dcp.load(state, checkpoint_id=path)
+            load_in_place(state, path, weights_only)  # DCP reshards: any world size can have written it
             set_model_state_dict(module, state["model"])
             if saved:
                 checkpoint["optimizer_states"] = [_ShardedOptimizerState(path, i) for i in range(saved)]
-        else:
-            checkpoint = _load_checkpoint_file(path, map_location="cpu")
-            set_model_state_dict(module, checkpoint["state_dict"], options=StateDictOptions(full_state_dict=True))
+        else:  # one file: a full FSDP checkpoint, or one from any other strategy (e.g. a single process)
+            checkpoint = _load_checkpoint_file(path, map_location="cpu", weights_only=weights_only)
+            if "state_dict" not in checkpoint:
+                raise CheckpointError(f"{path!r} has no 'state_dict': it is not a model checkpoint.", reason="corrupt")
+            set_model_state_dict(module, _match_names(module, checkpoint["state_dict"]),
+                                 options=StateDictOptions(full_state_dict=True, strict=module.strict_loading))
         checkpoint["state_dict"] = module.state_dict()
         return checkpoint
 
+    def _weights_only(self) -> bool:
+        trainer = getattr(self._lightning_module, "_trainer", None)
+        return bool(getattr(trainer, "_weights_only", True))
+
     def load_optimizer_states(self, checkpoint: dict[str, Any], optimizers: list) -> None:
         """Load the checkpoint's optimizer states into ``optimizers`` (every rank its shard)."""
-        import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
                                                              set_optimizer_state_dict)
+
+        from featherlight.strategies.dcp_io import load_in_place
+        from featherlight.trainer.checkpoint import _optimizer_state_by_name
 
         module = self._lightning_module
         states = checkpoint.get("optimizer_states") or []
         for i, (optimizer, saved) in enumerate(zip(optimizers, states)):
             if isinstance(saved, _ShardedOptimizerState):
                 state = {"optimizers": {str(saved.index): get_optimizer_state_dict(module, optimizer)}}
-                dcp.load(state, checkpoint_id=saved.path)
+                load_in_place(state, saved.path, self._weights_only())
                 set_optimizer_state_dict(module, optimizer, state["optimizers"][str(saved.index)])
             else:
-                set_optimizer_state_dict(module, optimizer, saved, options=StateDictOptions(full_state_dict=True))
+                # a full state: keyed by parameter name (FSDP's own) or by position (a single-process checkpoint)
+                set_optimizer_state_dict(module, optimizer, _optimizer_state_by_name(module, optimizer, saved),
+                                         options=StateDictOptions(full_state_dict=True))
 
 
 class _ShardedOptimizerState(dict):
@@ -353,6 +375,13 @@ class _ShardedOptimizerState(dict):
     def __init__(self, path: str, index: int) -> None:
         super().__init__()
         self.path, self.index = path, index
+
+
+def _match_names(module: nn.Module, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A full state dict with the module's own names (``torch.compile``'s ``_orig_mod.`` where it has them)."""
+    from featherlight.trainer.checkpoint import _match_compiled_keys
+
+    return _match_compiled_keys(module, state_dict)
 
 
 def _restore(module: nn.Module, previous: Any) -> None:

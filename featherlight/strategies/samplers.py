@@ -45,14 +45,24 @@ class _UnpaddedDistributedSampler(DistributedSampler):
 
 class _ResumableDistributedSampler(DistributedSampler):
     """``DistributedSampler`` that a mid-epoch resume can start part-way through its shard (the order depends
-    only on ``seed`` and ``epoch``, so skipping the first ``skip`` indices loads nothing twice)."""
+    only on ``seed`` and ``epoch``, so skipping the first ``skip`` indices loads nothing twice).
+
+    A resume with another number of processes hands it the rest of the interrupted epoch instead
+    (:meth:`_continue_epoch`, see ``featherlight.trainer.data._EpochContinuation``); later epochs are its own.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._skip = 0
+        self._continuation: Any = None
+        self._current: Optional[dict] = None
 
     def __iter__(self) -> Iterator[int]:
         skip, self._skip = self._skip, 0
+        continuation, self._continuation = self._continuation, None
+        self._current = None if continuation is None else continuation.state()
+        if continuation is not None:
+            return iter(list(continuation.indices))
         indices = super().__iter__()
         if skip:
             indices = iter(list(indices)[skip:])
@@ -65,6 +75,20 @@ class _ResumableDistributedSampler(DistributedSampler):
         if state and "epoch" in state:
             self.epoch = int(state["epoch"])
         self._skip = skip
+
+    def _order_state(self) -> dict:
+        """The running epoch's sample order, for a resume with another number of processes."""
+        if self._current is not None:
+            return dict(self._current)
+        from featherlight.trainer.data import _native_order_state
+
+        order = {"kind": "distributed", "n": len(self.dataset), "seed": int(self.seed),  # type: ignore[arg-type]
+                 "epoch": int(self.epoch), "shuffle": bool(self.shuffle)}
+        length = self.total_size if self.drop_last else len(self.dataset)  # type: ignore[arg-type]
+        return _native_order_state(order, world_size=self.num_replicas, length=length)
+
+    def _continue_epoch(self, continuation: Any) -> None:
+        self._continuation = continuation
 
 
 def _seed() -> int:

@@ -428,7 +428,14 @@ def _load_checkpoint_file(path: Union[str, os.PathLike, IO[bytes]], map_location
         if not os.path.exists(path):
             raise FileNotFoundError(f"Checkpoint file not found: {name!r}. Check the path (or use ckpt_path='last').")
         if os.path.isdir(path):
-            raise CheckpointError(f"Checkpoint path {name!r} is a directory, not a checkpoint file.", reason="corrupt")
+            from featherlight.strategies.dcp_io import is_sharded_checkpoint, read_sharded_checkpoint
+
+            if is_sharded_checkpoint(path):
+                # FSDP's sharded directory, read whole in this process (any world size can have written it)
+                return _map_tensors(read_sharded_checkpoint(path, weights_only=weights_only), map_location)
+            raise CheckpointError(
+                f"Checkpoint path {name!r} is a directory, not a checkpoint file (nor a sharded checkpoint "
+                "directory written by `FSDPStrategy`, which holds a meta.pt).", reason="corrupt")
     try:
         with warnings.catch_warnings():
             # torch warns about the pickle protocol of files it did not write itself (damaged or foreign files)
@@ -475,6 +482,36 @@ def _load_checkpoint_file(path: Union[str, os.PathLike, IO[bytes]], map_location
     return checkpoint
 
 
+def _map_tensors(checkpoint: dict[str, Any], map_location: Any) -> dict[str, Any]:
+    """``map_location`` (a device or its name) applied to a checkpoint read as CPU tensors."""
+    if map_location is None or callable(map_location) or isinstance(map_location, dict):
+        return checkpoint  # a function or a remapping of saved locations: the tensors stay where they were read
+    from featherlight.utilities.apply_func import apply_to_collection
+
+    device = torch.device(map_location)
+    if device.type == "cpu":
+        return checkpoint
+    return apply_to_collection(checkpoint, torch.Tensor, lambda t: t.to(device))
+
+
+def _is_checkpoint_path(path: str) -> bool:
+    """A checkpoint file, or a sharded checkpoint directory."""
+    if os.path.isfile(path):
+        return True
+    from featherlight.strategies.dcp_io import is_sharded_checkpoint
+
+    return is_sharded_checkpoint(path)
+
+
+def _checkpoint_mtime(path: str) -> int:
+    """When a checkpoint was written: a sharded directory's ``meta.pt`` is written last."""
+    from featherlight.strategies.dcp_io import META_NAME
+
+    if os.path.isdir(path):
+        path = os.path.join(path, META_NAME)
+    return os.stat(path).st_mtime_ns
+
+
 def _resolve_ckpt_path(trainer: "Trainer", ckpt_path: Any, fn: Any) -> Optional[str]:
     """``"last"``, ``"best"`` or a path, resolved to an existing file (or None with a warning for "last")."""
     if ckpt_path == "best":
@@ -497,8 +534,8 @@ def _resolve_ckpt_path(trainer: "Trainer", ckpt_path: Any, fn: Any) -> Optional[
 
         candidates.append(_checkpoint_path(trainer))  # where a signal-interrupted run saved itself
         # newest first; on a tie (coarse timestamps) a "last*" file, which ModelCheckpoint writes after the others
-        candidates = sorted({c for c in candidates if os.path.isfile(c)}, reverse=True,
-                            key=lambda c: (os.stat(c).st_mtime_ns, os.path.basename(c).startswith("last"), c))
+        candidates = sorted({c for c in candidates if _is_checkpoint_path(c)}, reverse=True,
+                            key=lambda c: (_checkpoint_mtime(c), os.path.basename(c).startswith("last"), c))
         weights_only = getattr(trainer, "_weights_only", True)
         unreadable = []
         for candidate in candidates:
@@ -574,8 +611,10 @@ def _restore_training_state(trainer: "Trainer", checkpoint: dict[str, Any], path
     if load_optimizers is not None:
         load_optimizers(checkpoint, trainer.optimizers)  # sharded optimizer state
     else:
+        module = trainer.lightning_module
         for opt, state in zip(trainer.optimizers, optimizer_states):
-            opt.load_state_dict(state)
+            # FSDP checkpoints (sharded or full) key optimizer states by parameter name; torch wants positions
+            opt.load_state_dict(_optimizer_state_by_index(module, opt, state, path))
             _optimizer_state_to_device(opt, trainer.strategy.root_device)
     for cfg, state in zip(trainer.lr_scheduler_configs, checkpoint.get("lr_schedulers", [])):
         cfg.scheduler.load_state_dict(state)
@@ -594,6 +633,74 @@ def _restore_training_state(trainer: "Trainer", checkpoint: dict[str, Any], path
 
         _set_rng_states(_rng_from_tensors(checkpoint[RNG_KEY]))
     rank_zero_info(f"Restored all states from the checkpoint at {path}")
+
+
+def _param_names(module: torch.nn.Module) -> dict[int, list[str]]:
+    """Every name of each parameter of ``module`` (shared parameters have several), ``_orig_mod.`` removed."""
+    names: dict[int, list[str]] = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name.replace("_orig_mod.", ""))
+    return names
+
+
+def _keyed_by_name(state: Any) -> bool:
+    groups = state.get("param_groups") if isinstance(state, Mapping) else None
+    return bool(groups) and any(isinstance(p, str) for g in groups for p in g.get("params", ()))
+
+
+def _optimizer_state_by_index(module: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
+                              path: Any = None) -> dict[str, Any]:
+    """An optimizer state keyed by parameter name (what ``torch.distributed.checkpoint.state_dict``'s
+    ``get_optimizer_state_dict`` gives, i.e. FSDP checkpoints) keyed by position, as
+    ``Optimizer.load_state_dict`` wants it. A state keyed by position is returned as it is."""
+    if not _keyed_by_name(state):
+        return state
+    names = _param_names(module)
+    saved_names = {p for g in state["param_groups"] for p in g["params"]}
+    position: dict[str, int] = {}
+    index = 0
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            name = next((n for n in names.get(id(param), ()) if n in saved_names), None)
+            if name is None:
+                raise CheckpointError(
+                    f"The optimizer state in {path!r} is keyed by parameter name and has no entry for the "
+                    f"optimizer's parameter {names.get(id(param), ['<not in the module>'])[0]!r}: the model or "
+                    "`configure_optimizers` differs from the run that saved it."
+                )
+            position[name] = index
+            index += 1
+    extra = sorted(saved_names - set(position))
+    if extra:
+        raise CheckpointError(
+            f"The optimizer state in {path!r} has entries for parameters this optimizer does not have ({extra[:5]}): "
+            "the model or `configure_optimizers` differs from the run that saved it."
+        )
+    by_index: dict[str, Any] = {
+        "state": {position[n]: v for n, v in state.get("state", {}).items() if n in position},
+        "param_groups": [dict(g, params=[position[p] for p in g["params"]]) for g in state["param_groups"]],
+    }
+    return by_index
+
+
+def _optimizer_state_by_name(module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                             state: dict[str, Any]) -> dict[str, Any]:
+    """The reverse of :func:`_optimizer_state_by_index`: a state keyed by position (``Optimizer.state_dict``, e.g.
+    a single-process checkpoint) keyed by parameter name, for ``set_optimizer_state_dict``."""
+    if _keyed_by_name(state) or not state.get("param_groups"):
+        return state
+    names = _param_names(module)
+    by_position = [names[id(p)][0] for g in optimizer.param_groups for p in g["params"]]
+    saved = [int(i) for g in state["param_groups"] for i in g["params"]]
+    if len(saved) != len(by_position) or (saved and max(saved) >= len(by_position)):
+        raise CheckpointError(
+            f"The saved optimizer state covers {len(saved)} parameters, the optimizer has {len(by_position)}: the "
+            "model or `configure_optimizers` differs from the run that saved it."
+        )
+    return {
+        "state": {by_position[int(i)]: v for i, v in state.get("state", {}).items()},
+        "param_groups": [dict(g, params=[by_position[int(i)] for i in g["params"]]) for g in state["param_groups"]],
+    }
 
 
 def _optimizer_state_to_device(optimizer: torch.optim.Optimizer, device: torch.device) -> None:

@@ -183,12 +183,19 @@ class _ResumableSampler(Sampler):
         self._state: Optional[dict] = None
         self._restore: Optional[dict] = None
         self._skip = 0
+        self._continuation: Optional[_EpochContinuation] = None  # set by a resume at another world size
+        self._current: Optional[dict] = None  # the running epoch's continuation, if it is one
 
     def __len__(self) -> int:
         return self.n
 
     def __iter__(self) -> Iterator[int]:
         skip, self._skip = self._skip, 0
+        continuation, self._continuation = self._continuation, None
+        self._current = None if continuation is None else continuation.state()
+        if continuation is not None:  # the rest of an epoch another number of processes began
+            yield from continuation.indices
+            return
         if not self.shuffle:
             yield from range(skip, self.n)
             return
@@ -214,6 +221,21 @@ class _ResumableSampler(Sampler):
     def load_state_dict(self, state: Optional[dict], skip: int) -> None:
         self._restore, self._skip = state, skip
 
+    def _order_state(self) -> Optional[dict]:
+        """The running epoch's sample order, for a resume with another number of processes."""
+        if self._current is not None:
+            return dict(self._current)
+        if self.shuffle:
+            if self._state is None:
+                return None
+            order = {"kind": "random", "n": self.n, **self._state}
+        else:
+            order = {"kind": "sequential", "n": self.n}
+        return _native_order_state(order, world_size=1, length=self.n)
+
+    def _continue_epoch(self, continuation: "_EpochContinuation") -> None:
+        self._continuation = continuation
+
 
 def _make_resumable(loader: Any) -> Any:
     """Swap a plain loader's Random/SequentialSampler for a :class:`_ResumableSampler` (same order)."""
@@ -235,6 +257,80 @@ def _resumable_sampler(loader: Any) -> Optional[Any]:
         if sampler is not None and hasattr(sampler, "_skip") and hasattr(sampler, "load_state_dict"):
             return sampler
     return None
+
+
+# ------------------------------------------------------------------ an epoch continued by another world size
+def _native_order_state(order: dict, world_size: int, length: int) -> dict:
+    """A sampler's own epoch: ``order`` split by stride over ``world_size`` ranks from its first sample."""
+    return {"order": order, "world_size": int(world_size), "length": int(length), "base": 0, "base_batch": 0,
+            "end": None, "continued": False}
+
+
+def _epoch_order(order: dict) -> list[int]:
+    """The whole epoch's sample order a sampler drew, redrawn from its description.
+
+    ``distributed``: ``DistributedSampler``'s rule (a generator seeded with ``seed + epoch``);
+    ``random``: :class:`_ResumableSampler`'s (the epoch's seed, or the user generator's state);
+    ``sequential``: ``0 .. n-1``.
+    """
+    kind, n = order.get("kind"), int(order["n"])
+    if kind == "sequential" or (kind == "distributed" and not order.get("shuffle", True)):
+        return list(range(n))
+    generator = torch.Generator()
+    if kind == "distributed":
+        generator.manual_seed(int(order["seed"]) + int(order["epoch"]))
+    elif kind == "random" and "seed" in order:
+        generator.manual_seed(int(order["seed"]))
+    elif kind == "random" and "generator" in order:
+        generator.set_state(order["generator"])
+    else:
+        raise ValueError(f"unknown sample order {order!r}")
+    return torch.randperm(n, generator=generator).tolist()
+
+
+def _samples_done(data: dict, phase: str, batch_idx: int, batch_size: int) -> int:
+    """How many samples of the epoch's order a checkpoint at ``phase``/``batch_idx`` has trained on.
+
+    Rank ``r`` of ``W`` reads positions ``base + r, base + r + W, ...`` of the order (``base`` is 0 unless the
+    epoch was itself continued from another world size), ``batch_size`` at a time, so after ``k`` batches of
+    every rank the positions ``base .. base + W*k*batch_size - 1`` are done, whatever the rank.
+    """
+    end = int(data["end"])
+    if phase == "epoch_end":
+        return end
+    done = batch_idx if phase == "batch" else batch_idx + 1  # a checkpoint inside a batch runs it again
+    batches = max(0, done - int(data["base_batch"]))
+    return min(end, int(data["base"]) + int(data["world_size"]) * batch_size * batches)
+
+
+class _EpochContinuation:
+    """The samples of an interrupted epoch not trained yet, split over the ranks of the resumed run.
+
+    ``remaining = order[consumed:end]`` is split by stride like ``DistributedSampler`` splits a whole epoch:
+    rank ``r`` of ``world_size`` gets ``remaining[r::world_size]``, after padding ``remaining`` with its own
+    first samples to a multiple of ``world_size`` (every rank must run the same number of batches).
+    """
+
+    def __init__(self, order: dict, consumed: int, end: int, world_size: int, rank: int, batch_size: int,
+                 drop_last: bool) -> None:
+        self.order, self.consumed, self.end = order, int(consumed), int(end)
+        self.world_size, self.batch_size = int(world_size), int(batch_size)
+        remaining = _epoch_order(order)[self.consumed:self.end]
+        self.remaining = len(remaining)
+        per_rank = math.ceil(len(remaining) / self.world_size)
+        padding = per_rank * self.world_size - len(remaining)
+        self.padding = padding
+        while padding > 0:  # (more than once only when there are fewer samples left than ranks)
+            remaining += remaining[:padding]
+            padding = per_rank * self.world_size - len(remaining)
+        self.indices = remaining[rank::self.world_size]
+        self.num_batches = per_rank // self.batch_size if drop_last else math.ceil(per_rank / self.batch_size)
+        self.base_batch = 0  # the batch index the resumed epoch starts at (set by the resume)
+
+    def state(self) -> dict:
+        """What a checkpoint taken later in this epoch records (see :func:`_samples_done`)."""
+        return {"order": self.order, "world_size": self.world_size, "length": int(self.order["n"]),
+                "base": self.consumed, "base_batch": self.base_batch, "end": self.end, "continued": True}
 
 
 class _MaxSizeCycle:

@@ -67,6 +67,126 @@ def test_accumulation_manual_optimization_and_bf16(fsdp_run):
     assert ranks[0]["bf16_finite"] and ranks[0]["bf16_policy"] == "torch.bfloat16"
 
 
+def _exact(weights, reference):
+    for k, v in reference.items():
+        assert torch.equal(torch.tensor(weights[k], dtype=torch.float64), torch.as_tensor(v).double()), k
+
+
+@pytest.mark.parametrize("name", ["sharded", "full"])
+def test_two_rank_checkpoints_resume_in_one_process_without_fsdp(fsdp_run, name):
+    """A 2-rank FSDP checkpoint (a DCP directory, or one full file) in one process with SingleDeviceStrategy:
+    read without a process group, weights exactly the saved full weights, optimizer states (keyed by parameter
+    name) restored, training continues as the uninterrupted single-process run."""
+    import featherlight as L
+    from featherlight.strategies.strategy import SingleDeviceStrategy
+
+    ranks, out = fsdp_run
+    path = str(out / f"{name}.ckpt")
+    _exact(ranks[0]["weights"], models.Regressor.load_from_checkpoint(path).state_dict())
+    loaded = {}
+    probe = L.Callback()
+    probe.on_train_start = lambda trainer, m: loaded.update({k: v.clone() for k, v in m.state_dict().items()})
+    model = models.Regressor()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=3, gradient_clip_val=CLIP, limit_val_batches=0,
+                        enable_checkpointing=False, callbacks=[probe], **models.FLAGS)
+    trainer.fit(model, models.train_loader(models.PER_RANK_BATCH * 2), ckpt_path=path)
+    assert isinstance(trainer.strategy, SingleDeviceStrategy)
+    _exact(ranks[0]["weights"], loaded)
+    assert trainer.global_step == 12
+    _close(models.state_to_lists(model.state_dict()), models.reference_weights(epochs=3, gradient_clip_val=CLIP))
+
+
+def test_sharded_mid_epoch_checkpoint_resumes_in_one_process(fsdp_run):
+    """Saved by 2 FSDP ranks after batch 1 of epoch 1 (samples 0-15 of the epoch's order done, 4 per rank per
+    batch): one process trains on exactly samples 16-31 in batches of 4, as the epoch's batches 4-7."""
+    import torch.nn.functional as F
+
+    import featherlight as L
+
+    _, out = fsdp_run
+    seen = []
+    probe = L.Callback()
+    probe.on_train_batch_end = lambda trainer, m, outputs, batch, i: seen.append((i, batch[0].tolist()))
+    model = models.Regressor()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=2, gradient_clip_val=CLIP, limit_val_batches=0,
+                        enable_checkpointing=False, callbacks=[probe], **models.FLAGS)
+    trainer.fit(model, models.train_loader(), ckpt_path=str(out / "mid" / "epoch=1-step=6.ckpt"))
+    assert seen == [(4 + j, list(range(16 + 4 * j, 20 + 4 * j))) for j in range(4)]
+    assert trainer.global_step == 10
+    # the same steps in one process: 8-sample batches (2 ranks x 4) until the checkpoint, then 4-sample ones
+    data, ref = models.IndexedData(models.N_TRAIN), models.Regressor()
+    opt = torch.optim.SGD(ref.parameters(), lr=ref.lr, momentum=0.9)
+    batches = [range(i, i + 8) for i in range(0, 32, 8)] * 2
+    for ids in batches[:6] + [range(i, i + 4) for i in range(16, 32, 4)]:
+        ids = torch.tensor(list(ids))
+        opt.zero_grad()
+        F.mse_loss(ref(data.x[ids]), data.y[ids]).backward()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), CLIP)
+        opt.step()
+    _close(models.state_to_lists(model.state_dict()), ref.state_dict())
+
+
+def test_two_rank_checkpoints_resume_in_one_rank_fsdp(fsdp_run, tmp_path):
+    ranks, out = fsdp_run
+    code, output, _ = run_script("fsdp_world_size.py", tmp_path, "one", out, cwd=tmp_path, timeout=120)
+    assert code == 0, output[-6000:]
+    result = load_ranks(tmp_path, world=1, prefix="one_rank")[0]
+    reference = models.reference_weights(epochs=3, gradient_clip_val=CLIP)
+    for name in ("sharded", "full"):
+        _exact(ranks[0]["weights"], {k: torch.tensor(v) for k, v in result[name]["loaded"].items()})
+        assert result[name]["global_step"] == 12
+        _close(result[name]["weights"], reference)
+
+
+def test_single_process_checkpoint_resumes_in_two_rank_fsdp(tmp_path):
+    """The reverse: a checkpoint of one process without FSDP (optimizer states keyed by position) resumed by 2 FSDP
+    ranks; the sharded checkpoint they save then loads in one process again."""
+    import featherlight as L
+
+    model = models.Regressor()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=2, gradient_clip_val=CLIP, limit_val_batches=0,
+                        enable_checkpointing=False, **models.FLAGS)
+    trainer.fit(model, models.train_loader(models.PER_RANK_BATCH * 2))
+    trainer.save_checkpoint(tmp_path / "single.ckpt")
+    code, output, _ = run_script("fsdp_world_size.py", tmp_path, "two", tmp_path / "single.ckpt", cwd=tmp_path,
+                                 timeout=120)
+    assert code == 0, output[-6000:]
+    ranks = load_ranks(tmp_path, prefix="two_rank")
+    _exact(ranks[0]["single"]["loaded"], model.state_dict())
+    assert all(r["single"]["global_step"] == 12 for r in ranks)
+    _close(ranks[0]["single"]["weights"], models.reference_weights(epochs=3, gradient_clip_val=CLIP))
+    assert (tmp_path / "resaved.ckpt" / ".metadata").is_file()
+    again = models.Regressor.load_from_checkpoint(tmp_path / "resaved.ckpt")
+    _exact(ranks[0]["single"]["weights"], again.state_dict())
+
+
+def test_sharded_checkpoint_loading_never_runs_code_from_the_files(fsdp_run, tmp_path):
+    """DCP's own reader unpickles ``.metadata`` and non-tensor values freely; featherlight's refuses anything off
+    its allow-list and names the opt-in."""
+    import pickle
+    import shutil
+
+    from featherlight.trainer.checkpoint import CheckpointError
+
+    _, out = fsdp_run
+    bad = tmp_path / "bad.ckpt"
+    shutil.copytree(out / "sharded.ckpt", bad)
+
+    class Boom:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    with open(bad / ".metadata", "wb") as f:
+        pickle.dump(Boom(), f)
+    with pytest.raises(CheckpointError, match="Refusing to load the sharded checkpoint.*weights_only=False") as err:
+        models.Regressor.load_from_checkpoint(bad)
+    assert err.value.reason == "unsafe" and not (tmp_path / "pwned").exists()
+    shutil.rmtree(bad)
+    (tmp_path / "not_a_ckpt").mkdir()
+    with pytest.raises(CheckpointError, match="directory, not a checkpoint file.*FSDPStrategy"):
+        models.Regressor.load_from_checkpoint(tmp_path / "not_a_ckpt")
+
+
 def test_fsdp_strategy_is_lazy_and_validates_arguments():
     import subprocess
 

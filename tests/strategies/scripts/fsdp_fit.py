@@ -4,7 +4,8 @@
 
 Fits with gradient clipping (norm), saves a sharded and a full checkpoint through the strategy, resumes
 from the sharded one, and (emulating the Trainer integration proposed for checkpoint.py) resumes via
-``ckpt_path``. Each rank writes ``rank{R}.json``.
+``ckpt_path``. The first fit also saves a sharded mid-epoch checkpoint (``mid/epoch=1-step=6.ckpt``) that
+``test_fsdp.py`` resumes in one process. Each rank writes ``rank{R}.json``.
 """
 import os
 
@@ -12,7 +13,7 @@ import torch
 
 import featherlight as L
 import featherlight.trainer.checkpoint as ckpt_module
-from featherlight.callbacks import Callback
+from featherlight.callbacks import Callback, ModelCheckpoint
 from featherlight.strategies import FSDPStrategy
 from fl_dist_models import (FLAGS, ManualRegressor, Regressor, outdir_from_argv, save_json, state_to_lists,
                             train_loader, val_loader)
@@ -33,16 +34,19 @@ def full_weights(trainer):
     return state_to_lists(sd) if trainer.is_global_zero else None
 
 
-def make_trainer(epochs, probe=None, **kwargs):
+def make_trainer(epochs, probe=None, checkpoint=None, **kwargs):
     strategy = FSDPStrategy(auto_wrap_policy={torch.nn.Linear}, **kwargs.pop("fsdp", {}))
+    callbacks = [c for c in (probe, checkpoint) if c is not None]
     return L.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_epochs=epochs, gradient_clip_val=CLIP,
-                     enable_checkpointing=False, callbacks=[probe] if probe else [], **FLAGS, **kwargs)
+                     enable_checkpointing=checkpoint is not None, callbacks=callbacks, **FLAGS, **kwargs)
 
 
 result = {}
 probe = Probe()
 model = Regressor()
-trainer = make_trainer(2, probe)
+# a sharded checkpoint in the middle of epoch 1 (after its batch 1), for resuming in one process
+mid = ModelCheckpoint(dirpath=os.path.join(out, "mid"), every_n_train_steps=6, save_top_k=-1)
+trainer = make_trainer(2, probe, checkpoint=mid)
 trainer.fit(model, train_loader(), val_loader())
 rank = trainer.global_rank
 result.update(rank=rank, weights=full_weights(trainer), sharded_class=probe.sharded, param_type=probe.param_type,
