@@ -1,6 +1,8 @@
 import builtins
+import math
 import os
 import pickle
+import struct
 import subprocess
 import sys
 from argparse import Namespace
@@ -21,9 +23,18 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__f
 
 
 def _events(log_dir):
-    acc = EventAccumulator(log_dir, size_guidance={"scalars": 0, "tensors": 0})
+    """Everything TensorBoard reads from a run directory (all of its event files)."""
+    acc = EventAccumulator(log_dir, size_guidance={"scalars": 0, "tensors": 0, "images": 0, "histograms": 0})
     acc.Reload()
     return acc
+
+
+def _event_files(log_dir):
+    return sorted(f for f in os.listdir(log_dir) if "tfevents" in f)
+
+
+def _scalar_files(log_dir):
+    return [f for f in _event_files(log_dir) if ".scalars" in f]
 
 
 def _scalars(log_dir, tag):
@@ -77,6 +88,133 @@ def test_log_metrics_rejects_non_scalars(tmp_path):
     logger = TensorBoardLogger(tmp_path)
     with pytest.raises(ValueError, match="Cannot log metric 'bad'"):
         logger.log_metrics({"bad": "text"}, step=0)
+    with pytest.raises(ValueError, match="Cannot log metric 'vector'"):
+        logger.log_metrics({"ok": 1.0, "vector": torch.tensor([1.0, 2.0])}, step=0)
+    with pytest.raises(ValueError, match="Cannot log metric 'none'"):
+        logger.log_metrics({"none": None}, step=0)
+    with pytest.raises(ValueError, match="Cannot log metric 'huge'"):
+        logger.log_metrics({"huge": 10**400}, step=0)
+    assert not os.path.exists(logger.log_dir)  # a call with a bad value writes nothing
+
+
+def test_log_metrics_accepts_numbers_and_one_element_values(tmp_path):
+    np = pytest.importorskip("numpy")
+    logger = TensorBoardLogger(tmp_path)
+    values = {
+        "float": 0.5, "int": 3, "bool": True, "t0": torch.tensor(0.25), "t1": torch.tensor([0.75]),
+        "half": torch.tensor(1.5, dtype=torch.float16), "np_scalar": np.float32(2.5), "np_array": np.array([[4.0]]),
+    }
+    logger.log_metrics(values, step=7)
+    logger.finalize("success")
+    expected = {"float": 0.5, "int": 3.0, "bool": 1.0, "t0": 0.25, "t1": 0.75, "half": 1.5, "np_scalar": 2.5,
+                "np_array": 4.0}
+    assert {tag: _scalars(logger.log_dir, tag) for tag in values} == {k: [(7, v)] for k, v in expected.items()}
+
+
+def test_scalars_go_to_one_event_per_call_without_a_summary_writer(tmp_path):
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+
+    logger = TensorBoardLogger(tmp_path)
+    for step in range(4):
+        logger.log_metrics({"loss": 1.0 / (step + 1), "epoch": step // 2, "lr": torch.tensor(0.1)}, step=step)
+    logger.finalize("success")
+    assert logger._experiment is None  # tensorboard's SummaryWriter (and its thread) never started
+    files = _event_files(logger.log_dir)
+    assert files == _scalar_files(logger.log_dir) and len(files) == 1
+    events = list(LegacyEventFileLoader(os.path.join(logger.log_dir, files[0])).Load())
+    assert events[0].file_version == "brain.Event:2"
+    assert [(e.step, [v.tag for v in e.summary.value]) for e in events[1:]] == [
+        (step, ["loss", "epoch", "lr"]) for step in range(4)
+    ]
+    f32 = lambda x: struct.unpack("<f", struct.pack("<f", x))[0]  # noqa: E731
+    assert _scalars(logger.log_dir, "loss") == [(s, f32(1.0 / (s + 1))) for s in range(4)]
+    assert _scalars(logger.log_dir, "epoch") == [(0, 0.0), (1, 0.0), (2, 1.0), (3, 1.0)]
+    assert _scalars(logger.log_dir, "lr") == [(s, f32(0.1)) for s in range(4)]
+
+
+def test_scalar_file_and_summary_writer_file_are_read_together(tmp_path):
+    logger = TensorBoardLogger(tmp_path)
+    logger.log_metrics({"loss": 0.5, "epoch": 0}, step=0)
+    logger.experiment.add_image("image", torch.rand(3, 4, 4), 0)
+    logger.experiment.add_histogram("weights", torch.randn(100), 1)
+    logger.log_metrics({"loss": 0.25, "epoch": 0}, step=1)
+    logger.experiment.add_scalar("direct", 2.0, 1)
+    logger.finalize("success")
+
+    files = _event_files(logger.log_dir)
+    assert len(files) == 2 and len(_scalar_files(logger.log_dir)) == 1
+    # in the same second, the SummaryWriter's file sorts first, so a reader that follows only the newest file
+    # of a run (TensorBoard's legacy loader) keeps following the training scalars
+    assert files[1] == _scalar_files(logger.log_dir)[0]
+    tags = _events(logger.log_dir).Tags()
+    assert sorted(tags["scalars"]) == ["direct", "epoch", "loss"]
+    assert tags["images"] == ["image"] and tags["histograms"] == ["weights"]
+    assert _scalars(logger.log_dir, "loss") == [(0, 0.5), (1, 0.25)]
+    assert _scalars(logger.log_dir, "direct") == [(1, 2.0)]
+
+
+def test_nothing_logged_creates_no_file(tmp_path):
+    logger = TensorBoardLogger(tmp_path)
+    logger.log_metrics({}, step=0)
+    logger.save()
+    logger.finalize("success")
+    assert not os.path.exists(logger.root_dir)
+    assert logger._experiment is None and logger._scalar_writer is None
+
+
+def test_save_flushes_buffered_scalars(tmp_path):
+    logger = TensorBoardLogger(tmp_path, flush_secs=3600)
+    for step in range(3):
+        logger.log_metrics({"x": float(step)}, step=step)
+    assert _scalars(logger.log_dir, "x") == [(0, 0.0)]  # the first call is written at once, the rest is buffered
+    logger.save()
+    assert _scalars(logger.log_dir, "x") == [(0, 0.0), (1, 1.0), (2, 2.0)]  # before finalize
+    logger.log_metrics({"x": 3.0}, step=3)
+    logger.finalize("failed")
+    assert _scalars(logger.log_dir, "x")[-1] == (3, 3.0)
+
+
+def test_scalars_are_written_out_every_few_seconds_by_default(tmp_path, monkeypatch):
+    from featherlight.loggers import _tfevents
+
+    clock = [1000.0]
+    monkeypatch.setattr(_tfevents.time, "monotonic", lambda: clock[0])
+    logger = TensorBoardLogger(tmp_path)
+    logger.log_metrics({"x": 0.0}, step=0)
+    logger.log_metrics({"x": 1.0}, step=1)
+    assert len(_scalars(logger.log_dir, "x")) == 1
+    clock[0] += tb_module._SCALAR_FLUSH_SECS + 0.1
+    logger.log_metrics({"x": 2.0}, step=2)
+    assert len(_scalars(logger.log_dir, "x")) == 3
+    assert TensorBoardLogger(tmp_path, version=9, flush_secs=0)._get_scalar_writer().flush_secs == 0
+
+
+def test_default_logger_end_to_end(tmp_path):
+    import featherlight
+    from featherlight.demos.boring_classes import BoringModel
+
+    class Model(BoringModel):
+        def training_step(self, batch, batch_idx):
+            loss = self.step(batch)
+            self.log("loss", loss)
+            return loss
+
+    trainer = featherlight.Trainer(
+        max_epochs=1, limit_train_batches=5, limit_val_batches=0, log_every_n_steps=1, default_root_dir=tmp_path,
+        enable_progress_bar=False,
+    )
+    trainer.fit(Model())
+    assert isinstance(trainer.logger, TensorBoardLogger)
+    log_dir = trainer.logger.log_dir
+    assert log_dir.startswith(str(tmp_path))
+    loss = _scalars(log_dir, "loss")
+    assert [step for step, _ in loss] == [0, 1, 2, 3, 4]
+    assert all(math.isfinite(value) and value > 0 for _, value in loss)
+    assert _scalars(log_dir, "epoch") == [(step, 0.0) for step in range(5)]
+    # The trainer touches `logger.experiment` at setup (as Lightning does), which creates the SummaryWriter's file
+    # (it only holds the file-version event here). The scalars are in a file of their own, which sorts last.
+    scalar_files = _scalar_files(log_dir)
+    assert len(scalar_files) == 1 and _event_files(log_dir)[-1] == scalar_files[0]
 
 
 @pytest.mark.filterwarnings("ignore:Skipping hyperparameter 'act'")
@@ -131,6 +269,23 @@ def test_finalize_closes_writer(tmp_path):
     writer = logger.experiment
     logger.finalize("success")
     assert writer.all_writers is None  # SummaryWriter.close() drops its file writers
+    assert logger._scalar_writer._file is None  # the scalar file is closed
+    # logging after finalize (e.g. trainer.test() after fit) starts a new file
+    logger.log_metrics({"x": 2.0}, step=1)
+    logger.finalize("success")
+    assert len(_scalar_files(logger.log_dir)) == 2
+    assert _scalars(logger.log_dir, "x") == [(0, 1.0), (1, 2.0)]
+
+
+def test_purge_step_summary_writer_file_comes_first(tmp_path):
+    logger = TensorBoardLogger(tmp_path, version=0, purge_step=5)
+    logger.log_metrics({"x": 5.0}, step=5)
+    logger.log_metrics({"x": 6.0}, step=6)
+    logger.finalize("success")
+    files = _event_files(logger.log_dir)
+    assert len(files) == 2 and files[-1] == _scalar_files(logger.log_dir)[0]
+    # the SummaryWriter's purge marker must not drop the scalars written after it
+    assert _scalars(logger.log_dir, "x") == [(5, 5.0), (6, 6.0)]
 
 
 class _Net(torch.nn.Module):
@@ -176,10 +331,14 @@ def test_non_zero_rank_writes_nothing(tmp_path, monkeypatch):
 def test_picklable_after_use(tmp_path):
     logger = TensorBoardLogger(tmp_path)
     logger.log_metrics({"x": 1.0}, step=0)
+    logger.experiment.add_scalar("y", 1.0, 0)
     clone = pickle.loads(pickle.dumps(logger))
-    assert clone._experiment is None
+    assert clone._experiment is None and clone._scalar_writer is None
     assert clone.log_dir == logger.log_dir
+    clone.log_metrics({"x": 2.0}, step=1)
+    clone.finalize("success")
     logger.finalize("success")
+    assert _scalars(logger.log_dir, "x") == [(0, 1.0), (1, 2.0)]
 
 
 def test_missing_tensorboard_raises(tmp_path, monkeypatch):
@@ -212,6 +371,18 @@ def test_constructing_does_not_import_tensorboard(tmp_path):
     code = (
         "import sys; from featherlight.loggers import TensorBoardLogger; "
         f"logger = TensorBoardLogger({str(tmp_path)!r}); logger.log_dir; "
+        "print('tensorboard' in sys.modules or 'torch.utils.tensorboard' in sys.modules)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=_REPO_ROOT)
+    out = run.stdout
+    assert out.strip() == "False"
+
+
+def test_logging_scalars_does_not_import_tensorboard(tmp_path):
+    code = (
+        "import sys; from featherlight.loggers import TensorBoardLogger; "
+        f"logger = TensorBoardLogger({str(tmp_path)!r}); "
+        "logger.log_metrics({'x': 1.0}, step=0); logger.save(); logger.finalize('success'); "
         "print('tensorboard' in sys.modules or 'torch.utils.tensorboard' in sys.modules)"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=_REPO_ROOT)
