@@ -166,6 +166,11 @@ class TensorBoardLogger(Logger):
             self._experiment = summary_writer_cls(log_dir=self.log_dir, **self._kwargs)
         return self._experiment
 
+    @rank_zero_only
+    def _prepare_log_dir(self) -> None:
+        """Resolve the version and create the log directory (the trainer calls this at setup)."""
+        os.makedirs(self.log_dir, exist_ok=True)
+
     def _get_scalar_writer(self) -> ScalarEventWriter:
         if self._scalar_writer is None:
             from featherlight.loggers._tfevents import ScalarEventWriter

@@ -533,7 +533,10 @@ class Trainer:
             self._call_module("prepare_data")
         self.strategy.barrier("prepare_data")
         for logger in self.loggers:
-            getattr(logger, "experiment", None)  # create the log dir early so callbacks can use it
+            # create the log dir early so callbacks can use it (TensorBoard's without its SummaryWriter, which is
+            # heavy to import and only needed for what the user adds through `logger.experiment`)
+            prepare = getattr(logger, "_prepare_log_dir", None)
+            prepare() if prepare is not None else getattr(logger, "experiment", None)
         self._run_log_dir = None
         self._run_log_dir = self.strategy.broadcast(self._local_log_dir())
         self.profiler.setup(stage=stage, local_rank=self.local_rank, log_dir=self.log_dir)

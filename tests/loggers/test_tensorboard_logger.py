@@ -388,3 +388,31 @@ def test_logging_scalars_does_not_import_tensorboard(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=_REPO_ROOT)
     out = run.stdout
     assert out.strip() == "False"
+
+
+def test_default_fit_creates_the_log_dir_at_setup_without_a_summary_writer(tmp_path):
+    code = f"""
+import os, sys
+import featherlight as L
+from featherlight.demos.boring_classes import BoringModel
+seen = []
+class Look(L.Callback):
+    def setup(self, trainer, pl_module, stage):
+        seen.append(os.path.isdir(trainer.logger.log_dir))
+trainer = L.Trainer(default_root_dir={str(tmp_path)!r}, max_epochs=1, limit_train_batches=2, limit_val_batches=1,
+                    log_every_n_steps=1, enable_progress_bar=False, callbacks=[Look()])
+class Logs(BoringModel):
+    def training_step(self, batch, batch_idx):
+        out = super().training_step(batch, batch_idx)
+        self.log("train_loss", out["loss"])
+        return out
+trainer.fit(Logs())
+print(seen, trainer.logger._experiment is None, 'torch.utils.tensorboard' in sys.modules)
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=_REPO_ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split("\n")[-2] == "[True] True False"
+    log_dir = os.path.join(tmp_path, "lightning_logs", "version_0")
+    acc = EventAccumulator(log_dir)
+    acc.Reload()
+    assert {"train_loss", "epoch"} <= set(acc.Tags()["scalars"]), acc.Tags()
