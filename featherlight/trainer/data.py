@@ -1,6 +1,7 @@
 """Dataloaders: where they come from, how many batches each run takes, and worker seeding."""
 from __future__ import annotations
 
+import itertools
 import math
 from functools import partial
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
@@ -168,6 +169,14 @@ def _is_plain(loader: Any) -> bool:
             and type(getattr(loader, "batch_sampler", None)) is BatchSampler)
 
 
+def _trailing_draw(n: int, generator: torch.Generator) -> Iterator[int]:
+    """RandomSampler draws one more permutation when its order runs out (and uses none of it); made at the same
+    moment here, so a user generator advances exactly as with a plain DataLoader."""
+    torch.randperm(n, generator=generator)
+    return
+    yield  # a generator: the draw happens when the order is exhausted, not when the epoch starts
+
+
 class _ResumableSampler(Sampler):
     """The order of ``RandomSampler`` (same random draws) or ``SequentialSampler``, able to start an epoch
     part-way through. A mid-epoch resume skips samples here, without loading a single one.
@@ -190,15 +199,16 @@ class _ResumableSampler(Sampler):
         return self.n
 
     def __iter__(self) -> Iterator[int]:
+        # a plain function returning C-level iterators, not a generator: the batch sampler pulls every index
+        # through here, and a generator frame resumed per index costs microseconds per batch. It runs at the same
+        # moment a generator's body would: the DataLoader's BatchSampler calls iter() on its first batch.
         skip, self._skip = self._skip, 0
         continuation, self._continuation = self._continuation, None
         self._current = None if continuation is None else continuation.state()
         if continuation is not None:  # the rest of an epoch another number of processes began
-            yield from continuation.indices
-            return
+            return iter(continuation.indices)
         if not self.shuffle:
-            yield from range(skip, self.n)
-            return
+            return iter(range(skip, self.n))
         restore, self._restore = self._restore, None
         if self.generator is None:
             # the draw RandomSampler makes from the global RNG, so runs match plain DataLoaders bit for bit
@@ -212,8 +222,7 @@ class _ResumableSampler(Sampler):
                 generator.set_state(restore["generator"])
             self._state = {"generator": generator.get_state()}
         order = torch.randperm(self.n, generator=generator).tolist()
-        yield from order[skip:]
-        torch.randperm(self.n, generator=generator).tolist()[:0]  # RandomSampler's trailing draw, kept for parity
+        return itertools.chain(order[skip:], _trailing_draw(self.n, generator))
 
     def state_dict(self) -> Optional[dict]:
         return self._state
