@@ -5,6 +5,7 @@ Read ``run_fit`` first; everything it calls is below it in this file, except the
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
@@ -18,6 +19,8 @@ from featherlight.utilities.exceptions import MisconfigurationException
 
 if TYPE_CHECKING:
     from featherlight.trainer.trainer import Trainer
+
+_NOT_RUN = object()  # marks a closure the user's optimizer_step never called
 
 
 def run_fit(trainer: "Trainer") -> None:
@@ -209,8 +212,11 @@ def _automatic_step(trainer: "Trainer") -> Callable[[Any, int, bool], tuple[Any,
     # checkpointing, which only count batches)
     wants_outputs = trainer._dispatch.reads_outputs("on_train_batch_end")
 
-    def forward_backward(batch: Any, batch_idx: int) -> tuple[Any, Optional[Tensor]]:
-        """What the optimizer's closure runs. Returns training_step's output and the loss it backpropagated."""
+    last: list = [None, None]  # (output, loss) of the latest forward_backward, read by `step` right after
+
+    def forward_backward(batch: Any, batch_idx: int) -> Optional[Tensor]:
+        """What the optimizer's closure runs: training_step, zero_grad at a window's start, backward. Returns the
+        loss it backpropagated (None for a skipped batch); leaves training_step's output and the loss in ``last``."""
         trainer._current_fx = "training_step"
         if forward_context is None:
             output = training_step(batch, batch_idx)
@@ -232,21 +238,22 @@ def _automatic_step(trainer: "Trainer") -> Callable[[Any, int, bool], tuple[Any,
             trainer._warnings.warn(
                 "`training_step` returned `None`. If this was on purpose, ignore this warning: the batch is skipped."
             )
-            return output, None
-        if accumulate > 1:
-            loss = loss / accumulate
-        if backward is None:
-            loss.backward()
         else:
-            backward(loss, raw_optimizer)
-        return output, loss
+            if accumulate > 1:
+                loss = loss / accumulate
+            if backward is None:
+                loss.backward()
+            else:
+                backward(loss, raw_optimizer)
+        last[0], last[1] = output, loss
+        return loss
 
     def step(batch: Any, batch_idx: int, is_last: bool) -> tuple[Any, bool]:
         if (batch_idx + 1) % accumulate and not is_last:  # inside an accumulation window: no optimizer step
-            output, loss = forward_backward(batch, batch_idx)
+            forward_backward(batch, batch_idx)
             stepped = False
         elif plain:
-            output, loss = forward_backward(batch, batch_idx)
+            forward_backward(batch, batch_idx)
             if before_optimizer_step is not None:
                 before_optimizer_step(raw_optimizer)
             if clip:
@@ -255,22 +262,20 @@ def _automatic_step(trainer: "Trainer") -> Callable[[Any, int, bool], tuple[Any,
             loop.global_step += 1
             stepped = True
         else:
-            result: list = []
-
-            def closure() -> Optional[Tensor]:
-                result.append(forward_backward(batch, batch_idx))
-                return result[-1][1]
-
+            last[0] = _NOT_RUN
             trainer._current_fx = "optimizer_step"
-            module.optimizer_step(trainer.current_epoch, batch_idx, optimizer, closure)
+            # the closure is forward_backward bound to this batch: no frame of ours between the optimizer and it
+            module.optimizer_step(trainer.current_epoch, batch_idx, optimizer,
+                                  functools.partial(forward_backward, batch, batch_idx))
             trainer._current_fx = None
-            if not result:
+            if last[0] is _NOT_RUN:
                 raise MisconfigurationException(
                     "The closure wasn't executed. `optimizer_step` must call `optimizer.step(closure=optimizer_closure)` "
                     "(or `optimizer_closure()`): it runs training_step and backward."
                 )
-            output, loss = result[-1]
             stepped = True
+        output, loss = last
+        last[0] = last[1] = None  # the loss keeps its autograd nodes alive: don't hold it past the step
         return (_batch_outputs(output, loss) if wants_outputs else output), stepped
 
     return step

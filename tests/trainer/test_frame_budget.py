@@ -9,10 +9,15 @@ PACKAGE_DIR = os.path.dirname(featherlight.__file__)
 BUDGET = 12
 
 
-def _framework_frames(manual: bool = False) -> list[str]:
+def _framework_frames(manual: bool = False, custom_step: bool = False) -> list[str]:
     seen: list[list[str]] = []
 
     class Probe(BoringModel):
+        if custom_step:  # the general path: the user's optimizer_step, LightningOptimizer, precision, closure
+
+            def optimizer_step(self, *args, **kwargs):
+                return super().optimizer_step(*args, **kwargs)
+
         def __init__(self):
             super().__init__()
             self.automatic_optimization = not manual
@@ -43,4 +48,10 @@ def test_frame_budget_automatic_optimization():
 
 def test_frame_budget_manual_optimization():
     frames = _framework_frames(manual=True)
+    assert len(frames) <= BUDGET, "\n".join(frames)
+
+
+def test_frame_budget_with_a_custom_optimizer_step():
+    frames = _framework_frames(custom_step=True)
+    assert any(f.endswith(":_step_optimizer") for f in frames)  # the general path was taken
     assert len(frames) <= BUDGET, "\n".join(frames)
