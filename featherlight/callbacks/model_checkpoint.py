@@ -206,6 +206,10 @@ class ModelCheckpoint(Checkpoint):
         self._last_time_checked = time.monotonic()
         self._val_has_run = False
 
+    def _idle_hooks(self) -> set[str]:
+        """Hooks the trainer can skip in this run: the per-batch check without a per-step trigger."""
+        return {"on_train_batch_end"} if self._every_n_train_steps < 1 and self._train_time_interval is None else set()
+
     @_outputs_unused
     def on_train_batch_end(
         self, trainer: "Trainer", pl_module: "LightningModule", outputs: Any, batch: Any, batch_idx: int

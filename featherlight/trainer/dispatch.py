@@ -74,10 +74,14 @@ class _Dispatcher:
         self.callbacks.clear()
         self.late_callbacks.clear()
         self.module.clear()
+        # a callback may name hooks that can do nothing in this run (`_idle_hooks`, asked after setup), e.g.
+        # ModelCheckpoint's per-batch check without a per-step trigger; they stay in when profiling, for the report
+        idle = {id(cb): (set() if profiling else cb._idle_hooks()) for cb in trainer.callbacks
+                if hasattr(cb, "_idle_hooks")}
         for hook in SHARED_HOOKS:
             early, late = [], []
             for cb in trainer.callbacks:
-                if _callback_overrides(cb, hook):
+                if _callback_overrides(cb, hook) and hook not in idle.get(id(cb), ()):
                     fn = getattr(cb, hook)
                     if profiling:
                         fn = _profiled(profiler, f"[Callback]{cb.state_key}.{hook}", fn)

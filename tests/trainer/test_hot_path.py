@@ -135,3 +135,17 @@ def test_outputs_of_a_returned_dict_hold_the_detached_loss_first():
     _fit(Extra(), accumulate_grad_batches=2)
     assert [list(o) for o in seen] == [["loss", "acc"]] * 3
     assert not any(o["loss"].requires_grad for o in seen)
+
+
+def test_model_checkpoint_per_batch_hook_is_skipped_without_a_per_step_trigger(tmp_path):
+    trainer = _fit(callbacks=[ModelCheckpoint(dirpath=tmp_path)], enable_checkpointing=True)
+    assert trainer._dispatch.hook("on_train_batch_end") is None
+    trainer = _fit(callbacks=[ModelCheckpoint(dirpath=tmp_path / "steps", every_n_train_steps=1, save_top_k=-1)],
+                   enable_checkpointing=True)
+    assert trainer._dispatch.hook("on_train_batch_end") is not None
+    assert len(list((tmp_path / "steps").iterdir())) == 3  # one checkpoint per step
+
+
+def test_idle_hooks_stay_when_profiling(tmp_path):
+    trainer = _fit(callbacks=[ModelCheckpoint(dirpath=tmp_path)], enable_checkpointing=True, profiler="simple")
+    assert trainer._dispatch.hook("on_train_batch_end") is not None
