@@ -279,6 +279,7 @@ class FSDPStrategy(DDPStrategy):
 
         module = self._lightning_module
         path = os.fspath(filepath)
+        checkpoint = self._average_window_grads(checkpoint)
         optimizers = self._optimizers() if "optimizer_states" in checkpoint else []
         if self.state_dict_type == "full":
             options = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -305,6 +306,106 @@ class FSDPStrategy(DDPStrategy):
         if self.is_global_zero:
             _atomic_torch_save(meta, os.path.join(path, _META_NAME))
         self.barrier("fsdp_save_checkpoint")
+
+    # ---------------------------------------------------------------- unfinished accumulation windows
+    def _window_grads(self) -> dict[str, Tensor]:
+        """This rank's gradients of an unfinished accumulation window (for a mid-epoch checkpoint), by parameter
+        name: full-size plain tensors, local and unreduced. Inside a window FSDP keeps them on its unsharded
+        parameters (it reduce-scatters only on the batch that closes the window); the sharded parameters have none
+        (unless gradients were zeroed instead of set to None). :meth:`save_checkpoint` averages them over the ranks.
+        """
+        from torch.distributed.fsdp import FSDPModule
+
+        module = self._lightning_module
+        names = {id(p): n for n, p in module.named_parameters()}
+        out: dict[str, Tensor] = {}
+        for sub in module.modules():
+            if not isinstance(sub, FSDPModule):
+                continue
+            group = getattr(sub._get_fsdp_state(), "_fsdp_param_group", None)
+            for fsdp_param in getattr(group, "fsdp_params", ()):
+                grad = fsdp_param.unsharded_accumulated_grad
+                if grad is None and hasattr(fsdp_param, "_unsharded_param"):
+                    grad = fsdp_param._unsharded_param.grad
+                name = names.get(id(fsdp_param.sharded_param))
+                if grad is not None and name is not None:
+                    grad = _local(grad)
+                    out[name] = grad.detach().clone() if name not in out else out[name] + grad
+        return out
+
+    def _average_window_grads(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
+        """Replace each rank's unreduced window gradients in ``checkpoint`` by their mean over the ranks (plus the
+        already reduced sharded gradients, if any), full-size plain tensors on CPU: what FSDP would have added to
+        the sharded gradients had the window closed now. Identical on every rank, so the one copy rank 0 writes
+        serves every rank of any world size on resume (``_restore_window_grads``). Collective: every rank calls it.
+        """
+        import torch.distributed as dist
+
+        loop = checkpoint.get("featherlight_loop")
+        local = loop.get("grads") if isinstance(loop, dict) else None
+        device = self.root_device
+        if not dist.is_available() or not dist.is_initialized() or self.world_size < 2:
+            if local:
+                checkpoint = dict(checkpoint)
+                checkpoint["featherlight_loop"] = dict(loop, grads=self._plus_sharded(local), grads_averaged=True)
+            return checkpoint
+        flag = torch.tensor([1.0 if local else 0.0], device=device)
+        dist.all_reduce(flag)
+        if flag.item() == 0:
+            return checkpoint
+        local = local or {}
+        params = sorted(self._lightning_module.named_parameters())
+        present = torch.tensor([1.0 if n in local else 0.0 for n, _ in params], device=device)
+        dist.all_reduce(present)
+        chosen = [(n, p) for (n, p), k in zip(params, present.tolist()) if k > 0]
+        flat = torch.cat([local[n].to(device, torch.float32).reshape(-1) if n in local else
+                          torch.zeros(p.numel(), device=device) for n, p in chosen]) if chosen else None
+        grads: dict[str, Tensor] = {}
+        if flat is not None:
+            dist.all_reduce(flat)
+            flat /= self.world_size
+            offset = 0
+            for n, p in chosen:
+                grads[n] = flat[offset:offset + p.numel()].view(p.shape).to(p.dtype).cpu()
+                offset += p.numel()
+        checkpoint = dict(checkpoint)
+        checkpoint["featherlight_loop"] = dict(loop, grads=self._plus_sharded(grads), grads_averaged=True)
+        return checkpoint
+
+    def _plus_sharded(self, grads: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``grads`` plus the sharded parameters' (already reduced) gradients, gathered: full plain tensors."""
+        out = dict(grads)
+        for name, p in self._lightning_module.named_parameters():
+            if p.grad is None:
+                continue
+            full = getattr(p.grad, "full_tensor", None)
+            g = (full() if callable(full) else p.grad).detach().cpu()
+            out[name] = g.clone() if name not in out else out[name] + g.to(out[name].dtype)
+        return out
+
+    def _restore_window_grads(self, grads: dict[str, Tensor]) -> None:
+        """Put back a checkpoint's window gradients (full, the mean over the saving ranks) as the sharded
+        parameters' gradients: FSDP adds the rest of the window's reduced gradients to them when it closes."""
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        for name, p in self._lightning_module.named_parameters():
+            grad = grads.get(name)
+            if grad is None:
+                continue
+            if tuple(grad.shape) != tuple(p.shape):
+                from featherlight.utilities.rank_zero import rank_zero_warn
+
+                rank_zero_warn(f"The checkpoint's accumulation window gradient for {name!r} has shape "
+                               f"{tuple(grad.shape)}, the parameter {tuple(p.shape)}: it is dropped and this "
+                               "window's first optimizer step differs from the uninterrupted run's.")
+                continue
+            if isinstance(p, DTensor):
+                local = p.to_local()
+                grad = grad.to(device=local.device, dtype=local.dtype)
+                # every rank holds the whole tensor: each takes its own shard, no communication
+                p.grad = distribute_tensor(grad, p.device_mesh, p.placements, src_data_rank=None)
+            else:
+                p.grad = grad.to(device=p.device, dtype=p.dtype)
 
     def load_checkpoint(self, filepath: Union[str, os.PathLike]) -> dict[str, Any]:
         """Read a checkpoint written by :meth:`save_checkpoint` (either type, whatever this strategy's
@@ -382,6 +483,11 @@ def _match_names(module: nn.Module, state_dict: dict[str, Any]) -> dict[str, Any
     from featherlight.trainer.checkpoint import _match_compiled_keys
 
     return _match_compiled_keys(module, state_dict)
+
+
+def _local(tensor: Tensor) -> Tensor:
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if callable(to_local) else tensor
 
 
 def _restore(module: nn.Module, previous: Any) -> None:

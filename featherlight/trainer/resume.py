@@ -54,7 +54,11 @@ def _position_state(trainer: "Trainer") -> dict[str, Any]:
     module = trainer.lightning_module
     mid_window = not module.automatic_optimization or not loop.batch_stepped or loop.phase == "batch"
     if mid_window:
-        grads = {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
+        window_grads = getattr(trainer.strategy, "_window_grads", None)  # FSDP: its unsharded, unreduced grads
+        if callable(window_grads):
+            grads = window_grads()
+        else:
+            grads = {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
         if grads:
             out["grads"] = grads
     store = trainer._log.store
@@ -111,6 +115,8 @@ class _ResumePoint:
         self.sampler: Optional[dict] = state.get("sampler")
         self.loader: Optional[dict] = state.get("loader")
         self.grads: Optional[dict] = state.get("grads")
+        # FSDP: ``grads`` is the mean over the saving run's ranks (not rank 0's alone), see ``FSDPStrategy``
+        self.grads_averaged: bool = bool(state.get("grads_averaged", False))
         self.results: Optional[dict] = state.get("results")
         self.world_size: Optional[int] = int(state["world_size"]) if "world_size" in state else None
         self.data_order: Optional[dict] = state.get("data_order")
@@ -124,7 +130,10 @@ class _ResumePoint:
         loop.epoch_start_rng = self.epoch_start_rng
         if self.results:
             store.load_state_dict(self.results)
-        if self.grads:
+        restore_grads = getattr(trainer.strategy, "_restore_window_grads", None)
+        if self.grads and callable(restore_grads):
+            restore_grads(self.grads)  # FSDP: the window's mean gradients, sharded like the parameters
+        elif self.grads:
             params = dict(trainer.lightning_module.named_parameters())
             for name, grad in self.grads.items():
                 if name in params:
@@ -214,7 +223,13 @@ class _ResumePoint:
                 + (f", {continuation.padding} sample(s) repeated to even out the ranks" if continuation.padding
                    else "") + ")."
             )
-            if self.grads:
+            if self.grads and self.grads_averaged:
+                rank_zero_info(
+                    "The checkpoint was taken inside a gradient accumulation window: the window's gradients so far "
+                    f"(the mean over the {old_world} saving processes) are restored on every process and the "
+                    "window continues."
+                )
+            elif self.grads:
                 rank_zero_warn(
                     "The checkpoint was taken inside a gradient accumulation window and the number of processes "
                     "changed: the window's gradients so far are global rank 0's alone (ranks synchronise them "
