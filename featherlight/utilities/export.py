@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from typing import Any, Optional, Union
 
 import torch
@@ -80,7 +79,7 @@ def save_weights_safetensors(module: nn.Module, path: _PATH, metadata: Optional[
     """
     st = _safetensors_torch("save_weights_safetensors")
     from featherlight.trainer.checkpoint import _strip_compile_prefix
-    from featherlight.utilities.io import _fsync_directory
+    from featherlight.utilities.io import atomic_write
 
     tensors, aliases = _split_shared(_strip_compile_prefix(module.state_dict()))
     header = {"format": "pt"}
@@ -90,24 +89,9 @@ def save_weights_safetensors(module: nn.Module, path: _PATH, metadata: Optional[
         header[_ALIASES_KEY] = json.dumps(aliases, sort_keys=True)
 
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp_path = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-    try:
-        st.save_file(tensors, tmp_path, metadata=header)
-        fd = os.open(tmp_path, os.O_RDWR | getattr(os, "O_BINARY", 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp_path, path)
-    except BaseException:
-        try:
-            os.remove(tmp_path)
-        except OSError:
-            pass
-        raise
-    _fsync_directory(directory)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    data = st.save(tensors, metadata=header)
+    atomic_write(path, lambda f: f.write(data))
 
 
 def load_weights_safetensors(module: nn.Module, path: _PATH, strict: bool = True) -> nn.Module:

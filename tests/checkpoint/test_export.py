@@ -106,17 +106,17 @@ def test_strict(tmp_path):
 
 
 def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
-    st = pytest.importorskip("safetensors.torch")
+    pytest.importorskip("safetensors.torch")
+    import featherlight.utilities.io as io_module
+
     path = tmp_path / "w.safetensors"
     save_weights_safetensors(BoringModel(), path)
     before = path.read_bytes()
 
-    def full_disk(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(b"\0" * 100)
+    def full_disk(fd):  # the data was written to the temporary file; flushing it to disk fails
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(st, "save_file", full_disk)
+    monkeypatch.setattr(io_module.os, "fsync", full_disk)
     with pytest.raises(OSError, match="No space left"):
         save_weights_safetensors(BoringModel(), path)
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["w.safetensors"]
