@@ -9,10 +9,12 @@ nothing on top of ``import torch``.
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from featherlight import _aliases
 from featherlight.__about__ import __version__
 from featherlight.utilities.rank_zero import _init_package_logging
 
 _init_package_logging()
+_aliases.install()  # Lightning's module paths for code featherlight keeps elsewhere, resolved on first import
 
 _NAMES = {
     "Callback": "featherlight.callbacks.callback",
@@ -21,8 +23,8 @@ _NAMES = {
     "Trainer": "featherlight.trainer.trainer",
     "seed_everything": "featherlight.utilities.seed",
 }
-_SUBMODULES = {"callbacks", "core", "demos", "loggers", "precision", "profilers", "pytorch", "strategies", "trainer",
-               "tuner", "utilities"}
+_SUBMODULES = {"callbacks", "core", "demos", "io", "loggers", "precision", "profilers", "pytorch", "strategies",
+               "trainer", "tuner", "utilities"}
 
 __all__ = ["Callback", "LightningDataModule", "LightningModule", "Trainer", "seed_everything", "__version__"]
 

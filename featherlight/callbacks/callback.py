@@ -1,4 +1,8 @@
-"""The Callback base class: every hook the trainer calls on callbacks, each a no-op by default."""
+"""The Callback base class: every hook the trainer calls on callbacks, each a no-op by default.
+
+The trainer is passed to every hook at run time; it is annotated by name only ("Trainer"), since nothing
+below the trainer imports it.
+"""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -8,14 +12,6 @@ from torch.optim import Optimizer
 
 if TYPE_CHECKING:
     from featherlight.core.module import LightningModule
-    from featherlight.trainer.trainer import Trainer
-
-
-def _outputs_unused(fn: Any) -> Any:
-    """Mark a featherlight ``on_train_batch_end`` that never reads ``outputs``: when no other override may read
-    them, the loop does not build them (a detached loss in a dict, every batch)."""
-    fn._outputs_unused = True
-    return fn
 
 
 class Callback:
@@ -23,7 +19,30 @@ class Callback:
 
     ``state_key`` identifies the callback's state in a checkpoint; make it unique when a callback
     may be added several times with different arguments (see ``_generate_state_key``).
+
+    Besides the hooks, a callback may declare how the trainer treats it (each has a default here):
+    ``monitors_metrics``, ``runs_first``, ``edits_weights_only_checkpoints``, :meth:`idle_hooks` and
+    :meth:`reads_outputs`.
     """
+
+    #: Acts on logged metrics at the end of a training epoch (checkpointing, early stopping): its
+    #: ``on_train_epoch_end`` runs after the LightningModule's, so it sees what the module logged there.
+    monitors_metrics: bool = False
+    #: Runs before every other callback (the tuner's finders, as in Lightning).
+    runs_first: bool = False
+    #: Also gets ``on_save_checkpoint`` for weights-only checkpoints, because it decides what the weights are
+    #: (weight averaging).
+    edits_weights_only_checkpoints: bool = False
+
+    def idle_hooks(self, trainer: "Trainer") -> set[str]:
+        """Hooks this callback overrides that can do nothing in ``trainer``'s run; the trainer skips them (asked
+        once per run, after ``setup``). E.g. ModelCheckpoint's per-batch check without a per-step trigger."""
+        return set()
+
+    def reads_outputs(self, hook: str) -> bool:
+        """Whether this callback's ``hook`` (``on_train_batch_end``) reads its ``outputs`` argument. The loop builds
+        ``outputs`` (a dict holding the detached loss, every batch) only when some hook may read them."""
+        return True
 
     @property
     def state_key(self) -> str:
@@ -32,6 +51,7 @@ class Callback:
 
     @property
     def _legacy_state_key(self) -> type:
+        """The key older checkpoints stored this callback's state under (its type), read as a fallback."""
         return type(self)
 
     def _generate_state_key(self, **kwargs: Any) -> str:

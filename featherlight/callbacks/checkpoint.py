@@ -8,8 +8,8 @@ class Checkpoint(Callback):
     """Base class for checkpointing callbacks (:class:`ModelCheckpoint`, :class:`OnExceptionCheckpoint`).
 
     It adds no behaviour. ``isinstance(cb, Checkpoint)`` identifies checkpoint writers, and the class
-    attribute ``_monitors_metrics = True`` makes the trainer call their ``on_train_epoch_end`` *after* the
+    attribute ``monitors_metrics = True`` makes the trainer call their ``on_train_epoch_end`` *after* the
     LightningModule's, so they see the values the module logged at epoch end.
     """
 
-    _monitors_metrics = True
+    monitors_metrics = True

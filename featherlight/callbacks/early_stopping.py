@@ -9,13 +9,11 @@ import torch
 from torch import Tensor
 
 from featherlight.callbacks.callback import Callback
-from featherlight.trainer.states import TrainerFn
 from featherlight.utilities.exceptions import MisconfigurationException
 from featherlight.utilities.rank_zero import rank_prefixed_message, rank_zero_warn
 
 if TYPE_CHECKING:
     from featherlight.core.module import LightningModule
-    from featherlight.trainer.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +60,7 @@ class EarlyStopping(Callback):
 
     mode_dict = {"min": torch.lt, "max": torch.gt}
     order_dict = {"min": "<", "max": ">"}
-    _monitors_metrics = True
+    monitors_metrics = True
 
     def __init__(
         self,
@@ -146,7 +144,7 @@ class EarlyStopping(Callback):
 
     # ------------------------------------------------------------------ the check
     def _should_skip_check(self, trainer: "Trainer") -> bool:
-        return trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking
+        return trainer.state.fn != "fit" or trainer.sanity_checking
 
     def _validate_condition_metric(self, logs: dict[str, Tensor]) -> bool:
         if logs.get(self.monitor) is not None:

@@ -15,7 +15,6 @@ from featherlight.utilities.rank_zero import rank_zero_warn
 
 if TYPE_CHECKING:
     from featherlight.core.module import LightningModule
-    from featherlight.trainer.trainer import Trainer
 
 log = logging.getLogger(__name__)
 

@@ -5,11 +5,11 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from featherlight.callbacks.callback import Callback
 from featherlight.utilities.exceptions import MisconfigurationException
+from featherlight.utilities.model_helpers import is_overridden
 from featherlight.utilities.rank_zero import rank_zero_warn
 
 if TYPE_CHECKING:
     from featherlight.core.module import LightningModule
-    from featherlight.trainer.trainer import Trainer
 
 
 class GradientAccumulationScheduler(Callback):
@@ -30,9 +30,6 @@ class GradientAccumulationScheduler(Callback):
     supported, and the Trainer's own ``accumulate_grad_batches`` must be left at 1.
     ``trainer.estimated_stepping_batches`` is computed from the Trainer's factor (1), not from the schedule.
     """
-
-    # tells strategies that accumulate_grad_batches changes between epochs (read it per batch, not once per run)
-    _sets_accumulate_grad_batches = True
 
     def __init__(self, scheduling: dict[int, int]) -> None:
         super().__init__()
@@ -75,9 +72,8 @@ class GradientAccumulationScheduler(Callback):
                 "the optimizers yourself, so there is nothing to accumulate automatically. Remove the callback or "
                 "switch to automatic optimization."
             )
-        from featherlight.trainer.dispatch import _module_overrides
 
-        overrides = any(_module_overrides(pl_module, hook) for hook in ("optimizer_step", "optimizer_zero_grad"))
+        overrides = any(is_overridden(hook, pl_module) for hook in ("optimizer_step", "optimizer_zero_grad"))
         if overrides and self.going_to_accumulate_grad_batches():
             rank_zero_warn(
                 "`GradientAccumulationScheduler` accumulates gradients and the LightningModule overrides "

@@ -14,7 +14,6 @@ from featherlight.utilities.rank_zero import rank_zero_warn
 if TYPE_CHECKING:
     from featherlight.core.module import LightningModule
     from featherlight.core.optimizer import LRSchedulerConfig
-    from featherlight.trainer.trainer import Trainer
 
 
 class LearningRateMonitor(Callback):
@@ -91,7 +90,7 @@ class LearningRateMonitor(Callback):
         if self.logging_interval == "epoch":
             return
         every = trainer.log_every_n_steps
-        if not every or ((trainer._loop.batches_that_stepped + 1) % every and not trainer.should_stop):
+        if not every or ((trainer.progress.batches_that_stepped + 1) % every and not trainer.should_stop):
             return
         self._log(trainer, "step" if self.logging_interval is None else "any")
 
@@ -103,7 +102,7 @@ class LearningRateMonitor(Callback):
     def _log(self, trainer: "Trainer", interval: str) -> None:
         stats = self._extract_stats(trainer, interval)
         if stats:
-            step = trainer._loop.batches_that_stepped
+            step = trainer.progress.batches_that_stepped
             for logger in trainer.loggers:
                 logger.log_metrics(stats, step=step)
 

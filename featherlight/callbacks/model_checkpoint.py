@@ -13,15 +13,13 @@ from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 import torch
 from torch import Tensor
 
-from featherlight.callbacks.callback import _outputs_unused
 from featherlight.callbacks.checkpoint import Checkpoint
-from featherlight.trainer.states import TrainerFn
 from featherlight.utilities.exceptions import MisconfigurationException
 from featherlight.utilities.rank_zero import WarningCache, rank_zero_info, rank_zero_warn
+from featherlight.utilities.model_helpers import is_overridden
 
 if TYPE_CHECKING:
     from featherlight.core.module import LightningModule
-    from featherlight.trainer.trainer import Trainer
 
 _warnings = WarningCache()
 _PATH = Union[str, "os.PathLike[str]"]
@@ -91,7 +89,7 @@ class ModelCheckpoint(Checkpoint):
     CHECKPOINT_NAME_LAST = "last"
     FILE_EXTENSION = ".ckpt"
     STARTING_VERSION = 1
-    _monitors_metrics = True
+    monitors_metrics = True
 
     def __init__(
         self,
@@ -206,11 +204,14 @@ class ModelCheckpoint(Checkpoint):
         self._last_time_checked = time.monotonic()
         self._val_has_run = False
 
-    def _idle_hooks(self) -> set[str]:
-        """Hooks the trainer can skip in this run: the per-batch check without a per-step trigger."""
+    def idle_hooks(self, trainer: "Trainer") -> set[str]:
+        """The per-batch check can be skipped without a per-step trigger."""
         return {"on_train_batch_end"} if self._every_n_train_steps < 1 and self._train_time_interval is None else set()
 
-    @_outputs_unused
+    def reads_outputs(self, hook: str) -> bool:
+        # this class's on_train_batch_end never reads `outputs`; a subclass that overrides it may
+        return is_overridden(hook, self, ModelCheckpoint)
+
     def on_train_batch_end(
         self, trainer: "Trainer", pl_module: "LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -254,7 +255,7 @@ class ModelCheckpoint(Checkpoint):
             self._save_epoch_checkpoints(trainer, self._monitor_candidates(trainer))
 
     def on_validation_end(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
-        if not trainer.sanity_checking and trainer.state.fn == TrainerFn.FITTING:
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
             self._val_has_run = True
         if self._should_skip_saving_checkpoint(trainer) or self._should_save_on_train_epoch_end(trainer):
             return
@@ -314,7 +315,7 @@ class ModelCheckpoint(Checkpoint):
     def _should_skip_saving_checkpoint(self, trainer: "Trainer") -> bool:
         return (
             bool(trainer.fast_dev_run)
-            or trainer.state.fn != TrainerFn.FITTING
+            or trainer.state.fn != "fit"
             or trainer.sanity_checking
             or self._last_global_step_saved == trainer.global_step
         )
@@ -330,8 +331,6 @@ class ModelCheckpoint(Checkpoint):
     def _should_save_on_train_epoch_end(self, trainer: "Trainer") -> bool:
         if self._save_on_train_epoch_end is not None:
             return self._save_on_train_epoch_end
-        if getattr(trainer, "_val_check_time_interval", None) is not None:
-            return False
         # validation not in every epoch: the training epoch end is the reliable place... unless it isn't
         # known when validation runs, in which case we wait for it
         if trainer.check_val_every_n_epoch != 1:
@@ -383,7 +382,7 @@ class ModelCheckpoint(Checkpoint):
             if self._val_has_run:
                 raise MisconfigurationException(message)
             # before any validation ran the metric may simply not exist yet; warn once per run
-            getattr(trainer, "_warnings", _warnings).warn(message)
+            trainer.warnings.warn(message)
         self._save_monitor_checkpoint(trainer, candidates)
 
     def check_monitor_top_k(self, trainer: "Trainer", current: Optional[Tensor] = None) -> bool:

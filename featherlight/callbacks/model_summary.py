@@ -9,7 +9,6 @@ from featherlight.utilities.model_summary import get_human_readable_count
 
 if TYPE_CHECKING:
     from featherlight.core.module import LightningModule
-    from featherlight.trainer.trainer import Trainer
 
 log = logging.getLogger(__name__)
 

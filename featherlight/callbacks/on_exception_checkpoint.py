@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
 from featherlight.callbacks.checkpoint import Checkpoint
 
-if TYPE_CHECKING:
-    from featherlight.trainer.trainer import Trainer
 
 _PATH = Union[str, "os.PathLike[str]"]
 

@@ -7,13 +7,13 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import SWALR, AveragedModel
 
-from featherlight.callbacks.callback import Callback, _outputs_unused
+from featherlight.callbacks.callback import Callback
 from featherlight.utilities.exceptions import MisconfigurationException
 from featherlight.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from featherlight.utilities.model_helpers import is_overridden
 
 if TYPE_CHECKING:
     from featherlight.core.module import LightningModule
-    from featherlight.trainer.trainer import Trainer
 
 _AVG_FN = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -154,12 +154,11 @@ class StochasticWeightAveraging(Callback):
     def setup(self, trainer: "Trainer", pl_module: "LightningModule", stage: str) -> None:
         if stage != "fit":
             return
-        from featherlight.trainer.dispatch import _module_overrides
 
         self._reset_fit_state()
         self.momenta = {}
         self._average_model = None
-        if not _module_overrides(pl_module, "configure_model"):
+        if not is_overridden("configure_model", pl_module):
             # a copy of the module before it moves to the training device; it moves to `device` when SWA starts
             self._average_model = AveragedModel(pl_module, avg_fn=self._avg_fn, use_buffers=False)
         # else: the module gets its layers in configure_model, after this hook: the copy is made in on_fit_start
@@ -270,7 +269,10 @@ class StochasticWeightAveraging(Callback):
             trainer.lr_scheduler_configs.append(config)
         self._average_model.n_averaged.fill_(self._init_n_averaged)
 
-    @_outputs_unused
+    def reads_outputs(self, hook: str) -> bool:
+        # this class's on_train_batch_end never reads `outputs`; a subclass that overrides it may
+        return is_overridden(hook, self, StochasticWeightAveraging)
+
     def on_train_batch_end(
         self, trainer: "Trainer", pl_module: "LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -278,7 +280,7 @@ class StochasticWeightAveraging(Callback):
             # Lightning closes its batch-norm epoch with one optimizer step (without gradients: the weights do
             # not change). Counting it keeps `global_step` the same, and so checkpointing: ModelCheckpoint saves
             # the final model at the end of this epoch because the step count moved.
-            trainer._loop.global_step += 1
+            trainer.progress.global_step += 1
 
     def on_train_epoch_end(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
         self._in_bn_epoch = False

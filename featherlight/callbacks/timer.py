@@ -7,14 +7,14 @@ import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from featherlight.callbacks.callback import Callback, _outputs_unused
-from featherlight.trainer.states import RunningStage
+from featherlight.callbacks.callback import Callback
+from featherlight.utilities.enums import RunningStage
 from featherlight.utilities.exceptions import MisconfigurationException
 from featherlight.utilities.rank_zero import rank_zero_info
+from featherlight.utilities.model_helpers import is_overridden
 
 if TYPE_CHECKING:
     from featherlight.core.module import LightningModule
-    from featherlight.trainer.trainer import Trainer
 
 _monotonic = time.monotonic
 _INTERVALS = ("step", "epoch")
@@ -155,7 +155,10 @@ class Timer(Callback):
         self._distributed = getattr(trainer, "world_size", 1) > 1
         self._decide(trainer, self.time_elapsed() >= self._duration)
 
-    @_outputs_unused
+    def reads_outputs(self, hook: str) -> bool:
+        # this class's on_train_batch_end never reads `outputs`; a subclass that overrides it may
+        return is_overridden(hook, self, Timer)
+
     def on_train_batch_end(
         self, trainer: "Trainer", pl_module: "LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:

@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 import torch
 from torch import Tensor
 
-from featherlight.callbacks.callback import Callback, _outputs_unused
+from featherlight.callbacks.callback import Callback
 from featherlight.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from featherlight.utilities.model_helpers import is_overridden
 
 if TYPE_CHECKING:
     from featherlight.core.module import LightningModule
-    from featherlight.trainer.trainer import Trainer
 
 _AVG_KWARGS = ("avg_fn", "multi_avg_fn")
 
@@ -50,7 +50,7 @@ class WeightAveraging(Callback):
     """
 
     # asks the trainer to call on_save_checkpoint for weights-only checkpoints too (they should hold the average)
-    _saves_into_weights_only_checkpoints = True
+    edits_weights_only_checkpoints = True
 
     def __init__(
         self,
@@ -210,7 +210,10 @@ class WeightAveraging(Callback):
                 self._update(pl_module)
             self._latest_update_step = step
 
-    @_outputs_unused
+    def reads_outputs(self, hook: str) -> bool:
+        # this class's on_train_batch_end never reads `outputs`; a subclass that overrides it may
+        return is_overridden(hook, self, WeightAveraging)
+
     def on_train_batch_end(
         self, trainer: "Trainer", pl_module: "LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -316,10 +319,10 @@ class WeightAveraging(Callback):
         # the module has loaded checkpoint["state_dict"]: the average (or plain weights)
         self._create(pl_module)
         if "current_model_state" in checkpoint and "averaging_state" in checkpoint:
-            from featherlight.trainer.checkpoint import _load_module_state
+            from featherlight.io.state import load_module_state
 
             self._n_averaged = int(checkpoint["averaging_state"].get("n_averaged", 0))
-            _load_module_state(pl_module, checkpoint["current_model_state"], pl_module.strict_loading,
+            load_module_state(pl_module, checkpoint["current_model_state"], pl_module.strict_loading,
                                getattr(trainer, "ckpt_path", None))
             rank_zero_info("Restored the training weights from `current_model_state`, the average from `state_dict`.")
         else:

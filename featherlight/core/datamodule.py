@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import os
-from typing import IO, TYPE_CHECKING, Any, Optional, Union
+from typing import IO, Any, Optional, Union
 
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from featherlight.core.hooks import CheckpointHooks, DataHooks
 from featherlight.core.mixins.hparams_mixin import HyperparametersMixin
 
-if TYPE_CHECKING:
-    from featherlight.trainer.trainer import Trainer
 
 
 class LightningDataModule(DataHooks, HyperparametersMixin):
@@ -89,7 +87,7 @@ class LightningDataModule(DataHooks, HyperparametersMixin):
         **kwargs: Any,
     ) -> "LightningDataModule":
         """Build the datamodule from the ``datamodule_hyper_parameters`` saved in a checkpoint."""
-        from featherlight.trainer.checkpoint import _load_datamodule_from_checkpoint
+        from featherlight.core.saving import load_datamodule_from_checkpoint
 
-        return _load_datamodule_from_checkpoint(cls, checkpoint_path, map_location, hparams_file,
+        return load_datamodule_from_checkpoint(cls, checkpoint_path, map_location, hparams_file,
                                                 weights_only is not False, **kwargs)

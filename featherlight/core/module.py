@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import IO, TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
+from typing import IO, Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -13,11 +13,7 @@ from featherlight.core.hooks import CheckpointHooks, DataHooks, ModelHooks
 from featherlight.core.mixins.hparams_mixin import HyperparametersMixin
 from featherlight.core.optimizer import LightningOptimizer
 from featherlight.utilities.exceptions import MisconfigurationException
-from featherlight.utilities.rank_zero import WarningCache, rank_zero_warn
-
-if TYPE_CHECKING:
-    from featherlight.loggers.logger import Logger
-    from featherlight.trainer.trainer import Trainer
+from featherlight.utilities.rank_zero import WarningCache
 
 _warnings = WarningCache()
 
@@ -212,18 +208,11 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
                 "You are trying to `self.log()` but the module is not attached to a `Trainer`; the value is dropped."
             )
             return
-        store = trainer._log.store
-        fx = trainer._current_fx
-        if store is not None:
-            entry = store.entries.get((fx, name, store.dataloader_idx))
-            # the common case, a scalar tensor logged again under a known key: record it and return
-            if entry is not None and entry.fast and type(value) is Tensor and value.ndim == 0 and batch_size is None:
-                value = value.detach()
-                entry.last = value
-                entry.computed = None
-                if entry.meta.on_epoch:
-                    entry.update(value, store.current_batch_size() if entry.meta.reduce == "mean" else 1)
-                return
+        store = trainer.results.store
+        fx = trainer.hooks.current
+        # the common case, a scalar tensor logged again under a known key, takes the store's short path
+        if store is not None and batch_size is None and store.log_again(fx, name, value):
+            return
         if trainer.barebones:
             _warnings.warn(
                 "You are trying to `self.log()` but `Trainer(barebones=True)` is configured. Logging can "
@@ -275,7 +264,7 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
     def optimizers(self, use_pl_optimizer: bool = True) -> Any:
         """The optimizer(s) from ``configure_optimizers``: one, or a list when there are several."""
         trainer = self.trainer
-        opts: list = trainer.strategy._lightning_optimizers if use_pl_optimizer else trainer.optimizers
+        opts: list = trainer.strategy.lightning_optimizers if use_pl_optimizer else trainer.optimizers
         if not opts:
             return []
         return opts[0] if len(opts) == 1 else list(opts)
@@ -296,7 +285,7 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
                 "`manual_backward` is for manual optimization only; set `self.automatic_optimization = False` "
                 "in `__init__`, or return the loss from `training_step` instead."
             )
-        trainer._backward(loss, None, *args, **kwargs)
+        trainer.optimization.backward(loss, None, *args, **kwargs)
 
     def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
         """Run the backward pass. Override to customise it."""
@@ -460,9 +449,9 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         Loading never executes code from the file (``torch.load(weights_only=True)`` with an allow-list);
         a checkpoint that needs arbitrary unpickling is refused unless you pass ``weights_only=False``.
         """
-        from featherlight.trainer.checkpoint import _load_module_from_checkpoint
+        from featherlight.core.saving import load_module_from_checkpoint
 
-        return _load_module_from_checkpoint(cls, checkpoint_path, map_location, hparams_file, strict,
+        return load_module_from_checkpoint(cls, checkpoint_path, map_location, hparams_file, strict,
                                             weights_only is not False, **kwargs)
 
     def __getstate__(self) -> dict:

@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch.optim import Optimizer
 
 from featherlight.utilities.exceptions import MisconfigurationException
-
-if TYPE_CHECKING:
-    from featherlight.trainer.trainer import Trainer
 
 
 def _do_nothing_closure() -> None:
@@ -18,15 +15,18 @@ def _do_nothing_closure() -> None:
 
 
 class LightningOptimizer:
-    """A thin wrapper whose ``step`` runs through the trainer's precision (autocast, GradScaler).
+    """A thin wrapper whose ``step`` runs through the trainer's optimisation step (precision, hooks, clipping).
 
-    Every attribute not defined here is the wrapped optimizer's, so ``opt.param_groups`` and
-    ``opt.state`` work as usual. ``step`` counts optimizer steps into ``trainer.global_step``.
+    Every attribute not defined here is the wrapped optimizer's, so ``opt.param_groups`` and ``opt.state``
+    work as usual. ``step_fn(optimizer, closure, kwargs)`` is what ``step`` calls; the trainer gives it (its
+    ``Optimization.optimizer_step``, which also counts the step into ``trainer.global_step``). Without one,
+    ``step`` is the optimizer's own.
     """
 
-    def __init__(self, optimizer: Optimizer) -> None:
+    def __init__(self, optimizer: Optimizer,
+                 step_fn: Optional[Callable[[Optimizer, Callable, dict], Any]] = None) -> None:
         self._optimizer = optimizer
-        self._trainer: Optional["Trainer"] = None
+        self._step_fn = step_fn
 
     @property
     def optimizer(self) -> Optimizer:
@@ -56,16 +56,10 @@ class LightningOptimizer:
         is the one the loop hands to ``LightningModule.optimizer_step``. Returns what the optimizer's
         ``step`` returns.
         """
-        trainer = self._trainer
-        if trainer is None:
+        step_fn = self._step_fn
+        if step_fn is None:
             return self._optimizer.step(closure=closure, **kwargs) if closure else self._optimizer.step(**kwargs)
-        return trainer._step_optimizer(self._optimizer, closure or _do_nothing_closure, kwargs)
-
-    @classmethod
-    def _to_lightning_optimizer(cls, optimizer: Any, trainer: "Trainer") -> "LightningOptimizer":
-        lopt = optimizer if isinstance(optimizer, LightningOptimizer) else cls(optimizer)
-        lopt._trainer = trainer
-        return lopt
+        return step_fn(self._optimizer, closure or _do_nothing_closure, kwargs)
 
 
 @dataclass
@@ -91,16 +85,13 @@ def _is_scheduler(obj: Any) -> bool:
     )
 
 
-def _init_optimizers_and_lr_schedulers(model: Any) -> tuple[list[Optimizer], list[LRSchedulerConfig]]:
-    """Call ``configure_optimizers`` and normalise every return form Lightning accepts.
+def optimizers_and_schedulers(out: Any) -> tuple[list[Optimizer], list[LRSchedulerConfig]]:
+    """Normalise what ``configure_optimizers`` returned, in every form Lightning accepts.
 
     Accepted: an optimizer; a list/tuple of optimizers; ``([optimizers], [schedulers])``; a dict
     with ``"optimizer"`` and optional ``"lr_scheduler"`` (a scheduler or a config dict) and
     ``"monitor"``; a list/tuple of such dicts. Anything else raises naming the accepted forms.
     """
-    from featherlight.trainer.dispatch import _call_module_hook
-
-    out = _call_module_hook(model.trainer, "configure_optimizers")
     if out is None:
         from featherlight.utilities.rank_zero import rank_zero_warn
 

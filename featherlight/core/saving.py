@@ -1,22 +1,34 @@
-"""Reading and writing ``hparams.yaml``.
+"""Reading and writing ``hparams.yaml``, and rebuilding a module or datamodule from a checkpoint.
 
 Loading uses a *safe* YAML loader: a hyperparameters file can never make featherlight construct arbitrary
 Python objects or run code. The one Python-specific tag accepted is ``!!python/tuple`` (files written by
 other tools use it for tuples); it is loaded as a plain tuple.
+
+``load_module_from_checkpoint`` (behind ``LightningModule.load_from_checkpoint``) reads the file through
+:func:`featherlight.io.load.load_checkpoint` (no code from the file runs), rebuilds the class from the saved
+hyperparameters and loads the weights; ``load_module_state`` is the one place a state dict is loaded into a
+module, with errors that list the keys that did not match.
 """
 from __future__ import annotations
 
 import enum
 import importlib.util
+import inspect
 import os
 import warnings
 from argparse import Namespace
 from collections.abc import Mapping
 from pathlib import PurePath
-from typing import Any, Union
+from typing import Any, Optional, Union
 
-from featherlight.utilities.io import atomic_write
-from featherlight.utilities.rank_zero import WarningCache
+import torch
+
+from featherlight.io.atomic import atomic_write
+from featherlight.io.load import load_checkpoint
+from featherlight.io.state import load_module_state
+from featherlight.utilities.exceptions import CheckpointError
+from featherlight.utilities.model_helpers import is_overridden
+from featherlight.utilities.rank_zero import WarningCache, rank_zero_warn
 
 _PATH = Union[str, "os.PathLike[str]"]
 
@@ -176,3 +188,124 @@ def load_hparams_from_yaml(config_yaml: _PATH, use_omegaconf: bool = True) -> di
         except OmegaConfBaseException:
             pass
     return hparams
+
+
+# ------------------------------------------------------------------------------------------- module state
+def plain_hparams(hparams: Any) -> Any:
+    """hparams as a plain dict (AttributeDict is a dict subclass; plain dicts load with weights_only)."""
+    if isinstance(hparams, dict):
+        return {k: plain_hparams(v) for k, v in hparams.items()}
+    if hasattr(hparams, "items") and not isinstance(hparams, torch.Tensor):
+        return {k: plain_hparams(v) for k, v in hparams.items()}
+    return hparams
+
+
+# ------------------------------------------------------------------------------------------- load_from_checkpoint
+# keys LightningCLI adds to hparams to rebuild a class by import path; we never import from a checkpoint
+_INSTANTIATOR_KEYS = ("_instantiator", "_class_path")
+
+
+def _init_kwargs(cls: type, checkpoint: dict[str, Any], hparams_key: str, name_key: str, hparams_file: Any,
+                 overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The keyword arguments to rebuild ``cls`` with, and the hyperparameters they came from.
+
+    The saved hyperparameters (replaced by ``hparams_file`` when given, as Lightning does), updated with
+    ``overrides``; if they were saved from one config object (``save_hyperparameters(config)``), they are
+    passed back as that ``__init__`` argument (an :class:`AttributeDict`: item and attribute access both
+    work), overrides naming ``__init__`` arguments applying on top.
+    """
+    from featherlight.utilities.parsing import AttributeDict
+
+    saved = checkpoint.get(hparams_key)
+    hparams: dict[str, Any] = dict(saved) if isinstance(saved, Mapping) else {}
+    if hparams_file is not None:
+        ext = os.fspath(hparams_file).rsplit(".", 1)[-1].lower()
+        if ext not in ("yaml", "yml"):
+            raise ValueError(f"`hparams_file` must be a .yaml or .yml file, got {os.fspath(hparams_file)!r}.")
+        hparams = dict(load_hparams_from_yaml(hparams_file))
+    hparams.update(overrides)
+    for key in _INSTANTIATOR_KEYS:
+        hparams.pop(key, None)
+    params = inspect.signature(cls.__init__).parameters
+    names = [n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    config_name = checkpoint.get(name_key)
+    kwargs: dict[str, Any] = dict(hparams)
+    if config_name and config_name in names:
+        kwargs = {config_name: AttributeDict(hparams)}
+        kwargs.update((k, v) for k, v in overrides.items() if k in names)
+    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in names}
+    return kwargs, hparams
+
+
+def _instantiate(cls: type, kwargs: dict[str, Any], hparams: dict[str, Any], path: Any) -> Any:
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        params = inspect.signature(cls.__init__).parameters
+        init_args = [n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        missing = [n for n in init_args if params[n].default is params[n].empty and n not in kwargs]
+        example = ", ".join(f"{n}=..." for n in missing) or "name=value"
+        raise TypeError(
+            f"Could not rebuild {cls.__name__} from the hyperparameters saved in {_describe(path)} ({err}). "
+            f"Saved hyperparameters: {sorted(hparams)}; {cls.__name__}.__init__ takes {init_args}"
+            + (f" and needs {missing}" if missing else "")
+            + f". If an argument was renamed or added, pass it: `{cls.__name__}.load_from_checkpoint(path, "
+            f"{example})` (keyword arguments override the saved hyperparameters)."
+        ) from None
+
+
+def _describe(path: Any) -> str:
+    return repr(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else repr(getattr(path, "name", "<stream>"))
+
+
+def _default_map_location(storage: Any, location: str) -> Any:
+    """Tensors saved on an accelerator this machine lacks load on the CPU; the others where they were saved."""
+    device_type = location.split(":")[0]
+    if device_type in ("cpu", "meta"):
+        return None
+    module = getattr(torch, device_type, None)
+    available = getattr(module, "is_available", None)
+    if callable(available) and available():
+        return None
+    return storage.cpu()
+
+
+def load_module_from_checkpoint(cls: type, path: Any, map_location: Any, hparams_file: Any,
+                                 strict: Optional[bool], weights_only: bool = True, **kwargs: Any) -> Any:
+    checkpoint = load_checkpoint(path, map_location=map_location or _default_map_location,
+                                       weights_only=weights_only)
+    if "state_dict" not in checkpoint:
+        raise CheckpointError(f"{_describe(path)} has no 'state_dict': it is not a model checkpoint.", reason="corrupt")
+    init_kwargs, hparams = _init_kwargs(cls, checkpoint, "hyper_parameters", "hparams_name", hparams_file, kwargs)
+    model = _instantiate(cls, init_kwargs, hparams, path)
+    if model._strict_loading is not None and strict is not None and strict != model.strict_loading:
+        raise ValueError(
+            f"You set `.load_from_checkpoint(..., strict={strict!r})`, which conflicts with "
+            f"`{cls.__name__}.strict_loading={model.strict_loading!r}`. Set the same value for both."
+        )
+    strict = model.strict_loading if strict is None else strict
+    if is_overridden("configure_model", model):  # the parent found from the class: LightningModule
+        model.configure_model()
+    model.on_load_checkpoint(checkpoint)
+    state_dict = checkpoint["state_dict"]
+    load_module_state(model, state_dict, strict, path)
+    if not state_dict:
+        rank_zero_warn(f"The state dict in {_describe(path)} contains no parameters.")
+        return model
+    # the model goes where the checkpoint's tensors were loaded (map_location decides), as in Lightning
+    device = next((t.device for t in state_dict.values() if isinstance(t, torch.Tensor)), None)
+    return model.to(device) if device is not None else model
+
+
+def load_datamodule_from_checkpoint(cls: type, path: Any, map_location: Any, hparams_file: Any,
+                                     weights_only: bool = True, **kwargs: Any) -> Any:
+    checkpoint = load_checkpoint(path, map_location=map_location or _default_map_location,
+                                       weights_only=weights_only)
+    init_kwargs, hparams = _init_kwargs(cls, checkpoint, "datamodule_hyper_parameters", "datamodule_hparams_name",
+                                        hparams_file, kwargs)
+    dm = _instantiate(cls, init_kwargs, hparams, path)
+    key = cls.__qualname__
+    if key in checkpoint:
+        dm.load_state_dict(checkpoint[key])
+    return dm

@@ -107,7 +107,7 @@ class _ExperimentWriter:
         writer.writerows(rows)
 
     def _rewrite_with_new_header(self) -> None:
-        from featherlight.utilities.io import atomic_write
+        from featherlight.io.atomic import atomic_write
 
         with open(self.metrics_file_path, encoding="utf-8", newline="") as file:
             rows = list(csv.DictReader(file))

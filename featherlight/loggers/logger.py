@@ -82,6 +82,12 @@ class Logger(ABC):
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
         """Called by the checkpoint callback after it saved a new checkpoint. No-op by default."""
 
+    def prepare(self) -> None:
+        """Called on every process when a run starts, before the callbacks' ``setup``: create what
+        ``log_dir`` names, so callbacks can write there. The default touches ``experiment`` (which creates
+        it for most loggers); a logger whose experiment is expensive to create overrides this."""
+        getattr(self, "experiment", None)
+
 
 class _DummyExperiment:
     """Stand-in experiment: every attribute is a method that does nothing and returns ``None``."""

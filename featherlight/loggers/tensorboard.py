@@ -167,7 +167,7 @@ class TensorBoardLogger(Logger):
         return self._experiment
 
     @rank_zero_only
-    def _prepare_log_dir(self) -> None:
+    def prepare(self) -> None:
         """Resolve the version and create the log directory (the trainer calls this at setup)."""
         os.makedirs(self.log_dir, exist_ok=True)
 

@@ -14,8 +14,8 @@ a directory of shards plus ``meta.pt`` (everything but the weights and optimizer
 Either kind loads with another world size: an FSDP run of any size reshards a sharded directory (DCP does)
 or shards a full file, including one written by a single process without FSDP (optimizer states keyed by
 position are renamed to parameter names first); a single process without FSDP reads a sharded directory
-whole, without a process group (``featherlight.strategies.dcp_io``; ``Model.load_from_checkpoint`` too).
-DCP files are read with an allow-list, never with plain ``pickle`` (see ``dcp_io``).
+whole, without a process group (``featherlight.io.dcp``; ``Model.load_from_checkpoint`` too).
+DCP files are read with an allow-list, never with plain ``pickle`` (see ``featherlight.io.dcp``).
 """
 from __future__ import annotations
 
@@ -27,14 +27,18 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from featherlight.strategies.ddp import _DEFAULT_TIMEOUT, DDPStrategy
+from featherlight.io.atomic import atomic_torch_save
+from featherlight.io.load import load_checkpoint
+from featherlight.io.state import match_compiled_keys, optimizer_state_by_name
+from featherlight.strategies.ddp import _DEFAULT_TIMEOUT, DDPStrategy, _trainer_of
+from featherlight.utilities.exceptions import CheckpointError
 from featherlight.utilities.exceptions import MisconfigurationException
 
 if TYPE_CHECKING:
     from featherlight.core.module import LightningModule
 
 _SHARDING = {"FULL_SHARD": True, "SHARD_GRAD_OP": False, "HYBRID_SHARD": True, "_HYBRID_SHARD_ZERO2": False}
-_META_NAME = "meta.pt"  # = dcp_io.META_NAME (kept here so importing this module loads no DCP code)
+_META_NAME = "meta.pt"  # = featherlight.io.dcp.META_NAME (kept here so importing this module loads no DCP code)
 
 
 class FSDPStrategy(DDPStrategy):
@@ -59,7 +63,7 @@ class FSDPStrategy(DDPStrategy):
 
     strategy_name = "fsdp"
     supports_inference_mode = False  # evaluation steps run under no_grad (see step_function)
-    _pad_eval_samplers = True  # every rank must run every forward: uneven evaluation batches would hang
+    pad_eval_samplers = True  # every rank must run every forward: uneven evaluation batches would hang
 
     def __init__(
         self,
@@ -87,6 +91,8 @@ class FSDPStrategy(DDPStrategy):
             )
         if state_dict_type not in ("sharded", "full"):
             raise MisconfigurationException(f"`state_dict_type` must be 'sharded' or 'full', got {state_dict_type!r}.")
+        self._spawn_state: Optional[dict[str, Any]] = None  # rank 0's full weights, gathered for a spawning parent
+        self._weights_only = True  # how this run's checkpoint is read (its optimizer states too)
         self.auto_wrap_policy = auto_wrap_policy
         self.mixed_precision = mixed_precision
         self.sharding_strategy = sharding_strategy
@@ -190,7 +196,7 @@ class FSDPStrategy(DDPStrategy):
 
     def teardown(self) -> None:
         """The module stays sharded (its process group stays up): later runs in this process reuse both."""
-        if self._mp_rank is not None and self._lightning_module is not None and sys.exc_info()[0] is None:
+        if self.process_index is not None and self._lightning_module is not None and sys.exc_info()[0] is None:
             # a spawn/fork worker that succeeded (no collective on the failure path): gather the full weights
             # for the parent while the process group still exists
             self._spawn_state = self._full_state_dict(cpu_offload=True)
@@ -199,26 +205,14 @@ class FSDPStrategy(DDPStrategy):
     def step_function(self, name: str) -> Any:
         """Every step runs through the root module's ``__call__`` so FSDP unshards (and reshards) its parameters."""
         module = self._lightning_module
-        method = getattr(module, name)
-        trainer = getattr(module, "_trainer", None)
-        accumulate = getattr(trainer, "accumulate_grad_batches", 1) if name == "training_step" else 1
-        if accumulate > 1 and module.automatic_optimization:
-            return self._accumulating(self._redirect(module, method), module, trainer, accumulate)
-        return self._redirect(module, method)
+        return self._redirect(module, getattr(module, name))
 
-    @staticmethod
-    def _accumulating(step: Callable, module: Any, trainer: Any, accumulate: int) -> Callable:
-        """Gradients are reduce-scattered only on the batch that closes an accumulation window."""
-        loop = trainer._loop
-
-        def accumulating_step(*args: Any, **kwargs: Any) -> Any:
-            batch_idx, total = loop.batch_idx, trainer.num_training_batches
-            sync = (batch_idx + 1) % accumulate == 0 or total == float("inf") or batch_idx + 1 >= total
-            # read by FSDP during the backward that follows, so it is left set until the next step
+    def set_gradient_sync(self, sync: bool) -> None:
+        """Gradients are reduce-scattered only on the batch that closes an accumulation window (read by FSDP
+        during the backward that follows, so it is left set until the next step)."""
+        module = self._lightning_module
+        if module is not None and hasattr(module, "set_requires_gradient_sync"):
             module.set_requires_gradient_sync(sync)
-            return step(*args, **kwargs)
-
-        return accumulating_step
 
     @staticmethod
     def _redirect(module: Any, method: Callable) -> Callable:
@@ -258,12 +252,12 @@ class FSDPStrategy(DDPStrategy):
         return get_model_state_dict(self._lightning_module,
                                     options=StateDictOptions(full_state_dict=True, cpu_offload=cpu_offload))
 
-    def _state_dict_for_parent(self, module: nn.Module) -> dict[str, Any]:
-        return getattr(self, "_spawn_state", None) or {}
+    def state_dict_for_parent(self, module: nn.Module) -> dict[str, Any]:
+        return self._spawn_state or {}
 
     def _optimizers(self) -> list:
-        trainer = getattr(self._lightning_module, "_trainer", None)
-        return list(getattr(trainer, "optimizers", None) or [])
+        trainer = _trainer_of(self._lightning_module)
+        return list(trainer.optimizers) if trainer is not None else []
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Union[str, os.PathLike]) -> None:
         """Write ``checkpoint`` (the Trainer's dict) to ``filepath``. Every rank must call this.
@@ -275,7 +269,6 @@ class FSDPStrategy(DDPStrategy):
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                              get_optimizer_state_dict)
 
-        from featherlight.trainer.checkpoint import _atomic_torch_save
 
         module = self._lightning_module
         path = os.fspath(filepath)
@@ -289,7 +282,7 @@ class FSDPStrategy(DDPStrategy):
                 checkpoint["optimizer_states"] = [get_optimizer_state_dict(module, o, options=options)
                                                   for o in optimizers]
             if self.is_global_zero:
-                _atomic_torch_save(checkpoint, path)
+                atomic_torch_save(checkpoint, path)
             self.barrier("fsdp_save_checkpoint")
             return
         import torch.distributed.checkpoint as dcp
@@ -304,11 +297,11 @@ class FSDPStrategy(DDPStrategy):
         meta = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
         meta["featherlight_sharded"] = {"optimizers": len(optimizers), "world_size": self.world_size}
         if self.is_global_zero:
-            _atomic_torch_save(meta, os.path.join(path, _META_NAME))
+            atomic_torch_save(meta, os.path.join(path, _META_NAME))
         self.barrier("fsdp_save_checkpoint")
 
     # ---------------------------------------------------------------- unfinished accumulation windows
-    def _window_grads(self) -> dict[str, Tensor]:
+    def accumulated_grads(self, module: nn.Module) -> dict[str, Tensor]:
         """This rank's gradients of an unfinished accumulation window (for a mid-epoch checkpoint), by parameter
         name: full-size plain tensors, local and unreduced. Inside a window FSDP keeps them on its unsharded
         parameters (it reduce-scatters only on the batch that closes the window); the sharded parameters have none
@@ -337,7 +330,7 @@ class FSDPStrategy(DDPStrategy):
         """Replace each rank's unreduced window gradients in ``checkpoint`` by their mean over the ranks (plus the
         already reduced sharded gradients, if any), full-size plain tensors on CPU: what FSDP would have added to
         the sharded gradients had the window closed now. Identical on every rank, so the one copy rank 0 writes
-        serves every rank of any world size on resume (``_restore_window_grads``). Collective: every rank calls it.
+        serves every rank of any world size on resume (``restore_accumulated_grads``). Collective: every rank calls it.
         """
         import torch.distributed as dist
 
@@ -383,7 +376,7 @@ class FSDPStrategy(DDPStrategy):
             out[name] = g.clone() if name not in out else out[name] + g.to(out[name].dtype)
         return out
 
-    def _restore_window_grads(self, grads: dict[str, Tensor]) -> None:
+    def restore_accumulated_grads(self, module: nn.Module, grads: dict[str, Tensor]) -> None:
         """Put back a checkpoint's window gradients (full, the mean over the saving ranks) as the sharded
         parameters' gradients: FSDP adds the rest of the window's reduced gradients to them when it closes."""
         from torch.distributed.tensor import DTensor, distribute_tensor
@@ -407,7 +400,7 @@ class FSDPStrategy(DDPStrategy):
             else:
                 p.grad = grad.to(device=p.device, dtype=p.dtype)
 
-    def load_checkpoint(self, filepath: Union[str, os.PathLike]) -> dict[str, Any]:
+    def load_checkpoint(self, filepath: Union[str, os.PathLike], weights_only: bool = True) -> dict[str, Any]:
         """Read a checkpoint written by :meth:`save_checkpoint` (either type, whatever this strategy's
         ``state_dict_type``) and load the weights into the sharded module. Every rank must call this.
 
@@ -418,18 +411,16 @@ class FSDPStrategy(DDPStrategy):
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                              set_model_state_dict)
 
-        from featherlight.strategies.dcp_io import load_in_place
-        from featherlight.trainer.checkpoint import CheckpointError, _load_checkpoint_file
+        from featherlight.io.dcp import load_in_place
 
         module = self._lightning_module
         path = os.fspath(filepath)
-        weights_only = self._weights_only()
+        self._weights_only = weights_only  # the optimizer states that follow are read the same way
         if os.path.isdir(path):
             if not os.path.isfile(os.path.join(path, _META_NAME)):
                 raise CheckpointError(f"{path!r} is a directory but not a sharded featherlight checkpoint (it has no "
                                       f"{_META_NAME}).", reason="corrupt")
-            checkpoint = _load_checkpoint_file(os.path.join(path, _META_NAME), map_location="cpu",
-                                               weights_only=weights_only)
+            checkpoint = load_checkpoint(os.path.join(path, _META_NAME), map_location="cpu", weights_only=weights_only)
             saved = checkpoint.pop("featherlight_sharded", {}).get("optimizers", 0)
             state = {"model": get_model_state_dict(module)}
             load_in_place(state, path, weights_only)  # DCP reshards: any world size can have written it
@@ -437,7 +428,7 @@ class FSDPStrategy(DDPStrategy):
             if saved:
                 checkpoint["optimizer_states"] = [_ShardedOptimizerState(path, i) for i in range(saved)]
         else:  # one file: a full FSDP checkpoint, or one from any other strategy (e.g. a single process)
-            checkpoint = _load_checkpoint_file(path, map_location="cpu", weights_only=weights_only)
+            checkpoint = load_checkpoint(path, map_location="cpu", weights_only=weights_only)
             if "state_dict" not in checkpoint:
                 raise CheckpointError(f"{path!r} has no 'state_dict': it is not a model checkpoint.", reason="corrupt")
             set_model_state_dict(module, _match_names(module, checkpoint["state_dict"]),
@@ -445,28 +436,23 @@ class FSDPStrategy(DDPStrategy):
         checkpoint["state_dict"] = module.state_dict()
         return checkpoint
 
-    def _weights_only(self) -> bool:
-        trainer = getattr(self._lightning_module, "_trainer", None)
-        return bool(getattr(trainer, "_weights_only", True))
-
-    def load_optimizer_states(self, checkpoint: dict[str, Any], optimizers: list) -> None:
+    def load_optimizer_states(self, checkpoint: dict[str, Any], optimizers: list, path: Any = None) -> None:
         """Load the checkpoint's optimizer states into ``optimizers`` (every rank its shard)."""
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
                                                              set_optimizer_state_dict)
 
-        from featherlight.strategies.dcp_io import load_in_place
-        from featherlight.trainer.checkpoint import _optimizer_state_by_name
+        from featherlight.io.dcp import load_in_place
 
         module = self._lightning_module
         states = checkpoint.get("optimizer_states") or []
         for i, (optimizer, saved) in enumerate(zip(optimizers, states)):
             if isinstance(saved, _ShardedOptimizerState):
                 state = {"optimizers": {str(saved.index): get_optimizer_state_dict(module, optimizer)}}
-                load_in_place(state, saved.path, self._weights_only())
+                load_in_place(state, saved.path, self._weights_only)
                 set_optimizer_state_dict(module, optimizer, state["optimizers"][str(saved.index)])
             else:
                 # a full state: keyed by parameter name (FSDP's own) or by position (a single-process checkpoint)
-                set_optimizer_state_dict(module, optimizer, _optimizer_state_by_name(module, optimizer, saved),
+                set_optimizer_state_dict(module, optimizer, optimizer_state_by_name(module, optimizer, saved),
                                          options=StateDictOptions(full_state_dict=True))
 
 
@@ -480,9 +466,7 @@ class _ShardedOptimizerState(dict):
 
 def _match_names(module: nn.Module, state_dict: dict[str, Any]) -> dict[str, Any]:
     """A full state dict with the module's own names (``torch.compile``'s ``_orig_mod.`` where it has them)."""
-    from featherlight.trainer.checkpoint import _match_compiled_keys
-
-    return _match_compiled_keys(module, state_dict)
+    return match_compiled_keys(module, state_dict)
 
 
 def _local(tensor: Tensor) -> Tensor:

@@ -1,8 +1,11 @@
 """Strategies: where the module lives and how processes talk. Chosen once per Trainer.
 
-A strategy's verbs: ``setup`` (place and wrap the module), ``training_step``/``validation_step``/...
-(run the step through the wrapper so e.g. DDP's hooks fire), ``reduce``, ``all_gather``,
-``broadcast``, ``barrier``, ``clip_grad_norm`` and ``teardown``. It never calls user hooks.
+A strategy's verbs: ``launch`` (start the processes and run the trainer's work in them), ``setup`` (place
+and wrap the module), ``step_function`` (run a step through the wrapper so e.g. DDP's hooks fire),
+``reduce``, ``all_gather``, ``broadcast``, ``barrier``, ``clip_grad_norm``, ``teardown``; and for
+checkpoints ``save_checkpoint``/``load_checkpoint``/``load_optimizer_states``. Everything the trainer may ask
+of a strategy is declared here with the single-process behaviour; subclasses override what changes with more
+processes. A strategy never calls user hooks.
 """
 from __future__ import annotations
 
@@ -10,6 +13,10 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch import Tensor, nn
+
+from featherlight.io.atomic import atomic_torch_save
+from featherlight.io.load import load_checkpoint
+from featherlight.io.state import optimizer_state_by_index, optimizer_state_to_device
 
 if TYPE_CHECKING:
     from featherlight.core.module import LightningModule
@@ -20,14 +27,24 @@ class Strategy:
     """Base class; the single-process behaviour. Subclasses override what changes with more processes."""
 
     strategy_name = "single_device"
+    #: Evaluation may run under ``torch.inference_mode`` (FSDP cannot: it reuses gathered parameters).
+    supports_inference_mode: bool = True
+    #: Evaluation samplers pad so every rank runs every batch (FSDP's forward is a collective); else each sample
+    #: goes to exactly one rank.
+    pad_eval_samplers: bool = False
 
     def __init__(self, device: Optional[torch.device] = None) -> None:
         self._root_device = torch.device(device) if device is not None else torch.device("cpu")
         self.precision: Optional["Precision"] = None
         self._lightning_module: Optional["LightningModule"] = None
         self.model: Optional[nn.Module] = None
-        self._lightning_optimizers: list = []
+        #: what ``LightningModule.optimizers()`` returns (set by the trainer when a fit configures its optimizers)
+        self.lightning_optimizers: list = []
         self.num_nodes = 1
+
+    def configure_devices(self, accelerator: str, device_ids: list[int], num_nodes: int) -> None:
+        """Fill in what the Trainer's ``accelerator``/``devices``/``num_nodes`` flags decide (called once, by the
+        Trainer, for a strategy instance it was given)."""
 
     # ---------------------------------------------------------------- ranks
     @property
@@ -62,10 +79,15 @@ class Strategy:
     def distributed_sampler_kwargs(self) -> Optional[dict[str, Any]]:
         return None
 
+    @property
+    def parallel_device_ids(self) -> list[int]:
+        """The indices of the devices this strategy runs on (``trainer.device_ids``)."""
+        return [self.root_device.index or 0]
+
     # ---------------------------------------------------------------- lifecycle
-    def launch(self, function: Any, *args: Any) -> Any:
+    def launch(self, function: Any, *args: Any, trainer: Any = None) -> Any:
         """Run ``function(*args)`` (the trainer's whole run). Multi-process strategies start their
-        processes here and return rank zero's result."""
+        processes here and return rank zero's result (``trainer`` is the Trainer running it)."""
         return function(*args)
 
     def setup_environment(self) -> None:
@@ -111,6 +133,11 @@ class Strategy:
     def pre_backward(self, loss: Tensor) -> None:
         """Called right before each backward (e.g. DDP prepares its reducer for manual optimization)."""
 
+    def set_gradient_sync(self, sync: bool) -> None:
+        """Whether the next backward synchronises gradients across processes. Automatic optimisation turns it
+        off inside a gradient accumulation window and on for the batch that closes it (DDP all-reduces only
+        then). One process has nothing to synchronise."""
+
     # ---------------------------------------------------------------- collectives (no-ops in one process)
     def reduce(self, tensor: Any, group: Any = None, reduce_op: str = "mean") -> Any:
         return tensor
@@ -134,122 +161,41 @@ class Strategy:
     def model_state_dict(self) -> dict[str, Any]:
         return self._lightning_module.state_dict()  # type: ignore[union-attr]
 
+    # ---------------------------------------------------------------- data
+    def process_dataloader(self, loader: Any, prefix: str, trainer: Any) -> Any:
+        """The loader this process reads for ``prefix`` ("train", "val", ...): the same one in one process; a
+        copy with a distributed sampler in several."""
+        return loader
+
+    # ---------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any) -> None:
+        """Write ``checkpoint`` atomically; global rank zero writes (every rank calls this)."""
+        if self.is_global_zero:
+            atomic_torch_save(checkpoint, filepath)
+
+    def load_checkpoint(self, path: Any, weights_only: bool = True) -> dict[str, Any]:
+        """Read a checkpoint to restore from (no code from the file runs unless ``weights_only=False``)."""
+        return load_checkpoint(path, map_location="cpu", weights_only=weights_only)
+
+    def load_optimizer_states(self, checkpoint: dict[str, Any], optimizers: list, path: Any = None) -> None:
+        """Load the checkpoint's optimizer states into ``optimizers`` and move them to this process's device."""
+        module = self._lightning_module
+        for opt, state in zip(optimizers, checkpoint.get("optimizer_states", [])):
+            # FSDP checkpoints (sharded or full) key optimizer states by parameter name; torch wants positions
+            opt.load_state_dict(optimizer_state_by_index(module, opt, state, path))
+            optimizer_state_to_device(opt, self.root_device)
+
+    def accumulated_grads(self, module: nn.Module) -> dict[str, Tensor]:
+        """The gradients of an unfinished accumulation window, by parameter name, for a mid-window checkpoint."""
+        return {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
+
+    def restore_accumulated_grads(self, module: nn.Module, grads: dict[str, Tensor]) -> None:
+        """Put back what :meth:`accumulated_grads` saved (on resume)."""
+        params = dict(module.named_parameters())
+        for name, grad in grads.items():
+            if name in params:
+                params[name].grad = grad.to(params[name].device)
+
 
 class SingleDeviceStrategy(Strategy):
     """Everything in one process on one device."""
-
-
-_ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
-
-
-def _resolve_device(accelerator: Any, devices: Any) -> tuple[str, list[int]]:
-    """Turn the ``accelerator``/``devices`` flags into a device type and device indices."""
-    from featherlight.utilities.exceptions import MisconfigurationException
-
-    if not isinstance(accelerator, str):
-        raise MisconfigurationException(f"`accelerator` must be one of {_ACCELERATORS}, got {accelerator!r}.")
-    acc = accelerator.lower()
-    if acc not in _ACCELERATORS:
-        raise MisconfigurationException(
-            f"`Trainer(accelerator={accelerator!r})` is not supported. Choose one of {_ACCELERATORS}."
-        )
-    if acc == "auto":
-        if torch.cuda.is_available():
-            acc = "cuda"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            acc = "mps"
-        else:
-            acc = "cpu"
-    if acc == "gpu":
-        acc = "cuda" if torch.cuda.is_available() or not _mps_available() else "mps"
-    if acc == "cuda" and not torch.cuda.is_available():
-        raise MisconfigurationException(
-            f"`Trainer(accelerator={accelerator!r})` was requested but no CUDA GPU is available. "
-            "Use `accelerator='cpu'` or `accelerator='auto'`."
-        )
-    if acc == "mps" and not _mps_available():
-        raise MisconfigurationException("`accelerator='mps'` was requested but MPS is not available on this machine.")
-
-    available = torch.cuda.device_count() if acc == "cuda" else 1
-    if devices == "auto" or devices is None:
-        count = available if acc == "cuda" else 1
-        ids = list(range(count))
-    elif isinstance(devices, str):
-        devices = devices.strip()
-        if devices == "-1":
-            ids = list(range(available if acc == "cuda" else 1))
-        elif "," in devices:
-            ids = [int(d) for d in devices.split(",") if d.strip()]
-        else:
-            ids = list(range(int(devices)))
-    elif isinstance(devices, int):
-        if devices == -1:
-            ids = list(range(available if acc == "cuda" else 1))
-        elif devices < 1:
-            raise MisconfigurationException(
-                f"`devices={devices}` is invalid: pass a positive number of devices, a list of indices, or 'auto'."
-            )
-        else:
-            ids = list(range(devices))
-    elif isinstance(devices, (list, tuple)):
-        ids = [int(d) for d in devices]
-        if not ids:
-            raise MisconfigurationException("`devices=[]` selects no device; pass at least one index or 'auto'.")
-    else:
-        raise MisconfigurationException(f"`devices={devices!r}` is invalid; use an int, a list of ints, or 'auto'.")
-    if acc == "cuda" and max(ids) >= available:
-        raise MisconfigurationException(
-            f"`devices={devices!r}` asks for GPU {max(ids)} but only {available} GPU(s) are visible."
-        )
-    return acc, ids
-
-
-def _external_world_size() -> int:
-    """The world size of a job another launcher started (torchrun, SLURM), or 1."""
-    import os
-
-    if all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
-        return int(os.environ["WORLD_SIZE"])
-    return 1
-
-
-def _mps_available() -> bool:
-    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-
-
-def _select_strategy(strategy: Any, accelerator: Any, devices: Any, num_nodes: int) -> Strategy:
-    """The strategy object for the Trainer's flags. Distributed strategies live in their own modules."""
-    from featherlight.utilities.exceptions import MisconfigurationException
-
-    if isinstance(strategy, Strategy):
-        if isinstance(strategy, SingleDeviceStrategy) or type(strategy) is Strategy:
-            return strategy
-        acc, ids = _resolve_device(accelerator, devices)
-        strategy._configure(acc, ids, num_nodes)  # type: ignore[attr-defined]
-        return strategy
-    acc, ids = _resolve_device(accelerator, devices)
-    name = strategy.lower() if isinstance(strategy, str) else strategy
-    if name == "auto" and devices == "auto" and _external_world_size() > 1:
-        # launched by torchrun/SLURM: join that job (one process per device on this node)
-        import os
-
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        ids = list(range(local))
-        name = "ddp"
-    multi = len(ids) * num_nodes > 1
-    if name in ("auto", "single_device", None) and not multi:
-        index = ids[0] if acc == "cuda" else None
-        return SingleDeviceStrategy(torch.device(acc, index) if index is not None else torch.device(acc))
-    if name in ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_find_unused_parameters_true",
-                "ddp_find_unused_parameters_false", "fsdp"):
-        try:
-            from featherlight.strategies.ddp import _make_distributed_strategy
-        except ImportError:
-            raise MisconfigurationException(
-                f"`strategy={strategy!r}` with {len(ids) * num_nodes} processes needs the distributed strategies, "
-                "which this version of featherlight does not ship yet. Use `devices=1`."
-            ) from None
-        return _make_distributed_strategy(name, acc, ids, num_nodes)
-    raise MisconfigurationException(
-        f"`Trainer(strategy={strategy!r})` is not supported. Use 'auto', 'ddp', 'ddp_spawn', 'fsdp' or a Strategy instance."
-    )

@@ -1,32 +1,31 @@
-"""Dataloaders: where they come from, how many batches each run takes, and worker seeding."""
+"""Dataloaders (``trainer.data``): where they come from, when they are (re)loaded, how many batches each run
+takes, worker seeding, and how a batch reaches the device."""
 from __future__ import annotations
 
-import itertools
 import math
 from functools import partial
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
-import torch
-from torch.utils.data import DataLoader, IterableDataset, Sampler
+from torch.utils.data import DataLoader, IterableDataset
 
+from featherlight.core.hooks import DataHooks
+from featherlight.core.module import LightningModule
+from featherlight.precision.precision import Precision
+from featherlight.strategies.samplers import _ResumableSampler
 from featherlight.utilities.exceptions import MisconfigurationException
-
-if TYPE_CHECKING:
-    from featherlight.trainer.trainer import Trainer
+from featherlight.utilities.apply_func import move_data_to_device
+from featherlight.utilities.model_helpers import has_effect, is_overridden
 
 _HOOK = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader", "predict": "predict_dataloader"}
 
 
 def _overrides(obj: Any, hook: str) -> bool:
-    from featherlight.core.hooks import DataHooks
-    from featherlight.trainer.dispatch import _is_overridden
-
-    return obj is not None and _is_overridden(obj, hook, DataHooks)
+    return obj is not None and is_overridden(hook, obj, DataHooks)
 
 
 def _request_dataloader(trainer: "Trainer", prefix: str) -> Any:
     """The loader(s) for ``prefix``: passed to the entry point, else the datamodule's, else the module's."""
-    given = trainer._given_loaders.get(prefix)
+    given = trainer.data.given.get(prefix)
     if given is not None:
         return given
     hook = _HOOK[prefix]
@@ -35,15 +34,13 @@ def _request_dataloader(trainer: "Trainer", prefix: str) -> Any:
         source = trainer.lightning_module
     if source is None:
         return None
-    prev = trainer._current_fx
-    trainer._current_fx = hook
+    hooks = trainer.hooks
+    prev, hooks.current = hooks.current, hook
     try:
-        if trainer._dispatch._profiling:
-            with trainer.profiler.profile(f"[{type(source).__name__}].{hook}"):
-                return getattr(source, hook)()
-        return getattr(source, hook)()
+        with hooks.profile(f"[{type(source).__name__}].{hook}"):
+            return getattr(source, hook)()
     finally:
-        trainer._current_fx = prev
+        hooks.current = prev
 
 
 def _as_list(loaders: Any) -> list:
@@ -126,7 +123,7 @@ def _prepare_loader(trainer: "Trainer", loader: Any, prefix: str) -> Any:
                 "training dataloader shuffling for you."
             )
             loader = _replace_sampler(loader, shuffle=False)
-    loader = trainer.strategy_process_dataloader(loader, prefix)
+    loader = trainer.strategy.process_dataloader(loader, prefix, trainer)
     if prefix == "train":
         loader = _make_resumable(loader)
     return loader
@@ -169,83 +166,6 @@ def _is_plain(loader: Any) -> bool:
             and type(getattr(loader, "batch_sampler", None)) is BatchSampler)
 
 
-def _trailing_draw(n: int, generator: torch.Generator) -> Iterator[int]:
-    """RandomSampler draws one more permutation when its order runs out (and uses none of it); made at the same
-    moment here, so a user generator advances exactly as with a plain DataLoader."""
-    torch.randperm(n, generator=generator)
-    return
-    yield  # a generator: the draw happens when the order is exhausted, not when the epoch starts
-
-
-class _ResumableSampler(Sampler):
-    """The order of ``RandomSampler`` (same random draws) or ``SequentialSampler``, able to start an epoch
-    part-way through. A mid-epoch resume skips samples here, without loading a single one.
-
-    ``state_dict`` is the epoch's shuffle seed (or the user generator's state at the epoch's start);
-    ``_skip`` is the number of samples the next ``__iter__`` leaves out (set by the loop on resume).
-    """
-
-    def __init__(self, n: int, shuffle: bool, generator: Optional[torch.Generator] = None) -> None:
-        self.n = n
-        self.shuffle = shuffle
-        self.generator = generator
-        self._state: Optional[dict] = None
-        self._restore: Optional[dict] = None
-        self._skip = 0
-        self._continuation: Optional[_EpochContinuation] = None  # set by a resume at another world size
-        self._current: Optional[dict] = None  # the running epoch's continuation, if it is one
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[int]:
-        # a plain function returning C-level iterators, not a generator: the batch sampler pulls every index
-        # through here, and a generator frame resumed per index costs microseconds per batch. It runs at the same
-        # moment a generator's body would: the DataLoader's BatchSampler calls iter() on its first batch.
-        skip, self._skip = self._skip, 0
-        continuation, self._continuation = self._continuation, None
-        self._current = None if continuation is None else continuation.state()
-        if continuation is not None:  # the rest of an epoch another number of processes began
-            return iter(continuation.indices)
-        if not self.shuffle:
-            return iter(range(skip, self.n))
-        restore, self._restore = self._restore, None
-        if self.generator is None:
-            # the draw RandomSampler makes from the global RNG, so runs match plain DataLoaders bit for bit
-            seed = restore["seed"] if restore else int(torch.empty((), dtype=torch.int64).random_().item())
-            self._state = {"seed": seed}
-            generator = torch.Generator()
-            generator.manual_seed(seed)
-        else:
-            generator = self.generator
-            if restore:
-                generator.set_state(restore["generator"])
-            self._state = {"generator": generator.get_state()}
-        order = torch.randperm(self.n, generator=generator).tolist()
-        return itertools.chain(order[skip:], _trailing_draw(self.n, generator))
-
-    def state_dict(self) -> Optional[dict]:
-        return self._state
-
-    def load_state_dict(self, state: Optional[dict], skip: int) -> None:
-        self._restore, self._skip = state, skip
-
-    def _order_state(self) -> Optional[dict]:
-        """The running epoch's sample order, for a resume with another number of processes."""
-        if self._current is not None:
-            return dict(self._current)
-        if self.shuffle:
-            if self._state is None:
-                return None
-            order = {"kind": "random", "n": self.n, **self._state}
-        else:
-            order = {"kind": "sequential", "n": self.n}
-        return _native_order_state(order, world_size=1, length=self.n)
-
-    def _continue_epoch(self, continuation: "_EpochContinuation") -> None:
-        self._continuation = continuation
-
-
 def _make_resumable(loader: Any) -> Any:
     """Swap a plain loader's Random/SequentialSampler for a :class:`_ResumableSampler` (same order)."""
     from torch.utils.data import RandomSampler, SequentialSampler
@@ -260,88 +180,6 @@ def _make_resumable(loader: Any) -> Any:
     return loader
 
 
-def _resumable_sampler(loader: Any) -> Optional[Any]:
-    """The sampler of ``loader`` that can skip samples on resume (ours, or one with the same verbs)."""
-    for sampler in (getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
-        if sampler is not None and hasattr(sampler, "_skip") and hasattr(sampler, "load_state_dict"):
-            return sampler
-    return None
-
-
-# ------------------------------------------------------------------ an epoch continued by another world size
-def _native_order_state(order: dict, world_size: int, length: int) -> dict:
-    """A sampler's own epoch: ``order`` split by stride over ``world_size`` ranks from its first sample."""
-    return {"order": order, "world_size": int(world_size), "length": int(length), "base": 0, "base_batch": 0,
-            "end": None, "continued": False}
-
-
-def _epoch_order(order: dict) -> list[int]:
-    """The whole epoch's sample order a sampler drew, redrawn from its description.
-
-    ``distributed``: ``DistributedSampler``'s rule (a generator seeded with ``seed + epoch``);
-    ``random``: :class:`_ResumableSampler`'s (the epoch's seed, or the user generator's state);
-    ``sequential``: ``0 .. n-1``.
-    """
-    kind, n = order.get("kind"), int(order["n"])
-    if kind == "sequential" or (kind == "distributed" and not order.get("shuffle", True)):
-        return list(range(n))
-    generator = torch.Generator()
-    if kind == "distributed":
-        generator.manual_seed(int(order["seed"]) + int(order["epoch"]))
-    elif kind == "random" and "seed" in order:
-        generator.manual_seed(int(order["seed"]))
-    elif kind == "random" and "generator" in order:
-        generator.set_state(order["generator"])
-    else:
-        raise ValueError(f"unknown sample order {order!r}")
-    return torch.randperm(n, generator=generator).tolist()
-
-
-def _samples_done(data: dict, phase: str, batch_idx: int, batch_size: int) -> int:
-    """How many samples of the epoch's order a checkpoint at ``phase``/``batch_idx`` has trained on.
-
-    Rank ``r`` of ``W`` reads positions ``base + r, base + r + W, ...`` of the order (``base`` is 0 unless the
-    epoch was itself continued from another world size), ``batch_size`` at a time, so after ``k`` batches of
-    every rank the positions ``base .. base + W*k*batch_size - 1`` are done, whatever the rank.
-    """
-    end = int(data["end"])
-    if phase == "epoch_end":
-        return end
-    done = batch_idx if phase == "batch" else batch_idx + 1  # a checkpoint inside a batch runs it again
-    batches = max(0, done - int(data["base_batch"]))
-    return min(end, int(data["base"]) + int(data["world_size"]) * batch_size * batches)
-
-
-class _EpochContinuation:
-    """The samples of an interrupted epoch not trained yet, split over the ranks of the resumed run.
-
-    ``remaining = order[consumed:end]`` is split by stride like ``DistributedSampler`` splits a whole epoch:
-    rank ``r`` of ``world_size`` gets ``remaining[r::world_size]``, after padding ``remaining`` with its own
-    first samples to a multiple of ``world_size`` (every rank must run the same number of batches).
-    """
-
-    def __init__(self, order: dict, consumed: int, end: int, world_size: int, rank: int, batch_size: int,
-                 drop_last: bool) -> None:
-        self.order, self.consumed, self.end = order, int(consumed), int(end)
-        self.world_size, self.batch_size = int(world_size), int(batch_size)
-        remaining = _epoch_order(order)[self.consumed:self.end]
-        self.remaining = len(remaining)
-        per_rank = math.ceil(len(remaining) / self.world_size)
-        padding = per_rank * self.world_size - len(remaining)
-        self.padding = padding
-        while padding > 0:  # (more than once only when there are fewer samples left than ranks)
-            remaining += remaining[:padding]
-            padding = per_rank * self.world_size - len(remaining)
-        self.indices = remaining[rank::self.world_size]
-        self.num_batches = per_rank // self.batch_size if drop_last else math.ceil(per_rank / self.batch_size)
-        self.base_batch = 0  # the batch index the resumed epoch starts at (set by the resume)
-
-    def state(self) -> dict:
-        """What a checkpoint taken later in this epoch records (see :func:`_samples_done`)."""
-        return {"order": self.order, "world_size": self.world_size, "length": int(self.order["n"]),
-                "base": self.consumed, "base_batch": self.base_batch, "end": self.end, "continued": True}
-
-
 class _MaxSizeCycle:
     """Several training loaders at once: each batch holds one batch of every loader (a dict or list);
     shorter loaders restart until the longest is exhausted (Lightning's ``max_size_cycle``)."""
@@ -349,20 +187,20 @@ class _MaxSizeCycle:
     def __init__(self, loaders: Any) -> None:
         self.loaders = loaders
         self._keys = list(loaders.keys()) if isinstance(loaders, dict) else None
-        self._items = list(loaders.values()) if isinstance(loaders, dict) else list(loaders)
+        self.flattened = list(loaders.values()) if isinstance(loaders, dict) else list(loaders)
 
     def __len__(self) -> int:
-        return max(len(d) for d in self._items)
+        return max(len(d) for d in self.flattened)
 
     def __iter__(self) -> Iterator:
-        iters = [iter(d) for d in self._items]
+        iters = [iter(d) for d in self.flattened]
         for _ in range(len(self)):
             batch = []
             for i, it in enumerate(iters):
                 try:
                     batch.append(next(it))
                 except StopIteration:
-                    iters[i] = iter(self._items[i])
+                    iters[i] = iter(self.flattened[i])
                     batch.append(next(iters[i]))
             yield dict(zip(self._keys, batch)) if self._keys is not None else batch
 
@@ -383,3 +221,157 @@ def _sanity_or_limit(n: Union[int, float], limit: Optional[int]) -> Union[int, f
     if limit is None or limit < 0:
         return n
     return min(n, limit) if not math.isinf(n) else limit
+
+
+class DataConnector:
+    """The run's dataloaders (``trainer.data``).
+
+    ``given`` holds the loaders passed to the entry point; the others come from the datamodule's or the
+    module's ``*_dataloader`` hooks. The trainer's public ``train_dataloader``/``val_dataloaders``/...,
+    ``num_training_batches`` and ``num_*_batches`` are set here. ``transfer(batch, idx)`` is the batch's way to
+    the device (the transfer hooks, the move, the precision's conversion), resolved once per run.
+    """
+
+    def __init__(self, trainer: "Trainer") -> None:
+        self.trainer = trainer
+        self.given: dict[str, Any] = {}
+        self.train_loaded_epoch: Optional[int] = None
+        self.val_loaded_epoch: Optional[int] = None
+        self.train_len: Union[int, float] = float("inf")  # the training loader's own length (before limits)
+        self.val_loaders: Optional[list] = None
+        self.val_limits: list = []
+        self._val_on: Optional[bool] = None  # decided once per run
+        self.batch_hooks: tuple = (None, None, None)
+        self.moves_batches = True
+        self.convert_input: Any = None
+
+    def start_run(self) -> None:
+        """A run starts: validation loaders and the validation switch are decided anew."""
+        self.val_loaders = None
+        self._val_on = None
+
+    # ---------------------------------------------------------------- training
+    def load_train(self) -> None:
+        """(Re)load the training loader when there is none yet or a reload is due."""
+        trainer = self.trainer
+        if trainer.train_dataloader is not None and self.train_loaded_epoch is not None \
+                and not self.should_reload_train():
+            return
+        loaders = _request_dataloader(trainer, "train")
+        if loaders is None:
+            raise MisconfigurationException(
+                "No training dataloader: pass `trainer.fit(model, train_dataloaders=...)`, a datamodule with "
+                "`train_dataloader()`, or define `train_dataloader()` in your LightningModule."
+            )
+        if isinstance(loaders, (list, tuple, dict)):
+            loaders = type(loaders)(
+                {k: _prepare_loader(trainer, v, "train") for k, v in loaders.items()}
+                if isinstance(loaders, dict) else [_prepare_loader(trainer, v, "train") for v in loaders])
+        else:
+            loaders = _prepare_loader(trainer, loaders, "train")
+        trainer.train_dataloader = _combine_train(loaders)
+        self.train_loaded_epoch = trainer.progress.epoch
+        self.train_len = len(trainer.train_dataloader) if _has_len(trainer.train_dataloader) else float("inf")
+        trainer.num_training_batches = _num_batches(trainer.train_dataloader, trainer.limit_train_batches,
+                                                    "limit_train_batches")
+        if self.train_len == 0 and trainer.limit_train_batches != 0:
+            raise MisconfigurationException(
+                "The training dataloader is empty (0 batches). Check the dataset's length, `batch_size` and "
+                "`drop_last`, or pass `limit_train_batches=0` to skip training on purpose."
+            )
+        if isinstance(trainer.val_check_interval, int):
+            trainer.val_check_batch = trainer.val_check_interval
+            if trainer.val_check_batch > trainer.num_training_batches and trainer.check_val_every_n_epoch is not None:
+                raise ValueError(
+                    f"`val_check_interval` ({trainer.val_check_interval}) must be less than or equal to the number "
+                    f"of the training batches ({trainer.num_training_batches}). If you want to disable validation "
+                    "set `limit_val_batches` to 0.0 instead. If you want to validate based on the total training "
+                    "batches, set `check_val_every_n_epoch=None`."
+                )
+        elif math.isinf(trainer.num_training_batches):
+            trainer.val_check_batch = float("inf")
+            if trainer.val_check_interval != 1.0:
+                raise MisconfigurationException(
+                    "When using an IterableDataset for the training dataloader, `Trainer(val_check_interval)` must "
+                    "be `1.0` or an int. An int k specifies checking validation every k training batches."
+                )
+        else:
+            trainer.val_check_batch = max(1, int(trainer.num_training_batches * trainer.val_check_interval))
+
+    def should_reload_train(self) -> bool:
+        n = self.trainer.reload_dataloaders_every_n_epochs
+        return bool(n) and self.train_loaded_epoch is not None and \
+            self.trainer.progress.epoch - self.train_loaded_epoch >= n
+
+    # ---------------------------------------------------------------- evaluation
+    def load_eval(self, prefix: str) -> tuple[list, list]:
+        """The ``prefix`` ("val", "test", "predict") loaders and how many batches of each this run takes."""
+        trainer = self.trainer
+        raw = _request_dataloader(trainer, prefix)
+        loaders = [_prepare_loader(trainer, dl, prefix) for dl in _as_list(raw)]
+        flag = f"limit_{prefix}_batches"
+        limits = [_num_batches(dl, getattr(trainer, flag), flag) for dl in loaders]
+        public = loaders[0] if len(loaders) == 1 else loaders
+        if prefix == "val":
+            trainer.val_dataloaders, trainer.num_val_batches = public, limits
+        elif prefix == "test":
+            trainer.test_dataloaders, trainer.num_test_batches = public, limits
+        else:
+            trainer.predict_dataloaders, trainer.num_predict_batches = public, limits
+        return loaders, limits
+
+    def val_enabled(self) -> bool:
+        """Validation runs if the module has a ``validation_step`` and ``limit_val_batches`` allows it
+        (decided once per run: this is asked after every training batch)."""
+        if self._val_on is None:
+            trainer = self.trainer
+            self._val_on = trainer.limit_val_batches != 0 and \
+                is_overridden("validation_step", trainer.lightning_module, LightningModule)
+        return self._val_on
+
+    def ensure_val_loaders(self) -> bool:
+        """Load the validation loaders if not loaded yet; whether there is anything to validate on."""
+        if self.val_loaders is None:
+            self.val_loaders, self.val_limits = self.load_eval("val")
+            self.val_loaded_epoch = self.trainer.progress.epoch
+        return bool(self.val_loaders) and sum(self.val_limits) > 0
+
+    def val_reload_due(self) -> bool:
+        n = self.trainer.reload_dataloaders_every_n_epochs
+        return bool(n) and self.val_loaded_epoch is not None and \
+            self.trainer.progress.epoch - self.val_loaded_epoch >= n
+
+    def reload_val(self) -> tuple[list, list]:
+        self.val_loaders = None
+        self.ensure_val_loaders()
+        return self.val_loaders, self.val_limits  # type: ignore[return-value]
+
+    # ---------------------------------------------------------------- the way to the device
+    def resolve_transfer(self) -> None:
+        """Decide once per run what a batch goes through (on the CPU in full precision with no transfer hooks, a
+        batch is used as it comes and the loop skips the call)."""
+        trainer = self.trainer
+        precision = trainer.precision_plugin
+        self.convert_input = precision.convert_input if has_effect("convert_input", precision, Precision) else None
+        hooks = []
+        for name in ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer"):
+            dm = trainer.datamodule
+            hooks.append(getattr(dm, name) if dm is not None and _overrides(dm, name) else trainer.hooks.module_hook(name))
+        self.batch_hooks = tuple(hooks)
+        self.moves_batches = any(h is not None for h in hooks) or trainer.strategy.root_device.type != "cpu" \
+            or self.convert_input is not None
+
+    def transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Batch transfer hooks (the datamodule's if it overrides them, else the module's) and the move."""
+        before, transfer, after = self.batch_hooks
+        if before is not None:
+            batch = before(batch, dataloader_idx)
+        device = self.trainer.strategy.root_device
+        if transfer is not None:
+            batch = transfer(batch, device, dataloader_idx)
+        elif device.type != "cpu":
+            batch = move_data_to_device(batch, device)
+        if after is not None:
+            batch = after(batch, dataloader_idx)
+        convert = self.convert_input
+        return convert(batch) if convert is not None else batch

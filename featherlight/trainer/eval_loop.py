@@ -1,15 +1,14 @@
 """Evaluation (validation, test, sanity check) and prediction: one pass over each dataloader."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
-from featherlight.trainer.logging import _ResultStore
-from featherlight.trainer.states import RunningStage
-
-if TYPE_CHECKING:
-    from featherlight.trainer.trainer import Trainer
+from featherlight.trainer.logging import ResultStore
+from featherlight.trainer.progress import Phase
+from featherlight.utilities.enums import RunningStage
+from featherlight.utilities.model_helpers import is_overridden
 
 _NAMES = {
     RunningStage.VALIDATING: "validation",
@@ -29,94 +28,96 @@ def run_evaluation(trainer: "Trainer", stage: RunningStage, loaders: list, limit
     """
     fn = _NAMES[stage]
     module = trainer.lightning_module
-    call = trainer._dispatch.call
+    hooks, results, data, interrupts = trainer.hooks, trainer.results, trainer.data, trainer.interrupts
+    call = hooks.call
     strategy = trainer.strategy
     precision = trainer.precision_plugin
-    step = trainer._profiled(strategy.step_function(f"{fn}_step"), f"[Strategy]{type(strategy).__name__}.{fn}_step")
+    step = hooks.profiled(strategy.step_function(f"{fn}_step"), f"[Strategy]{type(strategy).__name__}.{fn}_step")
     multiple = len(loaders) > 1
 
-    store = _ResultStore(training=False)
+    store = ResultStore(training=False)
     store.num_dataloaders = len(loaders)
-    trainer._log.switch(trainer, store)
+    results.switch(trainer, store)
     previous_stage, trainer.state.stage = trainer.state.stage, stage
     eval_hook = "on_validation_model_eval" if fn == "validation" else "on_test_model_eval"
     train_hook = "on_validation_model_train" if fn == "validation" else "on_test_model_train"
     if stage == RunningStage.VALIDATING and trainer.state.fn == "fit":
-        trainer._call_module("on_validation_model_zero_grad")
+        hooks.call_module("on_validation_model_zero_grad")
     if reload is not None:
         loaders, limits = reload()
     modes = _capture_modes(module)
-    trainer._call_module(eval_hook)
+    hooks.call_module(eval_hook)
     call(f"on_{fn}_start")
     call(f"on_{fn}_epoch_start")
     with _grad_context(trainer):
         for dataloader_idx, (loader, limit) in enumerate(zip(loaders, limits)):
             extra = (dataloader_idx,) if multiple else ()
-            fetch = trainer._profiled_iter(loader, fn)
+            fetch = hooks.profiled_iter(loader, fn)
             batch_idx = 0
             while batch_idx < limit:
                 try:
                     batch = next(fetch)
                 except StopIteration:
                     break
-                batch = trainer._transfer_batch(batch, dataloader_idx)
+                batch = data.transfer(batch, dataloader_idx)
                 store.new_batch(batch, dataloader_idx if multiple else None)
                 call(f"on_{fn}_batch_start", batch, batch_idx, *extra)
-                trainer._current_fx = f"{fn}_step"
+                hooks.current = f"{fn}_step"
                 with precision.forward_context():
                     output = step(batch, batch_idx, *extra)
-                trainer._current_fx = None
+                hooks.current = None
                 call(f"on_{fn}_batch_end", output, batch, batch_idx, *extra)
-                trainer._log_eval_step(stage, dataloader_idx)
+                results.log_eval_step(trainer, stage, dataloader_idx)
                 batch_idx += 1
                 # one process only: ranks may run different numbers of evaluation batches, so several
                 # processes agree on a signal at training batch boundaries instead
-                if trainer._signal_received is not None and not trainer._signal_every:
-                    trainer._checkpoint_and_exit()
-    trainer._log.end_epoch(trainer)
+                if interrupts.received is not None and not interrupts.every:
+                    interrupts.check(trainer)
+    results.end_epoch(trainer)
     call(f"on_{fn}_epoch_end")
-    results = trainer._log_eval_epoch(stage, len(loaders))
+    out = results.log_eval_epoch(trainer, stage, len(loaders))
     if stage == RunningStage.VALIDATING and trainer.state.fn == "fit":
-        trainer._loop.phase = "validated"  # a checkpoint from on_validation_end does not run it again
+        trainer.progress.phase = Phase.VALIDATED  # a checkpoint from on_validation_end does not run it again
     call(f"on_{fn}_end")
     _restore_modes(trainer, module, train_hook, modes)
     store.reset_metrics()
     trainer.state.stage = previous_stage
-    return results
+    return out
 
 
 def run_predict(trainer: "Trainer", loaders: list, limits: list, return_predictions: bool) -> Any:
     """Run ``predict_step`` over ``loaders``; returns the outputs (a list, or a list per dataloader)."""
     module = trainer.lightning_module
-    call = trainer._dispatch.call
+    hooks, data = trainer.hooks, trainer.data
+    call = hooks.call
     precision = trainer.precision_plugin
     multiple = len(loaders) > 1
-    trainer._log.switch(trainer, None)
+    trainer.results.switch(trainer, None)
     trainer.state.stage = RunningStage.PREDICTING
     modes = _capture_modes(module)
-    trainer._call_module("on_predict_model_eval")
+    hooks.call_module("on_predict_model_eval")
     call("on_predict_start")
     call("on_predict_epoch_start")
     predictions: list[list] = [[] for _ in loaders]
     strategy = trainer.strategy
-    predict_step = trainer._profiled(strategy.step_function("predict_step"),
-                                     f"[Strategy]{type(strategy).__name__}.predict_step")
+    predict_step = hooks.profiled(strategy.step_function("predict_step"),
+                                  f"[Strategy]{type(strategy).__name__}.predict_step")
     with _grad_context(trainer):
         for dataloader_idx, (loader, limit) in enumerate(zip(loaders, limits)):
             extra = (dataloader_idx,) if multiple else ()
-            fetch = trainer._profiled_iter(loader, "predict")
+            fetch = hooks.profiled_iter(loader, "predict")
             batch_idx = 0
             while batch_idx < limit:
                 try:
                     batch = next(fetch)
                 except StopIteration:
                     break
-                batch = trainer._transfer_batch(batch, dataloader_idx)
+                batch = data.transfer(batch, dataloader_idx)
                 call("on_predict_batch_start", batch, batch_idx, *extra)
-                trainer._current_fx = "predict_step"
+                hooks.current = "predict_step"
                 with precision.forward_context():
                     output = predict_step(batch, batch_idx, *extra)
-                trainer._current_fx = None
+                hooks.current = None
                 call("on_predict_batch_end", output, batch, batch_idx, *extra)
                 if return_predictions:
                     predictions[dataloader_idx].append(output)
@@ -133,7 +134,7 @@ def run_predict(trainer: "Trainer", loaders: list, limits: list, return_predicti
 def _grad_context(trainer: "Trainer") -> Any:
     """``inference_mode`` (the ``Trainer(inference_mode=True)`` default) unless the strategy can't use it
     (FSDP reuses gathered parameters in training), else ``no_grad``."""
-    if trainer._inference_mode and getattr(trainer.strategy, "supports_inference_mode", True):
+    if trainer.inference_mode and trainer.strategy.supports_inference_mode:
         return torch.inference_mode()
     return torch.no_grad()
 
@@ -145,10 +146,8 @@ def _capture_modes(module: torch.nn.Module) -> dict[torch.nn.Module, bool]:
 def _restore_modes(trainer: "Trainer", module: torch.nn.Module, train_hook: Any, modes: dict) -> None:
     """After evaluation: the user's ``on_*_model_train`` if overridden, else every submodule's own mode
     back as it was (so a frozen, eval-mode backbone stays in eval mode)."""
-    from featherlight.trainer.dispatch import _module_overrides
-
-    if train_hook is not None and _module_overrides(module, train_hook):
-        trainer._call_module(train_hook)
+    if train_hook is not None and is_overridden(train_hook, module):
+        trainer.hooks.call_module(train_hook)
         return
     for m, training in modes.items():
         m.training = training

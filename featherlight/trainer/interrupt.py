@@ -12,13 +12,10 @@ import contextlib
 import os
 import signal
 import threading
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 
 from featherlight.utilities.exceptions import MisconfigurationException
 from featherlight.utilities.rank_zero import rank_zero_info
-
-if TYPE_CHECKING:
-    from featherlight.trainer.trainer import Trainer
 
 INTERRUPTED_NAME = "interrupted.ckpt"
 
@@ -38,26 +35,56 @@ def _parse_signals(signals: Iterable[Union[str, int]]) -> tuple[int, ...]:
     return tuple(out)
 
 
-@contextlib.contextmanager
-def _signal_handlers(trainer: "Trainer") -> Iterator[None]:
-    """Install the handlers for the fit's duration (main thread only), then put the old ones back."""
-    if not trainer._interrupt_signals or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous: dict[int, Any] = {}
+class Interrupts:
+    """The signals that interrupt a fit (``trainer.interrupts``) and whether one was received.
 
-    def handler(signum: int, frame: Any) -> None:
-        trainer._signal_received = signum
+    ``received`` is set by the handler (nothing else happens in it); the fit loop calls :meth:`check` at batch
+    boundaries: every batch in one process, every ``every`` training batches (one collective) in several.
+    """
 
-    for sig in trainer._interrupt_signals:
-        previous[sig] = signal.getsignal(sig)
-        signal.signal(sig, handler)
-    trainer._previous_signal_handlers = previous
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+    def __init__(self, signals: Iterable[Union[str, int]]) -> None:
+        self.signals = _parse_signals(signals)
+        self.received: Optional[int] = None
+        self.every = 0  # 0: one process reads its own flag every batch; N: ranks agree every N training batches
+        self.received_sigterm = False
+        self.previous_handlers: dict[int, Any] = {}
+
+    def start(self, world_size: int) -> None:
+        """A run starts: how often ranks agree on a signal (a collective, so not every batch)."""
+        self.every = 0 if world_size == 1 else 50
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """Install the handlers for the fit's duration (main thread only), then put the old ones back."""
+        if not self.signals or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous: dict[int, Any] = {}
+
+        def handler(signum: int, frame: Any) -> None:
+            self.received = signum
+
+        for sig in self.signals:
+            previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, handler)
+        self.previous_handlers = previous
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+    def check(self, trainer: "Trainer") -> None:
+        """At a batch boundary where a signal is due: save where the run is (fit only) and leave with a non-zero
+        status. With several processes every rank calls this at the same batch: they agree whether any of them
+        was signalled, then all save and exit together."""
+        if self.every:
+            received = trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
+            if not received:
+                return
+            if self.received is None:
+                self.received = int(signal.SIGTERM)
+        _save_and_raise(trainer, self)
 
 
 def _checkpoint_path(trainer: "Trainer") -> str:
@@ -68,17 +95,17 @@ def _checkpoint_path(trainer: "Trainer") -> str:
     return os.path.join(dirpath, INTERRUPTED_NAME)
 
 
-def _save_and_raise(trainer: "Trainer") -> None:
-    signum = trainer._signal_received
-    trainer._signal_received = None
-    trainer._received_sigterm = True
+def _save_and_raise(trainer: "Trainer", interrupts: Interrupts) -> None:
+    signum = interrupts.received
+    interrupts.received = None
+    interrupts.received_sigterm = True
     name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
     if trainer.state.fn == "fit":
         path = _checkpoint_path(trainer)
         trainer.save_checkpoint(path)
         rank_zero_info(f"Received {name}: saved a resumable checkpoint to {path}. Resume with "
                        f"`trainer.fit(..., ckpt_path={path!r})` (or ckpt_path='last').")
-    previous = getattr(trainer, "_previous_signal_handlers", {}).get(signum)
+    previous = interrupts.previous_handlers.get(signum)
     if callable(previous):
         previous(signum, None)  # the user's own handler runs too, after the checkpoint is safe
     raise SystemExit(128 + signum)

@@ -8,16 +8,14 @@ ranks when ``sync_dist=True``.
 from __future__ import annotations
 
 import numbers
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
 
 from featherlight.utilities.apply_func import extract_batch_size
+from featherlight.utilities.enums import RunningStage
 from featherlight.utilities.exceptions import MisconfigurationException
-
-if TYPE_CHECKING:
-    from featherlight.trainer.trainer import Trainer
 
 # Where `self.log` may be called, and what it may do there: (allowed on_step, allowed on_epoch,
 # default on_step, default on_epoch). Hooks missing from this table forbid logging.
@@ -166,7 +164,7 @@ class _Entry:
         return self.last
 
 
-class _ResultStore:
+class ResultStore:
     """The values logged during one run of a loop (a training epoch, or one evaluation run)."""
 
     def __init__(self, training: bool) -> None:
@@ -235,6 +233,19 @@ class _ResultStore:
             local = value if isinstance(value, Tensor) else torch.tensor(float(value), device=strategy.root_device)
             entry.last = strategy.reduce(local, group=entry.meta.sync_dist_group, reduce_op=entry.meta.reduce)
         entry.fast = entry.metric is None and not sync_step
+
+    def log_again(self, fx: Optional[str], name: str, value: Any) -> bool:
+        """The short path of ``self.log``: a scalar tensor logged again under a key already validated in this
+        hook. Records it and returns True; returns False (nothing done) when the full path is needed."""
+        entry = self.entries.get((fx, name, self.dataloader_idx))
+        if entry is None or not entry.fast or type(value) is not Tensor or value.ndim != 0:
+            return False
+        value = value.detach()
+        entry.last = value
+        entry.computed = None
+        if entry.meta.on_epoch:
+            entry.update(value, self.current_batch_size() if entry.meta.reduce == "mean" else 1)
+        return True
 
     def current_batch_size(self) -> int:
         """The running batch's size, inferred once per batch (for batch-size-weighted epoch means)."""
@@ -356,19 +367,23 @@ def _safe_batch_size(batch: Any) -> int:
         return 1
 
 
-class _LogState:
-    """The trainer's metric dicts (``callback_metrics``, ``logged_metrics``, ``progress_bar_metrics``).
+class LogState:
+    """The values ``self.log`` recorded and where they go (``trainer.results``).
 
-    They are refreshed from the running store only when read or at a log interval, so a training
-    step pays nothing for them.
+    Holds the running :class:`ResultStore` (the training epoch's, or the evaluation run's) and the trainer's
+    metric dicts (``callback_metrics``, ``logged_metrics``, ``progress_bar_metrics``), refreshed from the store
+    only when read or at a log interval, so a training step pays nothing for them; and sends values to the
+    loggers (the one place a host sync happens, at log intervals and epoch ends).
     """
 
     def __init__(self) -> None:
         self.callback: dict[str, Tensor] = {}
         self.logged: dict[str, Tensor] = {}
         self.pbar: dict[str, Any] = {}
-        self.store: Optional[_ResultStore] = None
+        self.store: Optional[ResultStore] = None
+        self.train_store: Optional[ResultStore] = None  # the running training epoch's (also during validation)
         self.epoch_end_reached = False
+        self.eval_step_counters: dict = {}  # per stage and dataloader: the step evaluation values are logged at
 
     def refresh(self, trainer: "Trainer") -> tuple[dict, dict, dict]:
         if self.store is None:
@@ -379,7 +394,7 @@ class _LogState:
         self.pbar.update(pbar)
         return callback, log, pbar
 
-    def switch(self, trainer: "Trainer", store: Optional[_ResultStore]) -> None:
+    def switch(self, trainer: "Trainer", store: Optional[ResultStore]) -> None:
         """Make ``store`` the running one. The outgoing store's step values are read first, so the
         metric dicts hold the last batch's values as they would had they been refreshed every batch."""
         if self.store is not None and not self.epoch_end_reached:
@@ -404,3 +419,67 @@ class _LogState:
         self.callback.clear()
         self.logged.clear()
         self.pbar.clear()
+
+    # ---------------------------------------------------------------- to the loggers
+    def send(self, trainer: "Trainer", metrics: dict[str, Any], step: Optional[int] = None,
+             step_offset: int = 0) -> None:
+        """Send metrics to every logger as Python numbers (this is where a host sync happens).
+
+        Without an explicit ``step``, ``epoch`` is added and the step is ``batches_that_stepped`` (+ offset).
+        """
+        if not trainer.loggers or not metrics:
+            return
+        scalars = {k: (v.item() if isinstance(v, Tensor) else v) for k, v in metrics.items()}
+        if step is None:
+            step = scalars.pop("step", None)
+        if step is None:
+            scalars.setdefault("epoch", trainer.current_epoch)
+            step = trainer.progress.batches_that_stepped + step_offset
+        for logger in trainer.loggers:
+            # no `logger.save()` here: loggers buffer and flush on their own interval; the trainer saves them
+            # at epoch ends (a flush to disk every log interval costs more than the training step)
+            logger.log_metrics(metrics=scalars, step=int(step))
+
+    def log_train_step(self, trainer: "Trainer") -> None:
+        """Send the step's values to the loggers (the loop calls this every ``log_every_n_steps`` steps)."""
+        _, log, _ = self.refresh(trainer)
+        self.send(trainer, log)
+
+    def log_train_epoch(self, trainer: "Trainer") -> None:
+        _, log, _ = self.refresh(trainer)
+        # Lightning logs epoch-end training metrics at the step of the epoch's last batch
+        self.send(trainer, log, step_offset=-1)
+        for logger in trainer.loggers:
+            logger.save()
+
+    def log_eval_step(self, trainer: "Trainer", stage: RunningStage, dataloader_idx: int) -> None:
+        store = self.store
+        if stage == RunningStage.SANITY_CHECKING or not trainer.loggers or not store.has_step_entries:
+            return
+        _, log, _ = self.refresh(trainer)
+        # step-level evaluation metrics are logged against a per-dataloader batch counter of this loop
+        counters = self.eval_step_counters.setdefault(stage, {})
+        step = counters.get(dataloader_idx, 0)
+        counters[dataloader_idx] = step + 1
+        suffix = f"/dataloader_idx_{dataloader_idx}"
+        if store.num_dataloaders > 1:
+            log = {k: v for k, v in log.items() if k.endswith(suffix) or "/dataloader_idx_" not in k}
+        self.send(trainer, log, step=step)
+
+    def log_eval_epoch(self, trainer: "Trainer", stage: RunningStage, num_dataloaders: int) -> list[dict[str, float]]:
+        """Send the evaluation run's epoch values; returns one dict of them per dataloader, as floats."""
+        _, log, _ = self.refresh(trainer)
+        if stage == RunningStage.SANITY_CHECKING:
+            return []
+        self.send(trainer, dict(log))
+        for logger in trainer.loggers:
+            logger.save()
+        results: list[dict[str, float]] = []
+        for idx in range(num_dataloaders):
+            suffix = f"/dataloader_idx_{idx}"
+            out = {}
+            for k, v in log.items():
+                if "/dataloader_idx_" not in k or k.endswith(suffix):
+                    out[k] = v.item() if isinstance(v, Tensor) else v
+            results.append(out)
+        return results

@@ -19,30 +19,28 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
-import torch
 
 from featherlight.utilities.rank_zero import rank_zero_warn
 
-if TYPE_CHECKING:
-    from featherlight.trainer.logging import _ResultStore
-    from featherlight.trainer.trainer import Trainer
+from featherlight.strategies.samplers import _EpochContinuation, _samples_done, resumable_sampler
+from featherlight.trainer.progress import Phase
+from featherlight.utilities.rank_zero import rank_zero_info
+from featherlight.utilities.seed import _set_rng_states, isolate_rng, rng_states_from_tensors, rng_states_to_tensors
 
-_MID_EPOCH = ("batch", "ended", "validating", "validated", "done", "epoch_end")
+if TYPE_CHECKING:
+    from featherlight.trainer.logging import ResultStore
 
 
 def _position_state(trainer: "Trainer") -> dict[str, Any]:
     """The extra state a mid-epoch checkpoint needs (nothing at an epoch boundary)."""
-    from featherlight.trainer.checkpoint import _rng_to_tensors
-    from featherlight.trainer.data import _resumable_sampler
-
-    loop = trainer._loop
-    if loop.phase not in _MID_EPOCH or trainer.state.fn != "fit":
+    loop = trainer.progress
+    if not Phase(loop.phase).mid_epoch or trainer.state.fn != "fit":
         return {}
     out: dict[str, Any] = {}
     loader = trainer.train_dataloader
     if loop.epoch_start_rng is not None:
-        out["epoch_start_rng"] = _rng_to_tensors(loop.epoch_start_rng)
-    sampler = _resumable_sampler(loader)
+        out["epoch_start_rng"] = rng_states_to_tensors(loop.epoch_start_rng)
+    sampler = resumable_sampler(loader)
     out["world_size"] = int(trainer.world_size)
     if sampler is not None:
         out["sampler"] = sampler.state_dict()
@@ -52,38 +50,32 @@ def _position_state(trainer: "Trainer") -> dict[str, Any]:
     if hasattr(loader, "state_dict") and hasattr(loader, "load_state_dict"):
         out["loader"] = loader.state_dict()  # torchdata's StatefulDataLoader knows its own position
     module = trainer.lightning_module
-    mid_window = not module.automatic_optimization or not loop.batch_stepped or loop.phase == "batch"
+    mid_window = not module.automatic_optimization or not loop.batch_stepped or loop.phase == Phase.BATCH
     if mid_window:
-        window_grads = getattr(trainer.strategy, "_window_grads", None)  # FSDP: its unsharded, unreduced grads
-        if callable(window_grads):
-            grads = window_grads()
-        else:
-            grads = {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
+        grads = trainer.strategy.accumulated_grads(module)
         if grads:
             out["grads"] = grads
-    store = trainer._log.store
+    results = trainer.results
+    store = results.store
     if store is not None and store.training:
         out["results"] = store.state_dict()
-    elif trainer._train_store is not None:
-        out["results"] = trainer._train_store.state_dict()
-    if loop.phase == "validating" and loop.val_start_rng is not None:
-        out["val_start_rng"] = _rng_to_tensors(loop.val_start_rng)
+    elif results.train_store is not None:
+        out["results"] = results.train_store.state_dict()
+    if loop.phase == Phase.VALIDATING and loop.val_start_rng is not None:
+        out["val_start_rng"] = rng_states_to_tensors(loop.val_start_rng)
     return out
 
 
 def _data_order_state(trainer: "Trainer", loader: Any, sampler: Any) -> Optional[dict[str, Any]]:
     """Where the epoch is in its sample order, in samples (not batches): what a resume with another number of
     processes needs to continue with exactly the samples not trained on yet (see ``_EpochContinuation``)."""
-    from featherlight.trainer.data import _samples_done
-
-    order_state = getattr(sampler, "_order_state", None)
     batch_size = getattr(loader, "batch_size", None)
-    if order_state is None or not batch_size:
+    if not batch_size:
         return None
-    data = order_state()
+    data = sampler.order_state()
     if data is None:
         return None
-    loop = trainer._loop
+    loop = trainer.progress
     if data["end"] is None:  # the sampler's own epoch: it ends after the run's number of batches
         n_batches = trainer.num_training_batches
         if not isinstance(n_batches, int) and (n_batches != n_batches or n_batches == float("inf")):
@@ -91,7 +83,7 @@ def _data_order_state(trainer: "Trainer", loader: Any, sampler: Any) -> Optional
         data["end"] = min(int(data["length"]), int(data["world_size"]) * int(batch_size) * int(n_batches))
     data.update(batch_size=int(batch_size), drop_last=bool(getattr(loader, "drop_last", False)),
                 trainer_world_size=int(trainer.world_size))
-    data["consumed"] = _samples_done(data, loop.phase, int(loop.batch_idx), int(batch_size))
+    data["consumed"] = _samples_done(data, Phase(loop.phase).value, int(loop.batch_idx), int(batch_size))
     return data
 
 
@@ -100,18 +92,16 @@ def _dataset_size(sampler: Any) -> int:
     return len(dataset) if dataset is not None else int(getattr(sampler, "n", len(sampler)))
 
 
-class _ResumePoint:
+class ResumePoint:
     """A mid-epoch position read from a checkpoint; the fit loop consumes it when it starts."""
 
     def __init__(self, state: dict[str, Any]) -> None:
-        from featherlight.trainer.checkpoint import _rng_from_tensors
-
-        self.phase: str = state["phase"]
+        self.phase = Phase(state["phase"])
         self.batch_idx: int = int(state["batch_idx"])
         self.stepped: bool = bool(state.get("batch_stepped", True))
         self.is_last: bool = bool(state.get("batch_is_last", False))
-        self.epoch_start_rng = _rng_from_tensors(state["epoch_start_rng"]) if "epoch_start_rng" in state else None
-        self.val_start_rng = _rng_from_tensors(state["val_start_rng"]) if "val_start_rng" in state else None
+        self.epoch_start_rng = rng_states_from_tensors(state["epoch_start_rng"]) if "epoch_start_rng" in state else None
+        self.val_start_rng = rng_states_from_tensors(state["val_start_rng"]) if "val_start_rng" in state else None
         self.sampler: Optional[dict] = state.get("sampler")
         self.loader: Optional[dict] = state.get("loader")
         self.grads: Optional[dict] = state.get("grads")
@@ -122,32 +112,23 @@ class _ResumePoint:
         self.data_order: Optional[dict] = state.get("data_order")
         self.continued = False  # the epoch goes on from ``data_order`` (another world size), see ``_continue``
 
-    def restore_epoch(self, trainer: "Trainer", store: "_ResultStore") -> int:
+    def restore_epoch(self, trainer: "Trainer", store: "ResultStore") -> int:
         """Put back the epoch's logged values and accumulated gradients; returns the first batch to run."""
-        from featherlight.utilities.seed import _set_rng_states
-
-        loop = trainer._loop
-        loop.epoch_start_rng = self.epoch_start_rng
+        trainer.progress.epoch_start_rng = self.epoch_start_rng
         if self.results:
             store.load_state_dict(self.results)
-        restore_grads = getattr(trainer.strategy, "_restore_window_grads", None)
-        if self.grads and callable(restore_grads):
-            restore_grads(self.grads)  # FSDP: the window's mean gradients, sharded like the parameters
-        elif self.grads:
-            params = dict(trainer.lightning_module.named_parameters())
-            for name, grad in self.grads.items():
-                if name in params:
-                    params[name].grad = grad.to(params[name].device)
-        if self.phase == "validating" and self.val_start_rng is not None:
+        if self.grads:
+            trainer.strategy.restore_accumulated_grads(trainer.lightning_module, self.grads)
+        if self.phase == Phase.VALIDATING and self.val_start_rng is not None:
             _set_rng_states(self.val_start_rng)  # the interrupted validation runs again from its start
-        if self.phase == "batch":
+        if self.phase == Phase.BATCH:
             rank_zero_warn(
                 f"The checkpoint was taken inside training batch {self.batch_idx} (before its optimizer step "
                 "finished); that batch runs again, so this resume is not bit-exact. Checkpoints taken from "
                 "callbacks (ModelCheckpoint) or the interruption handler are."
             )
             return self._continue(trainer, self.batch_idx)
-        if self.phase == "epoch_end":
+        if self.phase == Phase.EPOCH_END:
             return int(trainer.num_training_batches) if trainer.num_training_batches != float("inf") else 0
         return self._continue(trainer, self.batch_idx + 1)
 
@@ -155,8 +136,6 @@ class _ResumePoint:
         """The first batch to run. With as many processes as the checkpoint's run, ``start`` (each rank skips
         its own first ``start`` batches). With another number, the sampler is handed the samples of the epoch's
         order not trained on yet, split over the new ranks, and the epoch ends with its last batch as usual."""
-        from featherlight.trainer.data import _EpochContinuation, _resumable_sampler
-
         data, old_world, new_world = self.data_order, self.world_size, int(trainer.world_size)
         changed = old_world is not None and old_world != new_world
         if data is None or not (changed or data.get("continued")):
@@ -166,12 +145,12 @@ class _ResumePoint:
                     "the interrupted epoch's sample order cannot be continued exactly: its training dataloader has "
                     "no featherlight sampler (a custom sampler or batch sampler, an iterable dataset, or "
                     f"`use_distributed_sampler=False`). Every rank skips its first {start} batch(es) and trains on the "
-                    f"rest of its own share, so samples of epoch {trainer._loop.epoch} may be trained on twice or not "
+                    f"rest of its own share, so samples of epoch {trainer.progress.epoch} may be trained on twice or not "
                     "at all. Resume at an epoch boundary, or with the same number of processes, to avoid this."
                 )
             return start
         loader = trainer.train_dataloader
-        sampler = _resumable_sampler(loader)
+        sampler = resumable_sampler(loader)
         replicas = int(getattr(sampler, "num_replicas", 1)) if sampler is not None else 0
         batch_size = getattr(loader, "batch_size", None)
         order = data["order"]
@@ -179,7 +158,7 @@ class _ResumePoint:
         if int(data.get("trainer_world_size", data["world_size"])) != int(data["world_size"]):
             reason = (f"the checkpoint's run read its data with a sampler of {data['world_size']} replica(s) in "
                       f"{data.get('trainer_world_size')} processes (`use_distributed_sampler=False`?)")
-        elif sampler is None or not hasattr(sampler, "_continue_epoch") or not batch_size:
+        elif sampler is None or not batch_size:
             reason = "this run's training dataloader has no featherlight sampler (a custom sampler or batch sampler)"
         elif replicas != new_world:
             reason = (f"this run's sampler has {replicas} replica(s) for {new_world} processes "
@@ -210,13 +189,11 @@ class _ResumePoint:
             start = 0
         continuation.base_batch = start
         if continuation.num_batches and start < total:
-            sampler._continue_epoch(continuation)  # taken by the epoch's iterator, whichever path creates it
+            sampler.continue_epoch(continuation)  # taken by the epoch's iterator, whichever path creates it
             self.continued = True
         if changed:
-            from featherlight.utilities.rank_zero import rank_zero_info
-
             rank_zero_info(
-                f"Resuming epoch {trainer._loop.epoch} with {new_world} process(es) (the checkpoint's run had "
+                f"Resuming epoch {trainer.progress.epoch} with {new_world} process(es) (the checkpoint's run had "
                 f"{old_world}): {continuation.consumed} of its samples were trained on, the other "
                 f"{continuation.remaining} are split over the processes ({min(continuation.num_batches, total)} "
                 f"batch(es) each, batch indices {start}..{total - 1}"
@@ -240,18 +217,16 @@ class _ResumePoint:
 
     def iterator(self, trainer: "Trainer", loader: Any, start: int) -> Iterator:
         """An iterator over ``loader`` that yields the epoch's batches from ``start`` on."""
-        from featherlight.trainer.data import _resumable_sampler
-        from featherlight.utilities.seed import _set_rng_states, isolate_rng
-
+        profiled_iter = trainer.hooks.profiled_iter
         if self.loader is not None and hasattr(loader, "load_state_dict"):
             loader.load_state_dict(self.loader)
-            return trainer._profiled_iter(loader, "train")
+            return profiled_iter(loader, "train")
         if self.continued:  # the sampler holds the rest of the epoch already (see ``_continue``)
             with isolate_rng():
                 if self.epoch_start_rng is not None:
                     _set_rng_states(self.epoch_start_rng)
-                return trainer._profiled_iter(loader, "train")
-        sampler = _resumable_sampler(loader)
+                return profiled_iter(loader, "train")
+        sampler = resumable_sampler(loader)
         batch_size = getattr(loader, "batch_size", None)
         with isolate_rng():
             # the iterator draws its seeds as it did when this epoch first started
@@ -260,13 +235,13 @@ class _ResumePoint:
             if sampler is not None and batch_size is not None and self.sampler is not None or (
                     sampler is not None and batch_size is not None and not getattr(sampler, "shuffle", True)):
                 sampler.load_state_dict(self.sampler, skip=start * batch_size)
-                return trainer._profiled_iter(loader, "train")
+                return profiled_iter(loader, "train")
             rank_zero_warn(
                 f"Resuming mid-epoch: this dataloader has no resumable sampler (custom sampler, batch sampler or "
                 f"iterable dataset), so the {start} batches already trained on are loaded and skipped. Use a plain "
                 "DataLoader over a map-style dataset, or torchdata's StatefulDataLoader, to skip them for free."
             )
-            it = trainer._profiled_iter(loader, "train")
+            it = profiled_iter(loader, "train")
             for _ in range(start):
                 next(it)
         return it

@@ -4,7 +4,7 @@
 ``binsearch`` doubles the same way, then bisects between the largest size that fit and the
 smallest that did not. A trial is ``steps_per_trial`` optimizer steps of the real training loop (or
 evaluation batches) with freshly built dataloaders, run and undone by the sandbox in
-:mod:`featherlight.tuner.tuning`.
+:mod:`featherlight.tuner.trials`.
 
 The search stops at the data: the dataloader cannot make a batch larger than the dataset, so a size
 at or above the number of samples is the last one tried and the result never exceeds it (without
@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any, Optional
 from torch.utils.data import DataLoader, IterableDataset
 
 from featherlight.callbacks.callback import Callback
-from featherlight.tuner.tuning import (
+from featherlight.trainer import eval_loop
+from featherlight.trainer.data import _MaxSizeCycle
+from featherlight.tuner.trials import (
     _attr_holders,
     _free_memory,
     _get_attr,
@@ -30,6 +32,7 @@ from featherlight.tuner.tuning import (
     _trial_flags,
     _TrialSandbox,
 )
+from featherlight.utilities.enums import RunningStage
 from featherlight.utilities.exceptions import MisconfigurationException
 from featherlight.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
@@ -139,7 +142,7 @@ class _BatchSizeTrials(_TrialSandbox):
         if fn == "fit":
             flags = _trial_flags(trainer, steps_per_trial)
         else:
-            flags = {f"limit_{self.prefix}_batches": steps_per_trial, "_verbose": False}
+            flags = {f"limit_{self.prefix}_batches": steps_per_trial}
         super().__init__(trainer, [self.probe], flags)
 
     def _load(self, size: int) -> tuple[list, list]:
@@ -147,12 +150,12 @@ class _BatchSizeTrials(_TrialSandbox):
         _set_attr(trainer.lightning_module, self.batch_arg_name, size)
         self.begin_trial()
         if self.fn == "fit":
-            trainer._load_train_dataloader()
+            trainer.data.load_train()
             loader = trainer.train_dataloader
-            loaders = list(loader._items) if hasattr(loader, "_items") else [loader]
+            loaders = list(loader.flattened) if isinstance(loader, _MaxSizeCycle) else [loader]
             limits: list = []
         else:
-            loaders, limits = trainer._load_eval_dataloaders(self.prefix)
+            loaders, limits = trainer.data.load_eval(self.prefix)
             if len(loaders) > 1:
                 raise MisconfigurationException(
                     f"The batch size finder cannot be used with multiple {self.prefix} dataloaders."
@@ -213,9 +216,6 @@ class _BatchSizeTrials(_TrialSandbox):
         if self.fn == "fit":
             _run_fit_trial(trainer)
             return
-        from featherlight.trainer import eval_loop
-        from featherlight.trainer.states import RunningStage
-
         if self.fn == "predict":
             eval_loop.run_predict(trainer, loaders, limits, False)
         else:
@@ -326,7 +326,7 @@ def _scale_batch_size(
     if fn == "fit":
         # the run goes on with loaders built for the new size
         trainer.train_dataloader = None
-        trainer._train_loaded_epoch = None
-        trainer._val_loaders = None
+        trainer.data.train_loaded_epoch = None
+        trainer.data.val_loaders = None
     rank_zero_info(f"Finished batch size finder, will continue with full run using batch size {found}")
     return found

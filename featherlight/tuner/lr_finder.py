@@ -9,7 +9,7 @@ the search stops early once it exceeds ``early_stop_threshold`` times the best s
 (or stops being finite). :meth:`_LRFinder.suggestion` picks the learning rate where the loss falls
 fastest.
 
-The search runs inside the trainer's fit at ``on_fit_start`` (see :mod:`featherlight.tuner.tuning`):
+The search runs inside the trainer's fit at ``on_fit_start`` (see :mod:`featherlight.tuner.trials`):
 the user's optimizer is used with its learning rate set per step, the user's schedulers are not
 stepped, and everything (weights, optimizer state, trainer state, RNG) is put back afterwards.
 """
@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 
 from featherlight.callbacks.callback import Callback
-from featherlight.tuner.tuning import _has_attr, _run_fit_trial, _set_attr, _trial_flags, _TrialSandbox
+from featherlight.tuner.trials import _has_attr, _run_fit_trial, _set_attr, _trial_flags, _TrialSandbox
 from featherlight.utilities.exceptions import MisconfigurationException
 from featherlight.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 if TYPE_CHECKING:
-    from featherlight.core.module import LightningModule
     from featherlight.trainer.trainer import Trainer
+    from featherlight.core.module import LightningModule
 
 _LR_ATTRS = ("lr", "learning_rate")
 
@@ -234,7 +234,7 @@ def _lr_find(
         sandbox.begin_trial()
         _run_fit_trial(trainer)
         steps = trainer.global_step
-        finder._total_batch_idx = trainer._loop.total_batch_idx
+        finder._total_batch_idx = trainer.progress.total_batch_idx
     if steps < num_training:
         rank_zero_info(f"LR finder stopped early after {steps} steps due to diverging loss.")
     finder.results = trainer.strategy.broadcast({"lr": recorder.lrs, "loss": recorder.losses})

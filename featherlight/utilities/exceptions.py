@@ -4,3 +4,20 @@ from __future__ import annotations
 
 class MisconfigurationException(Exception):
     """Raised when the user configured the Trainer, a module or a callback in a way that cannot work."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be read: truncated, corrupt, not a checkpoint, or needing arbitrary unpickling.
+
+    ``reason`` says which: ``"corrupt"`` (damaged or not a checkpoint), ``"unsafe"`` (needs
+    ``weights_only=False``) or ``"other"``.
+    """
+
+    def __init__(self, message: str, reason: str = "other") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class _TunerExitException(Exception):
+    """Raised by a tuner callback (``BatchSizeFinder``, ``LearningRateFinder``) that ``Tuner`` started, to end the
+    run as soon as its search is done: teardown hooks run, the status is FINISHED and the entry point returns."""

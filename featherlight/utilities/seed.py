@@ -187,3 +187,28 @@ def isolate_rng(include_cuda: bool = True) -> Iterator[None]:
         yield
     finally:
         _set_rng_states(states)
+
+
+def rng_states_to_tensors(states: dict[str, Any]) -> dict[str, Any]:
+    """RNG states in a form ``torch.load(weights_only=True)`` reads without any allow-list."""
+    out = dict(states)
+    if "numpy" in out:
+        name, keys, pos, has_gauss, cached = out["numpy"]
+        out["numpy"] = [name, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(cached)]
+    if "python" in out:
+        version, internal, gauss = out["python"]
+        out["python"] = [version, torch.tensor(internal, dtype=torch.int64), gauss]
+    return out
+
+
+def rng_states_from_tensors(states: dict[str, Any]) -> dict[str, Any]:
+    out = dict(states)
+    if "numpy" in out and isinstance(out["numpy"], (list, tuple)) and isinstance(out["numpy"][1], torch.Tensor):
+        import numpy as np
+
+        name, keys, pos, has_gauss, cached = out["numpy"]
+        out["numpy"] = (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)
+    if "python" in out and isinstance(out["python"][1], torch.Tensor):
+        version, internal, gauss = out["python"]
+        out["python"] = (version, tuple(int(x) for x in internal.tolist()), gauss)
+    return out

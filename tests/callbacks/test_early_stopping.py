@@ -334,7 +334,7 @@ def test_state_key_and_config():
     assert EarlyStopping(monitor="a", mode="max").state_key != EarlyStopping(monitor="a").state_key
     with pytest.raises(MisconfigurationException, match="`mode` can be min, max"):
         EarlyStopping(monitor="a", mode="avg")
-    assert EarlyStopping._monitors_metrics
+    assert EarlyStopping.monitors_metrics
     assert float(EarlyStopping(monitor="a").best_score) == INF
     assert float(EarlyStopping(monitor="a", mode="max").best_score) == -INF
 

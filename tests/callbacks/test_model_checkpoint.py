@@ -639,7 +639,7 @@ def test_verbose_messages(tmp_path, caplog):
 
 def test_is_a_checkpoint_and_monitors_metrics():
     assert isinstance(ModelCheckpoint(), Checkpoint)
-    assert ModelCheckpoint._monitors_metrics and Checkpoint._monitors_metrics
+    assert ModelCheckpoint.monitors_metrics and Checkpoint.monitors_metrics
 
 
 # ------------------------------------------------------------------------------------------- parity with Lightning

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import featherlight as L
 from featherlight.callbacks import Timer
-from featherlight.trainer.states import RunningStage
+from featherlight.trainer.states import RunningStage  # Lightning's path
 from featherlight.utilities.exceptions import MisconfigurationException
 
 

@@ -198,7 +198,7 @@ def test_custom_should_update_at_epoch_end():
     snapshots = []
 
     class Snap(L.Callback):
-        _monitors_metrics = True  # after the module's and the averaging callback's on_train_epoch_end
+        monitors_metrics = True  # after the module's and the averaging callback's on_train_epoch_end
 
         def on_train_epoch_end(self, trainer, pl_module):
             snapshots.append([p.detach().clone() for p in pl_module.parameters()])

@@ -16,7 +16,7 @@ from torch import nn
 import featherlight as fl
 from featherlight.callbacks import ModelCheckpoint
 from featherlight.demos.boring_classes import BoringDataModule, BoringModel
-from featherlight.trainer.checkpoint import CheckpointError
+from featherlight.utilities.exceptions import CheckpointError
 
 pytestmark = pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
 
@@ -100,6 +100,7 @@ def test_new_checkpoint_path_left_absent_after_failed_write(tmp_path, monkeypatc
 def test_writeback_hints_do_not_change_the_file(saved, monkeypatch):
     """Large checkpoints start their way to disk while being written (the final fsync then has less
     to wait for); the bytes are exactly what torch.save writes."""
+    from featherlight.io import atomic as atomic_module
     from featherlight.trainer import checkpoint as ckpt_module
 
     trainer, path = saved
@@ -110,7 +111,7 @@ def test_writeback_hints_do_not_change_the_file(saved, monkeypatch):
         calls.append((offset, length, advice))
         return real(fd, offset, length, advice)
 
-    monkeypatch.setattr(ckpt_module._WritebackStream, "_CHUNK", 256)
+    monkeypatch.setattr(atomic_module._WritebackStream, "_CHUNK", 256)
     monkeypatch.setattr(os, "posix_fadvise", record)
     trainer.save_checkpoint(path)
     assert calls and all(advice == os.POSIX_FADV_DONTNEED for _, _, advice in calls)

@@ -11,8 +11,8 @@ from torch import nn
 
 import featherlight as fl
 from featherlight.demos.boring_classes import BoringModel
-from featherlight.trainer.checkpoint import CheckpointError
-from featherlight.utilities.export import load_weights_safetensors, save_weights_safetensors
+from featherlight.utilities.exceptions import CheckpointError
+from featherlight.io.export import load_weights_safetensors, save_weights_safetensors
 
 
 def test_missing_safetensors_names_the_install(tmp_path, monkeypatch):
@@ -107,7 +107,7 @@ def test_strict(tmp_path):
 
 def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
     pytest.importorskip("safetensors.torch")
-    import featherlight.utilities.io as io_module
+    import featherlight.io.atomic as io_module
 
     path = tmp_path / "w.safetensors"
     save_weights_safetensors(BoringModel(), path)

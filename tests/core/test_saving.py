@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from featherlight.core.saving import load_hparams_from_yaml, save_hparams_to_yaml
-from featherlight.utilities.io import atomic_write
+from featherlight.io.atomic import atomic_write
 from featherlight.utilities.parsing import AttributeDict
 
 

@@ -192,7 +192,7 @@ def test_strategy_names(no_job, name, method, unused):
 
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy=name, logger=False)
     s = trainer.strategy
-    assert type(s) is DDPStrategy and s._start_method == method
+    assert type(s) is DDPStrategy and s.start_method == method
     assert s._ddp_kwargs["find_unused_parameters"] is unused
     assert (trainer.world_size, trainer.global_rank, trainer.local_rank, trainer.node_rank) == (2, 0, 0, 0)
     assert trainer.num_devices == 2 and s.root_device == torch.device("cpu") and s.process_group_backend == "gloo"
@@ -225,7 +225,7 @@ def test_joins_torchrun_job(no_job):
 
 def test_joins_slurm_job(no_job):
     import featherlight as L
-    from featherlight.strategies.ddp import _env_job, _first_slurm_host
+    from featherlight.strategies.launch import _first_slurm_host, env_job as _env_job
 
     for key, value in dict(SLURM_NTASKS="4", SLURM_PROCID="2", SLURM_LOCALID="0", SLURM_NODEID="1",
                            SLURM_JOB_NAME="train").items():
@@ -240,7 +240,7 @@ def test_joins_slurm_job(no_job):
 
 
 def test_script_command(monkeypatch):
-    from featherlight.strategies.ddp import _script_command
+    from featherlight.strategies.launch import _script_command
 
     main = sys.modules["__main__"]
     monkeypatch.setattr(main, "__spec__", SimpleSpec("pkg.train"), raising=False)

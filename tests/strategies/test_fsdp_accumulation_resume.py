@@ -60,7 +60,7 @@ def test_checkpoint_inside_window_is_safe_and_resumes_in_one_process_without_fsd
     """The sharded directory read by one process without FSDP (no process group, ``weights_only=True``): the
     window's gradients are plain full tensors, and training continues as the single-process run."""
     import featherlight as L
-    from featherlight.strategies.dcp_io import read_sharded_checkpoint
+    from featherlight.io.dcp import read_sharded_checkpoint
 
     _, out = window_run
     path = str(out / "window.ckpt")

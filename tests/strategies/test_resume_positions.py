@@ -5,8 +5,8 @@ import torch
 from torch.utils.data import TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
-from featherlight.strategies.samplers import _ResumableDistributedSampler
-from featherlight.trainer.data import _EpochContinuation, _epoch_order, _ResumableSampler, _samples_done
+from featherlight.strategies.samplers import (_EpochContinuation, _epoch_order, _ResumableDistributedSampler,
+                                             _ResumableSampler, _samples_done)
 
 
 def _data(n):
@@ -32,7 +32,7 @@ def test_after_k_batches_per_rank_the_first_world_k_batch_positions_are_done(n, 
     assert seen == sorted(padded[: world * k * batch])
     sampler = _ResumableDistributedSampler(_data(n), num_replicas=world, rank=0, shuffle=True, seed=3)
     sampler.set_epoch(5)
-    data = sampler._order_state()
+    data = sampler.order_state()
     data["end"] = min(data["length"], world * batch * -(-len(shards[0]) // batch))
     assert _samples_done(data, "ended", k - 1, batch) == min(n, world * k * batch)
     assert _samples_done(data, "batch", k - 1, batch) == min(n, world * (k - 1) * batch)  # that batch runs again
@@ -82,16 +82,16 @@ def test_samplers_take_a_continuation_for_one_epoch_and_record_it():
     c = _EpochContinuation(order, consumed=4, end=12, world_size=1, rank=0, batch_size=2, drop_last=False)
     c.base_batch = 2
     sampler = _ResumableSampler(12, shuffle=True)
-    sampler._continue_epoch(c)
+    sampler.continue_epoch(c)
     assert list(sampler) == full[4:]
-    state = sampler._order_state()
+    state = sampler.order_state()
     assert state["continued"] and (state["base"], state["base_batch"], state["world_size"]) == (4, 2, 1)
     # a checkpoint after batch 3 of that epoch (2 more batches of 2): 4 + 1 * 2 * 2 samples done
     assert _samples_done(state, "ended", 3, 2) == 8
-    assert len(list(sampler)) == 12 and not sampler._order_state()["continued"]  # the next epoch is its own
+    assert len(list(sampler)) == 12 and not sampler.order_state()["continued"]  # the next epoch is its own
     dist = _ResumableDistributedSampler(_data(12), num_replicas=2, rank=1, shuffle=True, seed=0)
     c2 = _EpochContinuation(order, consumed=5, end=12, world_size=2, rank=1, batch_size=2, drop_last=False)
-    dist._continue_epoch(c2)
+    dist.continue_epoch(c2)
     assert list(dist) == (full[5:] + full[5:6])[1::2]
-    assert dist._order_state()["continued"]
-    assert list(dist) == _shards(12, 2)[1] and not dist._order_state()["continued"]
+    assert dist.order_state()["continued"]
+    assert list(dist) == _shards(12, 2)[1] and not dist.order_state()["continued"]

@@ -13,10 +13,10 @@ from featherlight.utilities.rank_zero import WarningCache
 
 
 def _trainer(world_size=2, rank=1, use_distributed_sampler=True, pad_eval=False):
-    strategy = SimpleNamespace(world_size=world_size, global_rank=rank, _pad_eval_samplers=pad_eval,
+    strategy = SimpleNamespace(world_size=world_size, global_rank=rank, pad_eval_samplers=pad_eval,
                                distributed_sampler_kwargs={"num_replicas": world_size, "rank": rank})
     return SimpleNamespace(strategy=strategy, use_distributed_sampler=use_distributed_sampler,
-                           _warnings=WarningCache())
+                           warnings=WarningCache())
 
 
 def _data(n=10):

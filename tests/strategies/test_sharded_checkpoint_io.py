@@ -9,8 +9,10 @@ import warnings
 import pytest
 import torch
 
-from featherlight.trainer.checkpoint import CheckpointError, _load_checkpoint_file, _optimizer_state_by_index, \
-    _optimizer_state_by_name
+from featherlight.io.load import load_checkpoint as _load_checkpoint_file
+from featherlight.io.state import optimizer_state_by_index as _optimizer_state_by_index
+from featherlight.io.state import optimizer_state_by_name as _optimizer_state_by_name
+from featherlight.utilities.exceptions import CheckpointError
 
 
 def _model():
@@ -91,4 +93,4 @@ def test_ckpt_path_last_finds_a_sharded_directory(tmp_path):
     trainer = L.Trainer(default_root_dir=tmp_path, logger=False, enable_checkpointing=False)
     path = tmp_path / "checkpoints" / "interrupted.ckpt"  # where an interrupted FSDP run saves itself
     _write(path)
-    assert _resolve_ckpt_path(trainer, "last", TrainerFn.FITTING) == str(path)
+    assert _resolve_ckpt_path(trainer, "last", TrainerFn.FITTING)[0] == str(path)

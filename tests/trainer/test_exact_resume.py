@@ -81,7 +81,7 @@ class Killed(Exception):
 class KillAt(L.Callback):
     """Save a checkpoint at a point of the run and die, like a preempted job whose last checkpoint it is."""
 
-    _monitors_metrics = True  # at epoch end, after the module's hooks (where ModelCheckpoint saves)
+    monitors_metrics = True  # at epoch end, after the module's hooks (where ModelCheckpoint saves)
 
     def __init__(self, hook, epoch, batch, path):
         self.hook, self.epoch, self.batch, self.path = hook, epoch, batch, path

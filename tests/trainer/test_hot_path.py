@@ -3,7 +3,8 @@ import pytest
 import torch
 
 import featherlight as L
-import featherlight.trainer.fit_loop as fit_loop
+import featherlight.trainer.step as step_module
+from featherlight.trainer.step import Optimization
 from featherlight.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from featherlight.demos.boring_classes import BoringModel
 
@@ -24,7 +25,7 @@ def _forbid(monkeypatch, obj, name):
 
 
 def test_outputs_are_not_built_for_callbacks_that_ignore_them(monkeypatch):
-    _forbid(monkeypatch, fit_loop, "_batch_outputs")
+    _forbid(monkeypatch, step_module, "_batch_outputs")
     _fit(callbacks=[TQDMProgressBar(), ModelCheckpoint()], enable_progress_bar=True, enable_checkpointing=True)
 
 
@@ -54,8 +55,8 @@ def test_a_subclass_override_of_a_marked_hook_gets_outputs():
 
 def test_unused_hooks_resolve_to_none():
     trainer = _fit()
-    assert trainer._dispatch.hook("on_train_batch_start") is None
-    assert trainer._dispatch.hook("on_before_backward") is None
+    assert trainer.hooks.hook("on_train_batch_start") is None
+    assert trainer.hooks.hook("on_before_backward") is None
 
     class Counter(Callback):
         calls = 0
@@ -64,19 +65,19 @@ def test_unused_hooks_resolve_to_none():
             Counter.calls += 1
 
     trainer = _fit(callbacks=[Counter()])
-    assert trainer._dispatch.hook("on_train_batch_start") is not None
+    assert trainer.hooks.hook("on_train_batch_start") is not None
     assert Counter.calls == 3
 
 
 def test_backward_is_direct_unless_something_hooks_into_it(monkeypatch):
     calls = []
-    original = L.Trainer._backward
+    original = Optimization.backward
 
     def counting(self, *args, **kwargs):
         calls.append(1)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(L.Trainer, "_backward", counting)
+    monkeypatch.setattr(Optimization, "backward", counting)
     _fit()
     assert calls == []  # nothing customises backward: loss.backward() is called directly
 
@@ -139,13 +140,13 @@ def test_outputs_of_a_returned_dict_hold_the_detached_loss_first():
 
 def test_model_checkpoint_per_batch_hook_is_skipped_without_a_per_step_trigger(tmp_path):
     trainer = _fit(callbacks=[ModelCheckpoint(dirpath=tmp_path)], enable_checkpointing=True)
-    assert trainer._dispatch.hook("on_train_batch_end") is None
+    assert trainer.hooks.hook("on_train_batch_end") is None
     trainer = _fit(callbacks=[ModelCheckpoint(dirpath=tmp_path / "steps", every_n_train_steps=1, save_top_k=-1)],
                    enable_checkpointing=True)
-    assert trainer._dispatch.hook("on_train_batch_end") is not None
+    assert trainer.hooks.hook("on_train_batch_end") is not None
     assert len(list((tmp_path / "steps").iterdir())) == 3  # one checkpoint per step
 
 
 def test_idle_hooks_stay_when_profiling(tmp_path):
     trainer = _fit(callbacks=[ModelCheckpoint(dirpath=tmp_path)], enable_checkpointing=True, profiler="simple")
-    assert trainer._dispatch.hook("on_train_batch_end") is not None
+    assert trainer.hooks.hook("on_train_batch_end") is not None

@@ -407,7 +407,7 @@ def test_hooks_see_the_expected_gradients(algorithm, value):
             seen["after_backward"].append(_grads(self.parameters()))
 
         def on_before_optimizer_step(self, optimizer):
-            seen["before_optimizer_step"].append((self.trainer._loop.batch_idx, _grads(self.parameters())))
+            seen["before_optimizer_step"].append((self.trainer.progress.batch_idx, _grads(self.parameters())))
 
         def on_train_batch_end(self, outputs, batch, batch_idx):
             if (batch_idx + 1) % acc == 0 or batch_idx == N_BATCHES - 1:
@@ -642,7 +642,7 @@ def _plateau_module(L, monitor="train_metric", strict=True, interval="epoch", fr
         def lr_scheduler_step(self, scheduler, metric):
             super().lr_scheduler_step(scheduler, metric)
             self.stepped.append((self.current_epoch, self.trainer.fit_loop.epoch_loop.batch_idx
-                                 if hasattr(self.trainer, "fit_loop") else self.trainer._loop.batch_idx,
+                                 if hasattr(self.trainer, "fit_loop") else self.trainer.progress.batch_idx,
                                  None if metric is None else float(metric), scheduler.optimizer.param_groups[0]["lr"]))
 
         def configure_optimizers(self):

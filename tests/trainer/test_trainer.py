@@ -204,7 +204,7 @@ def test_val_check_interval_int_across_epochs():
 
     class Model(BoringModel):
         def on_validation_start(self):
-            epochs_validated.append((self.current_epoch, self.trainer._loop.batch_idx))
+            epochs_validated.append((self.current_epoch, self.trainer.progress.batch_idx))
 
     lean(max_epochs=3, limit_train_batches=4, limit_val_batches=1, num_sanity_val_steps=0,
          val_check_interval=6, check_val_every_n_epoch=None).fit(Model())

@@ -13,7 +13,7 @@ from featherlight.callbacks.batch_size_finder import BatchSizeFinder
 from featherlight.demos.boring_classes import BoringModel, RandomDataset
 from featherlight.loggers.csv_logs import CSVLogger
 from featherlight.tuner import Tuner
-from featherlight.tuner.tuning import _is_oom_error
+from featherlight.tuner.trials import _is_oom_error
 from featherlight.utilities.exceptions import MisconfigurationException
 
 OOM_MESSAGE = "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.15 GiB total capacity)"
@@ -131,7 +131,7 @@ def _trainer_view(trainer):
         "ids": {k: id(v) for k, v in vars(trainer).items()},
         "lists": {k: list(v) for k, v in vars(trainer).items() if type(v) is list},
         "dicts": {k: dict(v) for k, v in vars(trainer).items() if type(v) is dict},
-        "loop": copy.deepcopy(vars(trainer._loop)),
+        "loop": copy.deepcopy(vars(trainer.progress)),
         "state": (trainer.state.fn, trainer.state.status, trainer.state.stage),
         "flags": (trainer.max_steps, trainer.max_epochs, trainer.limit_train_batches, trainer.limit_val_batches,
                   trainer.val_check_interval, trainer.num_sanity_val_steps, trainer.should_stop,

@@ -11,7 +11,6 @@ from featherlight.utilities.rank_zero import WarningCache
 
 if TYPE_CHECKING:
     from featherlight.core.module import LightningModule
-    from featherlight.trainer.trainer import Trainer
 
 _warnings = WarningCache()
 

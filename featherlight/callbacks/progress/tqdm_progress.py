@@ -7,7 +7,6 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from featherlight.callbacks.callback import _outputs_unused
 from featherlight.callbacks.progress.progress_bar import (
     ProgressBar,
     _convert_inf,
@@ -15,10 +14,10 @@ from featherlight.callbacks.progress.progress_bar import (
     _stream_is_interactive,
 )
 from featherlight.utilities.rank_zero import rank_zero_debug
+from featherlight.utilities.model_helpers import is_overridden
 
 if TYPE_CHECKING:
     from featherlight.core.module import LightningModule
-    from featherlight.trainer.trainer import Trainer
 
 _PAD_SIZE = 5
 _monotonic = time.monotonic
@@ -335,7 +334,10 @@ class TQDMProgressBar(ProgressBar):
             return f"Epoch {trainer.current_epoch}/{max_epochs - 1}"
         return f"Epoch {trainer.current_epoch}"
 
-    @_outputs_unused
+    def reads_outputs(self, hook: str) -> bool:
+        # this class's on_train_batch_end never reads `outputs`; a subclass that overrides it may
+        return is_overridden(hook, self, TQDMProgressBar)
+
     def on_train_batch_end(
         self, trainer: "Trainer", pl_module: "LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:

@@ -7,7 +7,7 @@ import inspect
 import types
 from argparse import Namespace
 from collections.abc import Mapping, MutableMapping, Sequence
-from typing import Any
+from typing import Any, Optional
 
 from torch import nn
 
@@ -238,3 +238,19 @@ class HyperparametersMixin:
         if initial is None:
             return AttributeDict()
         return _snapshot(initial)
+
+
+def saved_hparams(obj: Any) -> Optional[tuple[Optional[str], Any]]:
+    """What a checkpoint stores of ``obj``'s hyperparameters: ``(name of the config argument or None, hparams)``,
+    or None when ``obj`` saved none."""
+    name = getattr(obj, "_hparams_name", None)
+    if name is None and not getattr(obj, "_hparams", None):
+        return None
+    return name, obj.hparams
+
+
+def hparams_to_log(obj: Any) -> Optional[Any]:
+    """The hyperparameters the loggers get from ``obj`` (``save_hyperparameters(logger=True)``), or None."""
+    if obj is None or not getattr(obj, "_log_hyperparams", False):
+        return None
+    return obj.hparams_initial

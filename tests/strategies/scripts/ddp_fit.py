@@ -13,7 +13,7 @@ import torch
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 import featherlight as L
-import featherlight.trainer.checkpoint as ckpt_module
+import featherlight.strategies.strategy as strategy_module
 from featherlight.callbacks import ModelCheckpoint
 from featherlight.strategies import DDPStrategy
 from fl_dist_models import (FLAGS, N_PREDICT, CollectiveCounter, ManualRegressor, Regressor, TwoOptimizerRegressor,
@@ -22,7 +22,7 @@ from fl_dist_models import (FLAGS, N_PREDICT, CollectiveCounter, ManualRegressor
 out = outdir_from_argv()
 ckpt_dir = os.path.join(out, "ckpts")
 writes = []
-_original_save = ckpt_module._atomic_torch_save
+_original_save = strategy_module.atomic_torch_save
 
 
 def _recording_save(obj, filepath):
@@ -30,7 +30,7 @@ def _recording_save(obj, filepath):
     return _original_save(obj, filepath)
 
 
-ckpt_module._atomic_torch_save = _recording_save
+strategy_module.atomic_torch_save = _recording_save
 
 
 def make_trainer(epochs, callbacks=(), **kwargs):

@@ -17,7 +17,7 @@ mode = __import__("sys").argv[2]
 
 class SignalRankZero(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_rank == 0 and trainer._loop.total_batch_idx == 9:
+        if trainer.global_rank == 0 and trainer.progress.total_batch_idx == 9:
             os.kill(os.getpid(), signal.SIGTERM)  # only rank 0 is told
 
 
@@ -31,7 +31,7 @@ if __name__ == "__main__":
         trainer.fit(model, train_loader(), ckpt_path=ckpt)
     except SystemExit as exc:
         save_json(out, f"rank{trainer.global_rank}.json",
-                  {"exit": exc.code, "global_step": trainer.global_step, "batch": trainer._loop.total_batch_idx})
+                  {"exit": exc.code, "global_step": trainer.global_step, "batch": trainer.progress.total_batch_idx})
         raise
     save_json(out, f"rank{trainer.global_rank}.json",
               {"weights": state_to_lists(model.state_dict()), "global_step": trainer.global_step})

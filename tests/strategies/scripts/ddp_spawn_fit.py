@@ -21,7 +21,7 @@ if __name__ == "__main__":
                         num_sanity_val_steps=0, **FLAGS)
     trainer.fit(model, train_loader(), val_loader())
     result = dict(
-        strategy=type(trainer.strategy).__name__, start_method=trainer.strategy._start_method,
+        strategy=type(trainer.strategy).__name__, start_method=trainer.strategy.start_method,
         weights=state_to_lists(model.state_dict()),
         metrics={k: float(v) for k, v in trainer.callback_metrics.items()},
         global_step=trainer.global_step, current_epoch=trainer.current_epoch, status=str(trainer.state.status),

@@ -47,7 +47,7 @@ class RecordIds(L.Callback):
 
 class SignalRankZero(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_rank == 0 and trainer._loop.total_batch_idx == 9:
+        if trainer.global_rank == 0 and trainer.progress.total_batch_idx == 9:
             os.kill(os.getpid(), signal.SIGTERM)  # the ranks agree on it at batch 50
 
 

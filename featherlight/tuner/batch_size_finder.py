@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Optional
 
 from featherlight.callbacks.callback import Callback
 from featherlight.tuner.batch_size_scaling import _check_batch_size_source, _PREFIX, _scale_batch_size
-from featherlight.tuner.tuning import _TunerExitException, _warn_if_ambiguous
-from featherlight.utilities.exceptions import MisconfigurationException
+from featherlight.tuner.trials import _warn_if_ambiguous
+from featherlight.utilities.exceptions import MisconfigurationException, _TunerExitException
 from featherlight.utilities.rank_zero import WarningCache
 
 if TYPE_CHECKING:
-    from featherlight.core.module import LightningModule
     from featherlight.trainer.trainer import Trainer
+    from featherlight.core.module import LightningModule
 
 _warnings = WarningCache()
 
@@ -43,7 +43,7 @@ class BatchSizeFinder(Callback):
     """
 
     SUPPORTED_MODES = ("power", "binsearch")
-    _is_tuner_callback = True
+    runs_first = True
 
     def __init__(
         self,
@@ -72,13 +72,14 @@ class BatchSizeFinder(Callback):
         self._batch_arg_name = batch_arg_name
         self._margin = margin
         self._max_val = max_val
-        self._early_exit = False
+        #: set by ``Tuner``: end the run once the search is done (the callback alone lets the fit go on)
+        self.end_run_when_done = False
 
     def setup(self, trainer: "Trainer", pl_module: "LightningModule", stage: Optional[str] = None) -> None:
         if trainer.strategy.world_size > 1:
             raise MisconfigurationException("The batch size finder is not supported with distributed strategies.")
         method = stage if stage in _PREFIX else "fit"
-        given = trainer._given_loaders.get(_PREFIX[method])
+        given = trainer.data.given.get(_PREFIX[method])
         _check_batch_size_source(pl_module, self._batch_arg_name, trainer.datamodule, given, method)
         _warn_if_ambiguous(pl_module, self._batch_arg_name)
 
@@ -94,7 +95,7 @@ class BatchSizeFinder(Callback):
             self._margin,
             self._max_val,
         )
-        if self._early_exit:
+        if self.end_run_when_done:
             raise _TunerExitException()
 
     def _scale_for_evaluation(self, trainer: "Trainer", pl_module: "LightningModule") -> None:

@@ -20,6 +20,9 @@ from typing import Any, Union
 
 import torch
 
+from featherlight.io.safe import load_file, safe_globals
+from featherlight.utilities.exceptions import CheckpointError
+
 META_NAME = "meta.pt"
 DCP_METADATA = ".metadata"
 SHARDED_KEY = "featherlight_sharded"
@@ -58,10 +61,8 @@ class UnsafeCheckpointError(RuntimeError):
 
 
 def _safe_torch_load(stream: io.BytesIO) -> Any:
-    from featherlight.trainer.checkpoint import _safe_globals
-
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
+        with torch.serialization.safe_globals(safe_globals()):
             return torch.load(stream, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise UnsafeCheckpointError(str(err).split("WeightsUnpickler error:")[-1].strip()[:300]) from None
@@ -149,13 +150,11 @@ def read_sharded_checkpoint(path: Union[str, os.PathLike], weights_only: bool = 
     from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-    from featherlight.trainer.checkpoint import CheckpointError, _load_checkpoint_file
-
     path = os.fspath(path)
     if not os.path.isfile(os.path.join(path, DCP_METADATA)):
         raise CheckpointError(f"Sharded checkpoint {path!r} has no {DCP_METADATA} file: the shards were not all "
                               "written (the run stopped while saving?). Use an earlier checkpoint.", reason="corrupt")
-    checkpoint = _load_checkpoint_file(os.path.join(path, META_NAME), map_location="cpu", weights_only=weights_only)
+    checkpoint = load_file(os.path.join(path, META_NAME), map_location="cpu", weights_only=weights_only)
     saved = checkpoint.pop(SHARDED_KEY, {}).get("optimizers", 0)
     state: dict[str, Any] = {}
     reader, planner = storage_reader(path, weights_only), load_planner(weights_only, whole=True)
@@ -175,8 +174,6 @@ def read_sharded_checkpoint(path: Union[str, os.PathLike], weights_only: bool = 
 
 
 def _unsafe(path: str, err: Exception) -> Exception:
-    from featherlight.trainer.checkpoint import CheckpointError
-
     return CheckpointError(
         f"Refusing to load the sharded checkpoint {path!r}: it holds Python objects that can only be restored by "
         f"executing code from the files ({err}). If you trust where it came from, opt in explicitly with "

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Optional
 
 from featherlight.callbacks.callback import Callback
 from featherlight.tuner.lr_finder import _lr_find, _LRFinder
-from featherlight.tuner.tuning import _TunerExitException
+from featherlight.utilities.exceptions import _TunerExitException
 
 if TYPE_CHECKING:
-    from featherlight.core.module import LightningModule
     from featherlight.trainer.trainer import Trainer
+    from featherlight.core.module import LightningModule
 
 
 class LearningRateFinder(Callback):
@@ -35,7 +35,7 @@ class LearningRateFinder(Callback):
     """
 
     SUPPORTED_MODES = ("linear", "exponential")
-    _is_tuner_callback = True
+    runs_first = True
 
     def __init__(
         self,
@@ -61,7 +61,8 @@ class LearningRateFinder(Callback):
         self._early_stop_threshold = early_stop_threshold
         self._update_attr = update_attr
         self._attr_name = attr_name
-        self._early_exit = False
+        #: set by ``Tuner``: end the run once the search is done (the callback alone lets the fit go on)
+        self.end_run_when_done = False
         self.optimal_lr: Optional[_LRFinder] = None
 
     def lr_find(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
@@ -77,7 +78,7 @@ class LearningRateFinder(Callback):
             update_attr=self._update_attr,
             attr_name=self._attr_name,
         )
-        if self._early_exit:
+        if self.end_run_when_done:
             raise _TunerExitException()
 
     def on_fit_start(self, trainer: "Trainer", pl_module: "LightningModule") -> None:

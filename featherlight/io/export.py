@@ -16,6 +16,10 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
+from featherlight.io.atomic import atomic_write
+from featherlight.io.state import load_module_state, strip_compile_prefix
+from featherlight.utilities.exceptions import CheckpointError
+
 _PATH = Union[str, "os.PathLike[str]"]
 _ALIASES_KEY = "featherlight_aliases"
 
@@ -78,10 +82,7 @@ def save_weights_safetensors(module: nn.Module, path: _PATH, metadata: Optional[
         TypeError: if the state holds something other than tensors (e.g. ``get_extra_state``).
     """
     st = _safetensors_torch("save_weights_safetensors")
-    from featherlight.trainer.checkpoint import _strip_compile_prefix
-    from featherlight.utilities.io import atomic_write
-
-    tensors, aliases = _split_shared(_strip_compile_prefix(module.state_dict()))
+    tensors, aliases = _split_shared(strip_compile_prefix(module.state_dict()))
     header = {"format": "pt"}
     if metadata:
         header.update({str(k): str(v) for k, v in metadata.items()})
@@ -117,8 +118,6 @@ def load_weights_safetensors(module: nn.Module, path: _PATH, strict: bool = True
     st = _safetensors_torch("load_weights_safetensors")
     from safetensors import safe_open
 
-    from featherlight.trainer.checkpoint import CheckpointError, _load_module_state
-
     name = os.fspath(path)
     if not os.path.isfile(name):
         raise FileNotFoundError(f"Weights file not found: {name!r}.")
@@ -134,5 +133,5 @@ def load_weights_safetensors(module: nn.Module, path: _PATH, strict: bool = True
     for alias, target in aliases.items():
         if target in state_dict:
             state_dict[alias] = state_dict[target]
-    _load_module_state(module, state_dict, strict, name)
+    load_module_state(module, state_dict, strict, name)
     return module

@@ -1,0 +1,117 @@
+"""Turning the Trainer's flags into objects, once: determinism, loggers, the profiler, the callbacks."""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Optional, Union
+
+import torch
+
+from featherlight.profilers import AdvancedProfiler, PassThroughProfiler, PyTorchProfiler, SimpleProfiler
+from featherlight.callbacks.callback import Callback
+from featherlight.callbacks.model_checkpoint import ModelCheckpoint
+from featherlight.callbacks.model_summary import ModelSummary
+from featherlight.callbacks.progress.progress_bar import ProgressBar
+from featherlight.callbacks.progress.tqdm_progress import TQDMProgressBar
+from featherlight.callbacks.timer import Timer
+from featherlight.trainer.run import order_callbacks
+from featherlight.utilities.exceptions import MisconfigurationException
+from featherlight.utilities.rank_zero import WarningCache, rank_zero_warn
+
+_warnings = WarningCache()
+
+
+def set_determinism(deterministic: Optional[Union[bool, str]], benchmark: Optional[bool]) -> tuple[Any, Any]:
+    """Apply ``deterministic``/``benchmark`` to torch; returns the flags as the Trainer keeps them."""
+    if deterministic not in (None, True, False, "warn"):
+        raise MisconfigurationException(
+            f"`deterministic={deterministic!r}` is invalid: use True, False or 'warn'."
+        )
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=deterministic == "warn")
+        # cuBLAS needs this workspace setting to be deterministic
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic = True
+    elif deterministic is False:
+        torch.use_deterministic_algorithms(False)
+    if benchmark is None:
+        benchmark = False if deterministic else None
+    if deterministic and benchmark:
+        rank_zero_warn("You passed `deterministic=True` and `benchmark=True`. Note that PyTorch ignores "
+                       "torch.backends.cudnn.deterministic=True when torch.backends.cudnn.benchmark=True.")
+    if benchmark is not None:
+        torch.backends.cudnn.benchmark = benchmark
+    return deterministic, benchmark
+
+
+def build_loggers(logger: Any, fast_dev_run: int, default_root_dir: str) -> list[Any]:
+    """The loggers for ``Trainer(logger=...)``: TensorBoard (or CSV without tensorboard) by default."""
+    if fast_dev_run and logger not in (False, None, []):
+        from featherlight.loggers.logger import DummyLogger
+
+        return [DummyLogger()]
+    if logger is False or logger == []:
+        return []
+    if logger is None or logger is True:
+        if fast_dev_run:
+            from featherlight.loggers.logger import DummyLogger
+
+            return [DummyLogger()]
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX"):
+            from featherlight.loggers.tensorboard import TensorBoardLogger
+
+            return [TensorBoardLogger(save_dir=default_root_dir)]
+        from featherlight.loggers.csv_logs import CSVLogger
+
+        _warnings.info(
+            "`Trainer(logger=True)` uses the CSVLogger because `tensorboard` is not installed "
+            "(`pip install tensorboard` to use the TensorBoardLogger)."
+        )
+        return [CSVLogger(save_dir=default_root_dir)]
+    return list(logger) if isinstance(logger, Iterable) else [logger]
+
+
+def build_profiler(profiler: Any) -> Any:
+    """The profiler for ``Trainer(profiler=...)``: a name, an instance, or None (a pass-through one)."""
+    if profiler is None:
+        out = PassThroughProfiler()
+    elif isinstance(profiler, str):
+        choices = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler,
+                   "passthrough": PassThroughProfiler}
+        cls = choices.get(profiler.lower())
+        if cls is None:
+            raise MisconfigurationException(
+                f"When passing string value for the `profiler` parameter of `Trainer`, it can only be one of "
+                f"{sorted(choices)}, got {profiler!r}."
+            )
+        out = cls()
+    else:
+        out = profiler
+    return out
+
+
+def build_callbacks(user: list[Callback], *, enable_checkpointing: bool, enable_progress_bar: bool,
+                    enable_model_summary: bool, max_time: Any, explicit: dict) -> list[Callback]:
+    """The user's callbacks plus the defaults the flags ask for (summary, progress bar, timer, checkpointing)."""
+    callbacks = list(user)
+    has = lambda cls: any(isinstance(c, cls) for c in callbacks)  # noqa: E731
+    if has(ModelCheckpoint) and explicit["enable_checkpointing"] is False:
+        raise MisconfigurationException(
+            "Trainer was configured with `enable_checkpointing=False` but found `ModelCheckpoint` in callbacks "
+            "list. Remove the callback or set `enable_checkpointing=True`."
+        )
+    if has(ProgressBar) and explicit["enable_progress_bar"] is False:
+        raise MisconfigurationException(
+            "Trainer was configured with `enable_progress_bar=False` but found a progress bar in callbacks. "
+            "Remove the callback or set `enable_progress_bar=True`."
+        )
+    if enable_model_summary and not has(ModelSummary):
+        callbacks.append(ModelSummary(max_depth=1))
+    if enable_progress_bar and not has(ProgressBar):
+        callbacks.append(TQDMProgressBar())
+    if max_time is not None:
+        callbacks.append(Timer(duration=max_time, interval="step"))
+    if enable_checkpointing and not has(ModelCheckpoint):
+        callbacks.append(ModelCheckpoint())
+    return order_callbacks(callbacks)
