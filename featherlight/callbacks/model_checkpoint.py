@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import uuid
 import time
+import uuid
 import weakref
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
@@ -15,8 +15,8 @@ from torch import Tensor
 
 from featherlight.callbacks.checkpoint import Checkpoint
 from featherlight.utilities.exceptions import MisconfigurationException
-from featherlight.utilities.rank_zero import WarningCache, rank_zero_info, rank_zero_warn
 from featherlight.utilities.model_helpers import is_overridden
+from featherlight.utilities.rank_zero import WarningCache, rank_zero_info, rank_zero_warn
 
 if TYPE_CHECKING:
     from featherlight.core.module import LightningModule

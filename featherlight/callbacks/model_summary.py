@@ -36,7 +36,7 @@ class ModelSummary(Callback):
         if not self._max_depth:
             return
         summary = self._summary(trainer, pl_module)
-        data = summary._get_summary_data()
+        data = summary.get_summary_data()
         if trainer.is_global_zero:
             self.summarize(
                 data,

@@ -6,7 +6,6 @@ from typing import Any, Union
 
 from featherlight.callbacks.checkpoint import Checkpoint
 
-
 _PATH = Union[str, "os.PathLike[str]"]
 
 

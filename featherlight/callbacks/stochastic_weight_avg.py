@@ -9,8 +9,8 @@ from torch.optim.swa_utils import SWALR, AveragedModel
 
 from featherlight.callbacks.callback import Callback
 from featherlight.utilities.exceptions import MisconfigurationException
-from featherlight.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from featherlight.utilities.model_helpers import is_overridden
+from featherlight.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 if TYPE_CHECKING:
     from featherlight.core.module import LightningModule

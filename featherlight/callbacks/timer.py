@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 from featherlight.callbacks.callback import Callback
 from featherlight.utilities.enums import RunningStage
 from featherlight.utilities.exceptions import MisconfigurationException
-from featherlight.utilities.rank_zero import rank_zero_info
 from featherlight.utilities.model_helpers import is_overridden
+from featherlight.utilities.rank_zero import rank_zero_info
 
 if TYPE_CHECKING:
     from featherlight.core.module import LightningModule

@@ -10,7 +10,6 @@ from featherlight.core.hooks import CheckpointHooks, DataHooks
 from featherlight.core.mixins.hparams_mixin import HyperparametersMixin
 
 
-
 class LightningDataModule(DataHooks, HyperparametersMixin):
     """Download (``prepare_data``), split (``setup``) and serve data (``*_dataloader``).
 

@@ -449,10 +449,16 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         Loading never executes code from the file (``torch.load(weights_only=True)`` with an allow-list);
         a checkpoint that needs arbitrary unpickling is refused unless you pass ``weights_only=False``.
         """
-        from featherlight.core.saving import load_module_from_checkpoint
+        from featherlight.core.saving import load_weights, rebuild_module
 
-        return load_module_from_checkpoint(cls, checkpoint_path, map_location, hparams_file, strict,
-                                            weights_only is not False, **kwargs)
+        model, checkpoint = rebuild_module(cls, checkpoint_path, map_location, hparams_file, weights_only is not False,
+                                           **kwargs)
+        if model._strict_loading is not None and strict is not None and strict != model.strict_loading:
+            raise ValueError(
+                f"You set `.load_from_checkpoint(..., strict={strict!r})`, which conflicts with "
+                f"`{cls.__name__}.strict_loading={model.strict_loading!r}`. Set the same value for both."
+            )
+        return load_weights(model, checkpoint, model.strict_loading if strict is None else strict, checkpoint_path)
 
     def __getstate__(self) -> dict:
         # A module is pickled (spawn, deepcopy) without its trainer.

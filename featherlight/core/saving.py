@@ -19,7 +19,7 @@ import warnings
 from argparse import Namespace
 from collections.abc import Mapping
 from pathlib import PurePath
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import torch
 
@@ -271,20 +271,20 @@ def _default_map_location(storage: Any, location: str) -> Any:
     return storage.cpu()
 
 
-def load_module_from_checkpoint(cls: type, path: Any, map_location: Any, hparams_file: Any,
-                                 strict: Optional[bool], weights_only: bool = True, **kwargs: Any) -> Any:
-    checkpoint = load_checkpoint(path, map_location=map_location or _default_map_location,
-                                       weights_only=weights_only)
+def rebuild_module(cls: type, path: Any, map_location: Any, hparams_file: Any, weights_only: bool = True,
+                   **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+    """Read the checkpoint at ``path`` and build ``cls`` from its saved hyperparameters (``kwargs`` override them);
+    returns the new module and the checkpoint, whose weights :func:`load_weights` puts in."""
+    checkpoint = load_checkpoint(path, map_location=map_location or _default_map_location, weights_only=weights_only)
     if "state_dict" not in checkpoint:
         raise CheckpointError(f"{_describe(path)} has no 'state_dict': it is not a model checkpoint.", reason="corrupt")
     init_kwargs, hparams = _init_kwargs(cls, checkpoint, "hyper_parameters", "hparams_name", hparams_file, kwargs)
-    model = _instantiate(cls, init_kwargs, hparams, path)
-    if model._strict_loading is not None and strict is not None and strict != model.strict_loading:
-        raise ValueError(
-            f"You set `.load_from_checkpoint(..., strict={strict!r})`, which conflicts with "
-            f"`{cls.__name__}.strict_loading={model.strict_loading!r}`. Set the same value for both."
-        )
-    strict = model.strict_loading if strict is None else strict
+    return _instantiate(cls, init_kwargs, hparams, path), checkpoint
+
+
+def load_weights(model: Any, checkpoint: dict[str, Any], strict: bool, path: Any) -> Any:
+    """``configure_model``, ``on_load_checkpoint``, then the checkpoint's weights; the model goes where the
+    checkpoint's tensors were loaded (``map_location`` decides), as in Lightning."""
     if is_overridden("configure_model", model):  # the parent found from the class: LightningModule
         model.configure_model()
     model.on_load_checkpoint(checkpoint)
@@ -293,7 +293,6 @@ def load_module_from_checkpoint(cls: type, path: Any, map_location: Any, hparams
     if not state_dict:
         rank_zero_warn(f"The state dict in {_describe(path)} contains no parameters.")
         return model
-    # the model goes where the checkpoint's tensors were loaded (map_location decides), as in Lightning
     device = next((t.device for t in state_dict.values() if isinstance(t, torch.Tensor)), None)
     return model.to(device) if device is not None else model
 

@@ -127,7 +127,6 @@ def load_planner(weights_only: bool = True, whole: bool = False) -> Any:
 def load_in_place(state: dict[str, Any], path: str, weights_only: bool = True) -> None:
     """``dcp.load`` of ``state`` from ``path`` on every rank of the process group (resharding as needed)."""
     import torch.distributed.checkpoint as dcp
-
     from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
     reader, planner = storage_reader(path, weights_only), load_planner(weights_only)

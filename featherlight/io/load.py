@@ -18,6 +18,7 @@ from featherlight.io.paths import is_remote, read_bytes
 from featherlight.io.safe import load_file
 from featherlight.utilities.exceptions import CheckpointError
 
+
 def load_checkpoint(path: Union[str, os.PathLike, IO[bytes]], map_location: Any = None,
                     weights_only: bool = True) -> dict[str, Any]:
     """Read a checkpoint. With ``weights_only=True`` (default) no code from the file can run.

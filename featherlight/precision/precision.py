@@ -15,7 +15,6 @@ from torch.optim import Optimizer
 
 from featherlight.utilities.apply_func import apply_to_collection
 
-
 _NULL_CONTEXT = contextlib.nullcontext()  # reusable: entering it has no state
 _EVALUATES_CLOSURE_ONCE = frozenset(
     getattr(torch.optim, name) for name in ("SGD", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop",

@@ -21,7 +21,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from featherlight.strategies.launch import (
-    _REGISTRY, _first_slurm_host, env_job, join_job, launch_multiprocessing, start_children,
+    _REGISTRY,
+    _first_slurm_host,
+    env_job,
+    join_job,
+    launch_multiprocessing,
+    start_children,
     stop_children_on_failure,
 )
 from featherlight.strategies.strategy import Strategy

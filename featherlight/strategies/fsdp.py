@@ -31,8 +31,7 @@ from featherlight.io.atomic import atomic_torch_save
 from featherlight.io.load import load_checkpoint
 from featherlight.io.state import match_compiled_keys, optimizer_state_by_name
 from featherlight.strategies.ddp import _DEFAULT_TIMEOUT, DDPStrategy, _trainer_of
-from featherlight.utilities.exceptions import CheckpointError
-from featherlight.utilities.exceptions import MisconfigurationException
+from featherlight.utilities.exceptions import CheckpointError, MisconfigurationException
 
 if TYPE_CHECKING:
     from featherlight.core.module import LightningModule
@@ -266,8 +265,11 @@ class FSDPStrategy(DDPStrategy):
         optimizer states, each rank writing its own) plus ``meta.pt`` with the rest of the dict, written by
         rank 0. ``"full"``: the weights and optimizer states are gathered and rank 0 writes one file.
         """
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                             get_optimizer_state_dict)
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
 
 
         module = self._lightning_module
@@ -408,8 +410,7 @@ class FSDPStrategy(DDPStrategy):
         loading it into the module again changes nothing. The optimizer states are loaded later, once the
         optimizers exist, by :meth:`load_optimizer_states`.
         """
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                             set_model_state_dict)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 
         from featherlight.io.dcp import load_in_place
 
@@ -438,8 +439,11 @@ class FSDPStrategy(DDPStrategy):
 
     def load_optimizer_states(self, checkpoint: dict[str, Any], optimizers: list, path: Any = None) -> None:
         """Load the checkpoint's optimizer states into ``optimizers`` (every rank its shard)."""
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
-                                                             set_optimizer_state_dict)
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+            set_optimizer_state_dict,
+        )
 
         from featherlight.io.dcp import load_in_place
 

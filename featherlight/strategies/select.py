@@ -11,7 +11,6 @@ from featherlight.strategies.launch import _is_interactive, env_job
 from featherlight.strategies.strategy import SingleDeviceStrategy, Strategy
 from featherlight.utilities.exceptions import MisconfigurationException
 
-
 _ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 
 

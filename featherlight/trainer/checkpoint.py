@@ -10,18 +10,22 @@ import glob
 import os
 from typing import Any, Optional, Union
 
-
-from featherlight.core.saving import plain_hparams
-from featherlight.io.state import load_module_state, strip_compile_prefix
 from featherlight.core.mixins.hparams_mixin import saved_hparams
+from featherlight.core.saving import plain_hparams
 from featherlight.io.load import checkpoint_mtime, is_checkpoint_path, load_checkpoint
 from featherlight.io.paths import is_remote
+from featherlight.io.state import load_module_state, strip_compile_prefix
 from featherlight.trainer.interrupt import _checkpoint_path
 from featherlight.trainer.progress import LoopState
 from featherlight.trainer.resume import ResumePoint, _position_state
 from featherlight.utilities.exceptions import CheckpointError
 from featherlight.utilities.rank_zero import rank_zero_info, rank_zero_warn
-from featherlight.utilities.seed import _collect_rng_states, _set_rng_states, rng_states_from_tensors, rng_states_to_tensors
+from featherlight.utilities.seed import (
+    _collect_rng_states,
+    _set_rng_states,
+    rng_states_from_tensors,
+    rng_states_to_tensors,
+)
 
 # Lightning reads this key to decide which migrations to run; our layout matches its 2.x format.
 LIGHTNING_VERSION_KEY = "pytorch-lightning_version"

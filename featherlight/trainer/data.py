@@ -12,8 +12,8 @@ from featherlight.core.hooks import DataHooks
 from featherlight.core.module import LightningModule
 from featherlight.precision.precision import Precision
 from featherlight.strategies.samplers import _ResumableSampler
-from featherlight.utilities.exceptions import MisconfigurationException
 from featherlight.utilities.apply_func import move_data_to_device
+from featherlight.utilities.exceptions import MisconfigurationException
 from featherlight.utilities.model_helpers import has_effect, is_overridden
 
 _HOOK = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader", "predict": "predict_dataloader"}
@@ -82,7 +82,7 @@ def _num_batches(loader: Any, limit: Union[int, float], flag: str) -> Union[int,
     return out
 
 
-def _check_limit(value: Any, flag: str) -> Union[int, float]:
+def check_limit(value: Any, flag: str) -> Union[int, float]:
     if isinstance(value, bool):
         raise MisconfigurationException(f"`{flag}` must be an int or a float in [0, 1], got {value!r}.")
     if isinstance(value, float) and value.is_integer() and value > 1.0:
@@ -356,7 +356,8 @@ class DataConnector:
         hooks = []
         for name in ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer"):
             dm = trainer.datamodule
-            hooks.append(getattr(dm, name) if dm is not None and _overrides(dm, name) else trainer.hooks.module_hook(name))
+            own = dm is not None and _overrides(dm, name)
+            hooks.append(getattr(dm, name) if own else trainer.hooks.module_hook(name))
         self.batch_hooks = tuple(hooks)
         self.moves_batches = any(h is not None for h in hooks) or trainer.strategy.root_device.type != "cpu" \
             or self.convert_input is not None

@@ -6,13 +6,13 @@ from typing import Any, Iterable, Optional, Union
 
 import torch
 
-from featherlight.profilers import AdvancedProfiler, PassThroughProfiler, PyTorchProfiler, SimpleProfiler
 from featherlight.callbacks.callback import Callback
 from featherlight.callbacks.model_checkpoint import ModelCheckpoint
 from featherlight.callbacks.model_summary import ModelSummary
 from featherlight.callbacks.progress.progress_bar import ProgressBar
 from featherlight.callbacks.progress.tqdm_progress import TQDMProgressBar
 from featherlight.callbacks.timer import Timer
+from featherlight.profilers import AdvancedProfiler, PassThroughProfiler, PyTorchProfiler, SimpleProfiler
 from featherlight.trainer.run import order_callbacks
 from featherlight.utilities.exceptions import MisconfigurationException
 from featherlight.utilities.rank_zero import WarningCache, rank_zero_warn

@@ -19,12 +19,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
-
-from featherlight.utilities.rank_zero import rank_zero_warn
-
 from featherlight.strategies.samplers import _EpochContinuation, _samples_done, resumable_sampler
 from featherlight.trainer.progress import Phase
-from featherlight.utilities.rank_zero import rank_zero_info
+from featherlight.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from featherlight.utilities.seed import _set_rng_states, isolate_rng, rng_states_from_tensors, rng_states_to_tensors
 
 if TYPE_CHECKING:

@@ -54,7 +54,8 @@ class Optimization:
         self.pre_backward = strategy.pre_backward if has_effect("pre_backward", strategy, Strategy) else None
         self.gradient_sync = strategy.set_gradient_sync if has_effect("set_gradient_sync", strategy, Strategy) else None
         self.backward_hook = hooks.module_hook("backward")
-        self.clip_active = bool(trainer.gradient_clip_val) or hooks.module_hook("configure_gradient_clipping") is not None
+        self.clip_active = bool(trainer.gradient_clip_val) or \
+            hooks.module_hook("configure_gradient_clipping") is not None
         context = precision.forward_context if has_effect("forward_context", precision, Precision) else None
         if hooks.profiling:  # the step's profile entry comes with the forward, not as a wrapper frame
             context = _profiled_context(hooks.profile, f"[Strategy]{type(strategy).__name__}.training_step", context)

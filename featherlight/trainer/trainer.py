@@ -181,14 +181,14 @@ class Trainer:
             raise MisconfigurationException(f"`max_epochs` must be -1 (no limit) or a non-negative int, got {max_epochs!r}.")
 
         # ---- batches per run
-        self.overfit_batches = _data._check_limit(overfit_batches, "overfit_batches")
-        self.limit_train_batches = _data._check_limit(1.0 if limit_train_batches is None else limit_train_batches,
+        self.overfit_batches = _data.check_limit(overfit_batches, "overfit_batches")
+        self.limit_train_batches = _data.check_limit(1.0 if limit_train_batches is None else limit_train_batches,
                                                       "limit_train_batches")
-        self.limit_val_batches = _data._check_limit(1.0 if limit_val_batches is None else limit_val_batches,
+        self.limit_val_batches = _data.check_limit(1.0 if limit_val_batches is None else limit_val_batches,
                                                     "limit_val_batches")
-        self.limit_test_batches = _data._check_limit(1.0 if limit_test_batches is None else limit_test_batches,
+        self.limit_test_batches = _data.check_limit(1.0 if limit_test_batches is None else limit_test_batches,
                                                      "limit_test_batches")
-        self.limit_predict_batches = _data._check_limit(
+        self.limit_predict_batches = _data.check_limit(
             1.0 if limit_predict_batches is None else limit_predict_batches, "limit_predict_batches")
         if self.overfit_batches > 0:
             self.limit_train_batches = self.limit_val_batches = self.overfit_batches
@@ -377,7 +377,8 @@ class Trainer:
 
     # ================================================================== the run
     @contextlib.contextmanager
-    def _running(self, model: LightningModule, fn: TrainerFn, datamodule: Optional[LightningDataModule]) -> Iterator[None]:
+    def _running(self, model: LightningModule, fn: TrainerFn,
+                 datamodule: Optional[LightningDataModule]) -> Iterator[None]:
         """Around an entry point's run: attach the module, set the status, handle a stop or a failure. A context
         (not a frame between the entry point and its loop)."""
         if not isinstance(model, LightningModule):

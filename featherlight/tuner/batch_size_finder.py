@@ -9,14 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional
 
 from featherlight.callbacks.callback import Callback
-from featherlight.tuner.batch_size_scaling import _check_batch_size_source, _PREFIX, _scale_batch_size
+from featherlight.tuner.batch_size_scaling import _PREFIX, _check_batch_size_source, _scale_batch_size
 from featherlight.tuner.trials import _warn_if_ambiguous
 from featherlight.utilities.exceptions import MisconfigurationException, _TunerExitException
 from featherlight.utilities.rank_zero import WarningCache
 
 if TYPE_CHECKING:
-    from featherlight.trainer.trainer import Trainer
     from featherlight.core.module import LightningModule
+    from featherlight.trainer.trainer import Trainer
 
 _warnings = WarningCache()
 

@@ -12,8 +12,8 @@ from featherlight.tuner.lr_finder import _lr_find, _LRFinder
 from featherlight.utilities.exceptions import _TunerExitException
 
 if TYPE_CHECKING:
-    from featherlight.trainer.trainer import Trainer
     from featherlight.core.module import LightningModule
+    from featherlight.trainer.trainer import Trainer
 
 
 class LearningRateFinder(Callback):

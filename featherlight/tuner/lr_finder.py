@@ -26,8 +26,8 @@ from featherlight.utilities.exceptions import MisconfigurationException
 from featherlight.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 if TYPE_CHECKING:
-    from featherlight.trainer.trainer import Trainer
     from featherlight.core.module import LightningModule
+    from featherlight.trainer.trainer import Trainer
 
 _LR_ATTRS = ("lr", "learning_rate")
 

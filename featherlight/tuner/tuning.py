@@ -32,8 +32,8 @@ from featherlight.tuner.trials import _Preserved, quiet_trainer
 from featherlight.utilities.exceptions import MisconfigurationException, _TunerExitException
 
 if TYPE_CHECKING:
-    from featherlight.trainer.trainer import Trainer
     from featherlight.core.module import LightningModule
+    from featherlight.trainer.trainer import Trainer
 
 _METHODS = ("fit", "validate", "test", "predict")
 

@@ -304,7 +304,7 @@ class ModelSummary:
             }
             self._total_flops = sum(counts.get("Global", {}).values())
 
-    def _get_summary_data(self) -> list[tuple[str, list[str]]]:
+    def get_summary_data(self) -> list[tuple[str, list[str]]]:
         """The table as ``(header, cells)`` columns, including the "other params" row if any."""
         n = len(self._layer_summary)
         columns: list[tuple[str, list[str]]] = [
@@ -328,8 +328,10 @@ class ModelSummary:
                 cells.append(extra.get(header, NOT_APPLICABLE))
         return columns
 
+
+    _get_summary_data = get_summary_data  # Lightning's name, which libraries call
     def __str__(self) -> str:
-        columns = self._get_summary_data()
+        columns = self.get_summary_data()
         widths = [max([len(header), *(len(c) for c in cells)]) for header, cells in columns]
         n_rows = len(columns[0][1])
 

@@ -142,6 +142,9 @@ class WarningCache(set):
         self.clear()
 
 
+_LOGGING_INITIALIZED = False
+
+
 def _init_package_logging() -> None:
     """Make featherlight's INFO messages visible by default, the way Lightning does.
 
@@ -150,10 +153,11 @@ def _init_package_logging() -> None:
     is turned off so a later ``logging.basicConfig`` cannot print every message twice. If the root logger is
     configured, messages propagate to it and the user's setup decides. Calling this again is a no-op.
     """
-    logger = logging.getLogger(_PACKAGE_LOGGER)
-    if getattr(logger, "_featherlight_initialized", False):
+    global _LOGGING_INITIALIZED
+    if _LOGGING_INITIALIZED:
         return
-    logger._featherlight_initialized = True  # type: ignore[attr-defined]
+    _LOGGING_INITIALIZED = True
+    logger = logging.getLogger(_PACKAGE_LOGGER)
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)
     if not logging.getLogger().hasHandlers() and not logger.handlers:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from featherlight.callbacks.progress.progress_bar import ProgressBar, _convert_inf, _LineReporter, _in_notebook
+from featherlight.callbacks.progress.progress_bar import ProgressBar, _convert_inf, _in_notebook, _LineReporter
 from featherlight.utilities.model_helpers import is_overridden
 
 if TYPE_CHECKING:

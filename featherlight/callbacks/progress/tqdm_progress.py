@@ -13,8 +13,8 @@ from featherlight.callbacks.progress.progress_bar import (
     _LineReporter,
     _stream_is_interactive,
 )
-from featherlight.utilities.rank_zero import rank_zero_debug
 from featherlight.utilities.model_helpers import is_overridden
+from featherlight.utilities.rank_zero import rank_zero_debug
 
 if TYPE_CHECKING:
     from featherlight.core.module import LightningModule
