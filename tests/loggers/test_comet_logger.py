@@ -70,8 +70,8 @@ def test_offline_fit_records_params_and_metrics(tmp_path):
     assert train[-1][2] < train[0][2]
     assert [s for s, _, _ in _metrics(messages, "val_loss")] == [3, 7]
     assert _metrics(messages, "epoch") == []
-    others = {m["payload"]["log_other"]["key"]: m["payload"]["log_other"]["val"] for m in messages if m["type"] == "log_other"}
-    assert others.get("Name") == "first"
+    others = {m["payload"]["key"]: m["payload"]["value"] for m in messages if m["type"] == "log_other"}
+    assert others["Name"] == "first" and others["Created from"] == "pytorch-lightning"
 
 
 def test_prefix_and_lightning_25_argument_names(tmp_path):
