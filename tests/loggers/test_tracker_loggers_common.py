@@ -121,6 +121,7 @@ def _swap(text):
 def test_a_hydra_style_lightning_config_builds_the_loggers(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_MODE", "offline")
     config = yaml.safe_load(_swap(LIGHTNING_CONFIG.format(root=tmp_path)))
     wanted = {"MLFlowLogger": "mlflow", "WandbLogger": "wandb", "CometLogger": "comet_ml", "NeptuneLogger": "neptune"}
     built = []

@@ -29,6 +29,8 @@ def _offline(monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_CONSOLE", "off")
     monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    # wandb reads its environment once per process setup: start afresh so that WANDB_MODE=offline applies
+    wandb.teardown()
     yield
     if wandb.run is not None:
         wandb.finish()
