@@ -18,6 +18,12 @@ then encoded by hand and written in batches from the calling thread (featherligh
     and per step: the log call itself, the background thread's wake-up and its contention for the GIL, and the
     CPU caches the training step finds disturbed.
 
+(c) The event writer itself, on the same log calls (``{"train_loss": x, "epoch": e}`` per call, serialized and
+    framed into a buffer): the hand-written protobuf encoder and CRC-32C featherlight had (``_tfevents_handwritten``)
+    against the tensorboard package's own ``event_pb2`` messages and ``RecordWriter`` framing (what ``_tfevents``
+    uses now), and the two mixes. Microseconds per call, and the one-off import of the library pieces in a fresh
+    process (``--skip-import`` to leave that out).
+
 Everything is interleaved finely because shared 2-core machines change speed by tens of percent within seconds.
 """
 from __future__ import annotations
@@ -131,6 +137,64 @@ def in_loop(root: str, data, every: int, blocks: int) -> dict[str, list[tuple[fl
     return out
 
 
+# ------------------------------------------------------------------------------------------- (c) the writer
+def writer_comparison(calls: int, trials: int) -> dict[str, float]:
+    """Median microseconds per call of each encoder/framing pair, trials interleaved."""
+    import io
+
+    import _tfevents_handwritten as hand
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    def lib_encode(values, step, wall_time):
+        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in values.items()])
+        return event_pb2.Event(wall_time=wall_time, step=step, summary=summary).SerializeToString()
+
+    encoders = {"hand-written": hand.encode_scalar_event, "library": lib_encode}
+    values = [{"train_loss": 1.0 / (i + 1), "epoch": float(i // 100)} for i in range(calls)]
+    # the bytes are the same whichever way they are made
+    assert hand.encode_scalar_event(values[3], 3, 1.5) == lib_encode(values[3], 3, 1.5)
+
+    def run(encode, framing):
+        out = io.BytesIO()
+        records = RecordWriter(out)
+        start = time.perf_counter()
+        if framing == "library":
+            for step, v in enumerate(values):
+                records.write(encode(v, step, 1.7e9))
+        else:
+            for step, v in enumerate(values):
+                out.write(hand.frame_record(encode(v, step, 1.7e9)))
+        return (time.perf_counter() - start) / calls * 1e6
+
+    pairs = [(e, f) for e in encoders for f in ("hand-written", "library")]
+    results: dict[tuple[str, str], list[float]] = {pair: [] for pair in pairs}
+    for trial in range(trials):
+        for pair in pairs[trial % len(pairs):] + pairs[: trial % len(pairs)]:
+            results[pair].append(run(encoders[pair[0]], pair[1]))
+    return {pair: _median(times) for pair, times in results.items()}
+
+
+def import_cost(trials: int) -> dict[str, float]:
+    """Median milliseconds to import each library piece in a fresh process (torch already imported)."""
+    import subprocess
+
+    pieces = {
+        "event_pb2 + summary_pb2": "tensorboard.compat.proto.event_pb2, tensorboard.compat.proto.summary_pb2",
+        "+ RecordWriter (framing, CRC)": "tensorboard.compat.proto.event_pb2, tensorboard.summary.writer.record_writer",
+        "torch.utils.tensorboard (SummaryWriter)": "torch.utils.tensorboard",
+    }
+    out = {}
+    for name, modules in pieces.items():
+        times = []
+        for _ in range(trials):
+            code = f"import time, torch; t = time.perf_counter(); import {modules}; print(time.perf_counter() - t)"
+            run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            times.append(float(run.stdout.strip()) * 1e3)
+        out[name] = _median(times)
+    return out
+
+
 def _median(values):
     return statistics.median(values)
 
@@ -141,7 +205,13 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=9)
     parser.add_argument("--blocks", type=int, default=400, help="blocks per variant in (b)")
     parser.add_argument("--every", type=int, default=50, help="steps per block in (b) (log_every_n_steps)")
+    parser.add_argument("--only-writer", action="store_true", help="run only (c)")
+    parser.add_argument("--skip-import", action="store_true", help="leave the import timings out of (c)")
     args = parser.parse_args()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    if args.only_writer:
+        _print_writer(args)
+        return
 
     root = tempfile.mkdtemp()
     try:
@@ -176,8 +246,23 @@ def main() -> None:
             extra_cpu = (statistics.mean(c for _, c in blocks[name]) - none_cpu) * 1e6
             print(f"    {name:8} {extra_wall:10.1f} {error:10.1f} {extra_median:12.1f} {extra_cpu:9.1f} "
                   f"{extra_wall / args.every:13.2f} {extra_wall / (none_wall * 1e6) * 100:7.2f}")
+        print()
+        _print_writer(args)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _print_writer(args: argparse.Namespace) -> None:
+    per_call = writer_comparison(args.calls, args.trials)
+    print(f"(c) serialize + frame one event per log call ({{'train_loss', 'epoch'}}), {args.calls} calls, "
+          f"{args.trials} interleaved trials, medians")
+    print(f"    {'encoder':14} {'framing + CRC':14} {'us/call':>8}")
+    for (encoder, framing), us in per_call.items():
+        print(f"    {encoder:14} {framing:14} {us:8.2f}")
+    if not args.skip_import:
+        print("    one-off import in a fresh process after torch (ms, median):")
+        for name, ms in import_cost(5).items():
+            print(f"      {name:42} {ms:7.0f}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ FLOORS = {
     "loggers": 3, "strategies": 3, "callbacks": 3,
     "trainer": 4,
     "tuner": 5, "cli": 5,
-    "__init__": 6, "pytorch": 6, "demos": 6, "fabric": 6, "plot": 6,
+    "__init__": 6, "pytorch": 6, "demos": 6, "fabric": 6,
+    "plot": 3,  # reads metrics.csv (CSVLogger.plot); imports nothing of featherlight
 }
 
 # Private names of other libraries' objects that featherlight reads on purpose (torch, numpy, the standard
@@ -44,6 +45,7 @@ FOREIGN_PRIVATE = {
     "_replace": "a namedtuple's public copy-with-changes method",
     "_fields": "a namedtuple's public field list",
     "_legacy_state_key": "Callback's (Lightning's) key for older checkpoints",
+    "_attach": "wandb's way to re-attach to a run from another process (spawned DDP ranks), as Lightning uses",
 }
 
 

@@ -105,6 +105,14 @@ class DigitsCNN(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+def _plot(logger: CSVLogger) -> str:
+    """The PNG of the run's curves, or how to get one."""
+    try:
+        return logger.plot()
+    except ModuleNotFoundError:
+        return f"pip install matplotlib, then: python -m featherlight.plot {logger.log_dir}"
+
+
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-epochs", type=int, default=15)
@@ -134,6 +142,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     print(f"  hparams:      {os.path.join(log_dir, 'hparams.yaml')}")
     print(f"  best ckpt:    {checkpoint.best_model_path}")
     print(f"  last ckpt:    {checkpoint.last_model_path}")
+    print(f"  curves:       {_plot(trainer.logger)}")
     print(f"Reload it with: DigitsCNN.load_from_checkpoint({checkpoint.best_model_path!r})")
     return {"test": results[0], "best_model_path": checkpoint.best_model_path, "log_dir": log_dir}
 

@@ -1,165 +1,93 @@
 """A small, synchronous writer of TensorBoard event files holding scalar summaries.
 
-``torch.utils.tensorboard.SummaryWriter.add_scalar`` builds protobuf messages, checksums them with a pure-Python
-CRC32C one byte at a time and hands each event to a background thread that wakes up per event and competes with the
-training thread for the GIL. :class:`ScalarEventWriter` writes the same files for the one thing a training loop logs
-constantly, scalars, without any of that: it puts all the values of one call into a single event, queues the
-events in memory, and encodes the few protobuf fields by hand, frames and writes them in batches, from the calling
-thread.
+``torch.utils.tensorboard.SummaryWriter.add_scalar`` builds one event per scalar and hands each to a background
+thread that wakes up per event and competes with the training thread for the GIL. :class:`ScalarEventWriter` writes
+the same files for the one thing a training loop logs constantly, scalars, without that thread: it puts all the values
+of one call into a single event, queues the events in memory, and serializes, frames and writes them in batches from
+the calling thread.
 
-The format, as TensorBoard reads it:
-
-* An event file is a sequence of TFRecords. A record is the data length as a little-endian ``uint64``, the masked
-  CRC32C of those 8 bytes as a little-endian ``uint32``, the data, and the masked CRC32C of the data as a
-  little-endian ``uint32``. CRC32C uses the Castagnoli polynomial (``0x82F63B78`` reflected); the mask is
-  ``((crc >> 15) | (crc << 17)) + 0xA282EAD8`` modulo ``2**32``.
-* Each record's data is a serialized ``tensorboard.Event``: ``wall_time = 1`` (double), ``step = 2`` (int64),
-  ``file_version = 3`` (string), ``summary = 5`` (``Summary``). A ``Summary`` has ``repeated Value value = 1``; a
-  ``Value`` has ``tag = 1`` (string) and ``simple_value = 2`` (float).
-* The first record of a file is an event carrying only ``wall_time`` and ``file_version = "brain.Event:2"``.
-* Readers pick up every file in a run directory whose name contains ``tfevents``.
-* TFRecord readers treat a partial record at the end of a file as not yet written; this writer only ever writes
-  whole records anyway.
-
-Nothing here imports ``tensorboard`` or ``protobuf``.
+The encoding and the framing are the ``tensorboard`` package's own: events are ``tensorboard.compat.proto.event_pb2``
+messages and records are framed and checksummed (masked CRC-32C) by its ``RecordWriter``; with only ``tensorboardX``
+installed, its copies of both are used. ``benchmarks/bench_tensorboard.py`` (c) measured the hand-written protobuf
+encoder and CRC-32C this module used to have against them: a few microseconds per log call, once per
+``log_every_n_steps`` steps, which is no real cost, so the library's are used. They are imported at the first
+write-out, not when this module is imported.
 """
 
 from __future__ import annotations
 
+import io
 import itertools
+import math
 import os
-import struct
 import time
 import weakref
 from collections.abc import Mapping
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
-__all__ = ["ScalarEventWriter", "crc32c", "masked_crc32c", "encode_scalar_event", "frame_record"]
+__all__ = ["ScalarEventWriter", "encode_scalar_event", "frame_record"]
 
-_CASTAGNOLI = 0x82F63B78  # CRC-32C polynomial, bit-reflected
-_MASK_DELTA = 0xA282EAD8
-_U32 = 0xFFFFFFFF
-_U64 = 0xFFFFFFFFFFFFFFFF
 FILE_VERSION = "brain.Event:2"
+_FLOAT32_MAX = 3.4028234663852886e38
 
-_pack_double = struct.Struct("<d").pack
-_pack_float = struct.Struct("<f").pack
-_pack_u32 = struct.Struct("<I").pack
-_pack_u64 = struct.Struct("<Q").pack
-_FLOAT_INF = _pack_float(float("inf"))
-_FLOAT_NEG_INF = _pack_float(float("-inf"))
-
-_table: Optional[tuple[int, ...]] = None  # CRC-32C of each byte value; built on the first checksum, not at import
+_library: Optional[tuple[Any, Any, Callable[[Any], Any]]] = None  # (Event, Summary, RecordWriter), on first use
 
 
-def _crc_table() -> tuple[int, ...]:
-    global _table
-    if _table is None:
-        table = []
-        for byte in range(256):
-            crc = byte
-            for _ in range(8):
-                crc = (crc >> 1) ^ _CASTAGNOLI if crc & 1 else crc >> 1
-            table.append(crc)
-        _table = tuple(table)
-    return _table
-
-
-def crc32c(data: Union[bytes, bytearray, memoryview], crc: int = 0) -> int:
-    """CRC-32C (Castagnoli) of ``data``; pass a previous result as ``crc`` to continue it over more data.
-
-    Pure Python, one table lookup per byte: neither the standard library (``zlib``/``binascii`` only have the IEEE
-    CRC-32) nor featherlight's dependencies offer CRC-32C. About 0.1 us a byte; a log call's event is ~50 bytes.
-    (Eight bytes per iteration with eight tables, "slicing-by-8", measured ~20% faster on such inputs with warm CPU
-    caches but about half as fast with cold ones, as between training steps: not worth its 2048-entry tables.)
-    """
-    table = _table or _crc_table()
-    crc ^= _U32
-    for byte in data if not isinstance(data, memoryview) else data.cast("B"):
-        crc = table[(crc & 0xFF) ^ byte] ^ (crc >> 8)
-    return crc ^ _U32
-
-
-def masked_crc32c(data: Union[bytes, bytearray, memoryview]) -> int:
-    """The CRC-32C of ``data`` masked as TFRecord stores it."""
-    crc = crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & _U32
-
-
-_record_heads: dict[int, bytes] = {}  # data length -> length field + its masked CRC (event sizes repeat)
+def _lib() -> tuple[Any, Any, Callable[[Any], Any]]:
+    """``(Event, Summary, RecordWriter)`` from ``tensorboard``, else from ``tensorboardX``."""
+    global _library
+    if _library is None:
+        try:
+            from tensorboard.compat.proto.event_pb2 import Event
+            from tensorboard.compat.proto.summary_pb2 import Summary
+            from tensorboard.summary.writer.record_writer import RecordWriter
+        except ImportError:
+            try:
+                from tensorboardX.proto.event_pb2 import Event  # type: ignore[no-redef]
+                from tensorboardX.proto.summary_pb2 import Summary  # type: ignore[no-redef]
+                from tensorboardX.record_writer import RecordWriter  # type: ignore[no-redef]
+            except ImportError:
+                raise ModuleNotFoundError(
+                    "Writing TensorBoard event files needs `tensorboard`: run `pip install tensorboard`"
+                    " (or `pip install tensorboardX`)."
+                ) from None
+        _library = (Event, Summary, RecordWriter)
+    return _library
 
 
 def frame_record(data: bytes) -> bytes:
-    """Wrap ``data`` in a TFRecord: length, masked CRC of the length, data, masked CRC of the data."""
-    size = len(data)
-    head = _record_heads.get(size)
-    if head is None:
-        length = _pack_u64(size)
-        head = length + _pack_u32(masked_crc32c(length))
-        if len(_record_heads) < 4096:
-            _record_heads[size] = head
-    return head + data + _pack_u32(masked_crc32c(data))
+    """``data`` as one TFRecord (length, masked CRC-32C of the length, data, masked CRC-32C of the data), framed by
+    the library's ``RecordWriter``."""
+    out = io.BytesIO()
+    _lib()[2](out).write(data)
+    return out.getvalue()
 
 
-def _varint(value: int) -> bytes:
-    """Protobuf base-128 varint; a negative int64 is written as its 64-bit two's complement (10 bytes)."""
-    if 0 <= value < 0x80:
-        return bytes((value,))
-    value &= _U64
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-_value_heads: dict[str, bytes] = {}  # tag -> the bytes of its Summary.value entry before the float
-
-
-def _value_head(tag: str) -> bytes:
-    head = _value_heads.get(tag)
-    if head is None:
-        name = str(tag).encode("utf-8")
-        # Value { tag (field 1, length-delimited), simple_value (field 2, fixed32) }
-        value = b"\x0a" + _varint(len(name)) + name + b"\x15"
-        # Summary.value (field 1, length-delimited); the 4 float bytes follow
-        head = b"\x0a" + _varint(len(value) + 4) + value
-        if len(_value_heads) >= 10_000:  # tags that never repeat must not grow this without bound
-            _value_heads.clear()
-        _value_heads[tag] = head
-    return head
+def _f32(value: float) -> float:
+    # beyond float32's range protobuf would refuse the value; TensorBoard's own path stores +-inf
+    if value > _FLOAT32_MAX or value < -_FLOAT32_MAX:
+        return math.copysign(math.inf, value)
+    return value
 
 
 def encode_scalar_event(values: Mapping[str, float], step: int, wall_time: float) -> bytes:
-    """Serialize ``Event{wall_time, step, summary: Summary{value: [Value{tag, simple_value}, ...]}}``.
-
-    Fields come in field-number order and a zero ``step`` is left out, as protobuf itself serializes it.
-    """
+    """Serialize ``Event{wall_time, step, summary: Summary{value: [Value{tag, simple_value}, ...]}}``."""
     return _encode_event(wall_time, step, values.items())
 
 
 def _encode_event(wall_time: float, step: int, items: Iterable[tuple[str, float]]) -> bytes:
-    heads = _value_heads
-    parts = []
-    for tag, value in items:
-        head = heads.get(tag) or _value_head(tag)
-        try:
-            parts.append(head + _pack_float(value))
-        except OverflowError:  # beyond float32's range: TensorBoard's protobuf path stores +-inf as well
-            parts.append(head + (_FLOAT_INF if value > 0 else _FLOAT_NEG_INF))
-    body = b"".join(parts)
-    step_field = b"\x10" + _varint(step) if step else b""
-    return b"\x09" + _pack_double(wall_time) + step_field + b"\x2a" + _varint(len(body)) + body
+    event_cls, summary_cls, _ = _lib()
+    summary = summary_cls(value=[summary_cls.Value(tag=str(tag), simple_value=_f32(value)) for tag, value in items])
+    return event_cls(wall_time=wall_time, step=step, summary=summary).SerializeToString()
 
 
 def _encode_version_event(wall_time: float) -> bytes:
-    version = FILE_VERSION.encode("ascii")
-    return b"\x09" + _pack_double(wall_time) + b"\x1a" + _varint(len(version)) + version
+    return _lib()[0](wall_time=wall_time, file_version=FILE_VERSION).SerializeToString()
 
 
-# A pending event: its serialized bytes, or ``(wall_time, step, [(tag, float), ...])`` still to be encoded.
-_Pending = Union[bytes, tuple[float, int, list[tuple[str, float]]]]
+# A pending event: ``(wall_time, None, None)`` for the file's version event, else ``(wall_time, step, [(tag, float),
+# ...])``; encoded when written out.
+_Pending = tuple[float, Optional[int], Optional[list[tuple[str, float]]]]
 
 
 def _write_out(file: Any, pending: list[_Pending], owner_pid: int) -> None:
@@ -170,9 +98,11 @@ def _write_out(file: Any, pending: list[_Pending], owner_pid: int) -> None:
     if pending:
         events = pending[:]
         del pending[: len(events)]
-        file.write(
-            b"".join([frame_record(event if type(event) is bytes else _encode_event(*event)) for event in events])
-        )
+        out = io.BytesIO()
+        records = _lib()[2](out)
+        for wall_time, step, items in events:
+            records.write(_encode_version_event(wall_time) if items is None else _encode_event(wall_time, step, items))
+        file.write(out.getvalue())
     file.flush()
 
 
@@ -195,7 +125,7 @@ class ScalarEventWriter:
     the two never collide, and a file of this writer sorts after a ``SummaryWriter`` file created in the same
     second.)
 
-    :meth:`write_scalars` only converts the values to ``float`` and queues them; events are encoded, checksummed and
+    :meth:`write_scalars` only converts the values to ``float`` and queues them; events are serialized, framed and
     written at the first write, at a write more than ``flush_secs`` after the previous write-out, when more than
     ``max_pending`` events wait, on :meth:`flush` and :meth:`close`, and at interpreter exit. Doing that work in
     batches rather than between training steps, when the CPU caches hold the training step's data instead of this
@@ -280,7 +210,7 @@ class ScalarEventWriter:
                 continue
             break
         self._file, self._path = file, path
-        self._pending.append(_encode_version_event(wall_time))
+        self._pending.append((wall_time, None, None))
         self._last_write_out = float("-inf")  # the first write goes out at once: the run shows up right away
         # Writes out what is pending at interpreter exit or when the writer is garbage collected; holds no
         # reference to ``self``.

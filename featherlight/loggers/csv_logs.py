@@ -212,6 +212,18 @@ class CSVLogger(Logger):
         super().save()
         self.experiment.save()
 
+    def plot(self, path: Optional[_PATH] = None) -> str:
+        """Write buffered rows to disk and draw every logged metric against the step into one PNG.
+
+        Returns the PNG's path (``log_dir/metrics.png`` unless ``path`` is given). Needs matplotlib
+        (``pip install 'featherlight[plot]'``); see :mod:`featherlight.plot`.
+        """
+        from featherlight.plot import plot_metrics
+
+        if self._experiment is not None:
+            self._experiment.save()
+        return plot_metrics(self.log_dir, path)
+
     @rank_zero_only
     def finalize(self, status: str) -> None:
         """Flush everything to disk; does nothing if nothing was ever logged."""

@@ -168,8 +168,16 @@ class TensorBoardLogger(Logger):
 
     @rank_zero_only
     def prepare(self) -> None:
-        """Resolve the version and create the log directory (the trainer calls this at setup)."""
+        """Resolve the version and create the log directory (the trainer calls this at setup).
+
+        Also imports tensorboard's event protobufs and record framing now, so that the one-off cost (a few hundred
+        milliseconds: see ``benchmarks/bench_tensorboard.py`` (c)) is paid at setup rather than at the first log
+        call inside the training loop.
+        """
         os.makedirs(self.log_dir, exist_ok=True)
+        from featherlight.loggers._tfevents import _lib
+
+        _lib()
 
     def _get_scalar_writer(self) -> ScalarEventWriter:
         if self._scalar_writer is None:

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from featherlight.loggers import _tfevents
-from featherlight.loggers._tfevents import ScalarEventWriter, crc32c, encode_scalar_event, frame_record, masked_crc32c
+from featherlight.loggers._tfevents import ScalarEventWriter, encode_scalar_event, frame_record
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -50,50 +50,6 @@ def _event_files(log_dir):
 
 
 # ----------------------------------------------------------------------------------------------- checksums
-@pytest.mark.parametrize(
-    ("data", "expected"),
-    [
-        (b"123456789", 0xE3069283),  # the CRC-32C check value
-        (b"", 0x00000000),
-        (bytes(32), 0x8A9136AA),  # RFC 3720, B.4: 32 bytes of zeros
-        (b"\xff" * 32, 0x62A8AB43),  # 32 bytes of ones
-        (bytes(range(32)), 0x46DD794E),  # 32 incrementing bytes
-        (bytes(range(31, -1, -1)), 0x113FDB5C),  # 32 decrementing bytes
-    ],
-)
-def test_crc32c_known_vectors(data, expected):
-    assert crc32c(data) == expected
-    assert crc32c(bytearray(data)) == expected
-    assert crc32c(memoryview(data)) == expected
-
-
-def test_crc32c_continues_and_handles_every_tail_length():
-    data = bytes((i * 37 + 11) & 0xFF for i in range(100))
-    # reference: the textbook bit-at-a-time CRC-32C
-    def slow(buf):
-        crc = 0xFFFFFFFF
-        for byte in buf:
-            crc ^= byte
-            for _ in range(8):
-                crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-        return crc ^ 0xFFFFFFFF
-
-    for n in range(len(data)):  # every length mod 8 goes through the 8-byte loop and the byte-wise tail
-        assert crc32c(data[:n]) == slow(data[:n])
-    assert crc32c(data[40:], crc32c(data[:40])) == crc32c(data)
-
-
-def test_masked_crc_matches_tensorboard():
-    pytest.importorskip("tensorboard")
-    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tb_masked_crc32c
-
-    for n in (0, 1, 7, 8, 9, 63, 64, 65, 300):
-        data = os.urandom(n)
-        assert masked_crc32c(data) == tb_masked_crc32c(data)
-    crc = 0xE3069283
-    assert masked_crc32c(b"123456789") == (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
 def test_frame_record_matches_tensorboards_record_writer():
     pytest.importorskip("tensorboard")
     import io
