@@ -80,7 +80,7 @@ def _dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> dict[str
     else:
         # callbacks that decide what the model's weights are (weight averaging) edit weights-only files too
         for cb in trainer.callbacks:
-            if getattr(cb, "edits_weights_only_checkpoints", False):
+            if getattr(cb, "edits_weights_only_checkpoints", False) is True:
                 cb.on_save_checkpoint(trainer, module, checkpoint)
     trainer.hooks.call_module("on_save_checkpoint", checkpoint)
     if dm is not None:

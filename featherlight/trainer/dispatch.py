@@ -57,7 +57,7 @@ class HookDispatcher:
         self._readers.clear()
         # hooks a callback declares idle in this run (e.g. ModelCheckpoint's per-batch check without a per-step
         # trigger) are skipped; they stay in when profiling, for the report
-        idle = {id(cb): (set() if profiling else set(cb.idle_hooks(trainer))) for cb in trainer.callbacks
+        idle = {id(cb): (set() if profiling else _declared_set(cb.idle_hooks(trainer))) for cb in trainer.callbacks
                 if isinstance(cb, Callback)}
         for hook in SHARED_HOOKS:
             early, late = [], []
@@ -66,7 +66,7 @@ class HookDispatcher:
                     fn = getattr(cb, hook)
                     if profiling:
                         fn = _profiled(profiler, f"[Callback]{cb.state_key}.{hook}", fn)
-                    (late if getattr(cb, "monitors_metrics", False) else early).append((cb, fn))
+                    (late if getattr(cb, "monitors_metrics", False) is True else early).append((cb, fn))
             if hook == "on_train_epoch_end":
                 # metric-monitoring callbacks (checkpointing, early stopping) run after the module here, so they
                 # see what the module logged at epoch end
@@ -74,7 +74,8 @@ class HookDispatcher:
                 self.late_callbacks[hook] = tuple(fn for _, fn in late)
             else:
                 self.callbacks[hook] = tuple(fn for _, fn in early + late)
-            self._readers[hook] = any(not isinstance(cb, Callback) or cb.reads_outputs(hook) for cb, _ in early + late)
+            self._readers[hook] = any(not isinstance(cb, Callback) or cb.reads_outputs(hook) is not False
+                                      for cb, _ in early + late)
         # per hook: (callbacks before the module, the module's method, callbacks after), or None when nobody
         # overrides it, so an unused hook costs one dict lookup
         self._plan, self._runners = {}, {}
@@ -192,6 +193,11 @@ class HookDispatcher:
                 yield batch
 
         return gen()
+
+
+def _declared_set(value: Any) -> set:
+    """What a callback declared, if it is a set of names (a mock standing in for a callback declares nothing)."""
+    return set(value) if isinstance(value, (set, frozenset, list, tuple)) else set()
 
 
 def _profiled(profiler: Any, action: str, fn: Callable) -> Callable:

@@ -44,7 +44,7 @@ def order_callbacks(callbacks: list[Callback]) -> list[Callback]:
 
     Raises if two stateful callbacks share a ``state_key``: one state would overwrite the other.
     """
-    first = [c for c in callbacks if getattr(c, "runs_first", False)]
+    first = [c for c in callbacks if getattr(c, "runs_first", False) is True]
     last = [c for c in callbacks if isinstance(c, Checkpoint)]
     middle = [c for c in callbacks if c not in first and c not in last]
     seen: dict[str, Callback] = {}

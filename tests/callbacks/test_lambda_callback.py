@@ -101,7 +101,7 @@ def test_hooks_match_lightning():
     theirs = set(inspect.signature(pl.callbacks.LambdaCallback.__init__).parameters) - {"self"}
     assert theirs <= set(_HOOKS)
     # everything public on the base is a hook, except the state and what a callback declares to the trainer
-    declarations = {"monitors_metrics", "runs_first", "edits_weights_only_checkpoints", "idle_hooks", "reads_outputs"}
+    declarations = {"monitors_metrics", "runs_first", "edits_weights_only_checkpoints"}
     ours_in_base = {n for n in vars(Callback) if not n.startswith("_")} - {"state_key", "state_dict",
                                                                            "load_state_dict"} - declarations
     assert set(_HOOKS) == ours_in_base

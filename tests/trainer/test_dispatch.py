@@ -1,0 +1,51 @@
+"""What callbacks declare to the hook dispatcher, and what a stand-in (a mock) declares: nothing."""
+from unittest import mock
+
+import featherlight as L
+from featherlight.callbacks import Callback
+from featherlight.demos.boring_classes import BoringModel
+
+
+def _fit(callbacks):
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, callbacks=callbacks, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(BoringModel())
+    return trainer
+
+
+def test_a_mock_callback_is_called_and_declares_nothing():
+    cb = mock.Mock(spec=Callback)
+    trainer = _fit([cb])
+    assert cb.on_train_batch_end.call_count == 2
+    assert cb.on_train_epoch_end.call_count == 1
+    # a Mock attribute is not `True`: the mock is not taken for a metric monitor or a first-runner
+    assert trainer.hooks.late_callbacks["on_train_epoch_end"] == ()
+
+
+def test_declarations_order_and_skip_hooks():
+    order = []
+
+    class Monitor(Callback):
+        monitors_metrics = True
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            order.append("monitor")
+
+    class Plain(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            order.append("plain")
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            raise AssertionError("declared idle: never called")
+
+        def idle_hooks(self, trainer):
+            return {"on_train_batch_start"}
+
+    class Model(BoringModel):
+        def on_train_epoch_end(self):
+            order.append("module")
+
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, callbacks=[Monitor(), Plain()],
+                        logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(Model())
+    assert order == ["plain", "module", "monitor"]
