@@ -785,6 +785,27 @@ def _init_kwargs(cls: type, checkpoint: dict[str, Any], hparams_key: str, name_k
     return kwargs, hparams
 
 
+# featherlight's own LightningCLI instantiator (and Lightning's name for it, in checkpoints Lightning wrote)
+_CLI_INSTANTIATORS = ("featherlight.cli.instantiate_module", "lightning.pytorch.cli.instantiate_module",
+                      "pytorch_lightning.cli.instantiate_module")
+
+
+def _rebuild_with_cli(cls: type, saved: Any, hparams_file: Any, overrides: dict[str, Any]) -> Any:
+    """A module LightningCLI built recorded its parsed config (``class_path`` entries, optimizer callables) and
+    ``_instantiator``; rebuild it through the CLI so those come back as objects. Only the CLI's own instantiator
+    is honoured (the checkpoint never chooses the code to run), and a ``_class_path`` only within subclasses of
+    ``cls``. ``None`` when the hyperparameters were not recorded by the CLI."""
+    if hparams_file is not None or not isinstance(saved, Mapping):
+        return None
+    if saved.get("_instantiator") not in _CLI_INSTANTIATORS:
+        return None
+    from featherlight.cli import instantiate_module
+
+    config = {k: v for k, v in saved.items() if k != "_instantiator"}
+    config.update(overrides)
+    return instantiate_module(cls, config)
+
+
 def _instantiate(cls: type, kwargs: dict[str, Any], hparams: dict[str, Any], path: Any) -> Any:
     try:
         return cls(**kwargs)
@@ -830,8 +851,10 @@ def _load_module_from_checkpoint(cls: type, path: Any, map_location: Any, hparam
                                        weights_only=weights_only)
     if "state_dict" not in checkpoint:
         raise CheckpointError(f"{_describe(path)} has no 'state_dict': it is not a model checkpoint.", reason="corrupt")
-    init_kwargs, hparams = _init_kwargs(cls, checkpoint, "hyper_parameters", "hparams_name", hparams_file, kwargs)
-    model = _instantiate(cls, init_kwargs, hparams, path)
+    model = _rebuild_with_cli(cls, checkpoint.get("hyper_parameters"), hparams_file, kwargs)
+    if model is None:
+        init_kwargs, hparams = _init_kwargs(cls, checkpoint, "hyper_parameters", "hparams_name", hparams_file, kwargs)
+        model = _instantiate(cls, init_kwargs, hparams, path)
     if model._strict_loading is not None and strict is not None and strict != model.strict_loading:
         raise ValueError(
             f"You set `.load_from_checkpoint(..., strict={strict!r})`, which conflicts with "
@@ -855,9 +878,11 @@ def _load_datamodule_from_checkpoint(cls: type, path: Any, map_location: Any, hp
                                      weights_only: bool = True, **kwargs: Any) -> Any:
     checkpoint = _load_checkpoint_file(path, map_location=map_location or _default_map_location,
                                        weights_only=weights_only)
-    init_kwargs, hparams = _init_kwargs(cls, checkpoint, "datamodule_hyper_parameters", "datamodule_hparams_name",
-                                        hparams_file, kwargs)
-    dm = _instantiate(cls, init_kwargs, hparams, path)
+    dm = _rebuild_with_cli(cls, checkpoint.get("datamodule_hyper_parameters"), hparams_file, kwargs)
+    if dm is None:
+        init_kwargs, hparams = _init_kwargs(cls, checkpoint, "datamodule_hyper_parameters", "datamodule_hparams_name",
+                                            hparams_file, kwargs)
+        dm = _instantiate(cls, init_kwargs, hparams, path)
     key = cls.__qualname__
     if key in checkpoint:
         dm.load_state_dict(checkpoint[key])

@@ -9,7 +9,7 @@ import contextlib
 import math
 import os
 from datetime import timedelta
-from typing import Any, Iterable, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Union
 
 import torch
 
@@ -25,6 +25,10 @@ from featherlight.trainer.logging import _LogState
 from featherlight.trainer.states import LoopState, RunningStage, TrainerFn, TrainerState, TrainerStatus, _StopRun
 from featherlight.utilities.exceptions import MisconfigurationException
 from featherlight.utilities.rank_zero import WarningCache, rank_zero_info, rank_zero_warn
+
+if TYPE_CHECKING:  # annotations only; LightningCLI resolves them to offer `--trainer.logger CSVLogger`
+    from featherlight.loggers.logger import Logger
+    from featherlight.profilers.profiler import Profiler
 
 _warnings = WarningCache()
 _NO_PROFILE = contextlib.nullcontext()
@@ -46,7 +50,7 @@ class Trainer:
         devices: Union[list[int], str, int] = "auto",
         num_nodes: int = 1,
         precision: Optional[Union[str, int]] = None,
-        logger: Optional[Union[Any, Iterable[Any], bool]] = None,
+        logger: Optional[Union[Logger, Iterable[Logger], bool]] = None,
         callbacks: Optional[Union[list[Callback], Callback]] = None,
         fast_dev_run: Union[int, bool] = False,
         max_epochs: Optional[int] = None,
@@ -73,7 +77,7 @@ class Trainer:
         benchmark: Optional[bool] = None,
         inference_mode: bool = True,
         use_distributed_sampler: bool = True,
-        profiler: Optional[Union[Any, str]] = None,
+        profiler: Optional[Union[Profiler, str]] = None,
         detect_anomaly: bool = False,
         barebones: bool = False,
         plugins: Optional[Any] = None,
@@ -747,7 +751,8 @@ class Trainer:
             params.update(module.hparams_initial)
         dm = self.datamodule
         if dm is not None and getattr(dm, "_log_hyperparams", False):
-            overlap = set(params) & set(dm.hparams_initial)
+            # `_class_path`: which class LightningCLI built, recorded by each of the two; not a clash
+            overlap = (set(params) & set(dm.hparams_initial)) - {"_class_path"}
             clash = [k for k in overlap if params[k] is not dm.hparams_initial[k] and params[k] != dm.hparams_initial[k]]
             if clash:
                 raise MisconfigurationException(
@@ -755,6 +760,7 @@ class Trainer:
                     "LightningDataModule's hparams but have different values. Rename one of them."
                 )
             params.update(dm.hparams_initial)
+        params.pop("_class_path", None)  # LightningCLI's internal record, not a hyperparameter to log
         for logger in self.loggers:
             if params:
                 logger.log_hyperparams(params)
