@@ -192,6 +192,38 @@ class LightningArgumentParser(ArgumentParser):
         self._optimizers: dict[str, tuple[Union[type, tuple[type, ...]], str]] = {}
         self._lr_schedulers: dict[str, tuple[Union[type, tuple[type, ...]], str]] = {}
 
+    def parse_args(self, args: Optional[Any] = None, *rest: Any, **kwargs: Any) -> Namespace:  # type: ignore[override]
+        # remembered so that an error can name the --config file a bad key came from
+        self._given_args = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        return super().parse_args(args, *rest, **kwargs)
+
+    def error(self, message: str, ex: Optional[Exception] = None) -> "typing.NoReturn":
+        """Report a parse error: the key, the config file it came from, and what is accepted there.
+
+        jsonargparse prints the whole usage (one line per option, easily a hundred) above the message; a CLI
+        user needs the message, so only it, the hints and the ``--help`` tip are printed. With
+        ``exit_on_error=False``, a custom error handler or ``JSONARGPARSE_DEBUG`` set, jsonargparse's own
+        behaviour applies, with the hints added to the message.
+        """
+        parser = getattr(ex, "subcommand_parser", None) or self
+        hints = []
+        # jsonargparse parses a class's arguments with inner parsers (exit_on_error=False) whose errors end up in
+        # this message; the hints are added once, by the parser that reports it
+        if self.exit_on_error:
+            try:
+                hints = _ErrorHints(self, parser, message).lines()
+            except Exception:  # a hint must never hide the error itself
+                hints = []
+        if hints:
+            message = message.rstrip() + "\n" + "\n".join(f"  {line}" for line in hints)
+        debug = os.environ.get("JSONARGPARSE_DEBUG", "").lower() not in {"", "false", "no", "0"}
+        if not self.exit_on_error or debug or callable(getattr(self, "_error_handler", None)):
+            super().error(message, ex)
+        getattr(self, "_logger", None) and self._logger.error(message)
+        prog = parser.prog.replace(" [options]", "")
+        sys.stderr.write(f"error: {message}\ntip: for the accepted options run: {prog} --help\n")
+        self.exit(2)
+
     def add_lightning_class_args(
         self,
         lightning_class: Union[Callable[..., Any], type],
@@ -307,6 +339,194 @@ def _check_classes(given: Any, bases: tuple[type, ...], method: str, accepted: s
     wrong = [c for c in classes if not (isinstance(c, type) and issubclass(c, bases))]
     if wrong or not classes:
         raise ValueError(f"{method}() got {wrong or given!r}; it takes {accepted}, or a tuple of them.")
+
+
+class _ErrorHints:
+    """Lines that explain a jsonargparse error: the config file, a close match, the accepted keys or type."""
+
+    def __init__(self, main: ArgumentParser, parser: ArgumentParser, message: str) -> None:
+        self.main = main
+        self.parser = parser
+        self.message = message
+        # the subcommand the error is in, if any (its keys sit under `fit:` in a config given before it)
+        self.subcommand = getattr(parser, "subcommand", None) if parser is not main else None
+
+    def lines(self) -> list[str]:
+        import re
+
+        msg = self.message
+        found = re.search(r"Subcommand '([^']+)' does not accept option '([^']+)'", msg)
+        if found:
+            self.subcommand = found.group(1)
+            return self._unknown_key(found.group(2))
+        found = re.search(r"Group '([^']+)' does not accept option '([^']+)'", msg)
+        if found:
+            return self._unknown_key(f"{found.group(1)}.{found.group(2)}")
+        found = re.search(r"^Option '([^']+)' is not accepted", msg)
+        if found:
+            return self._unknown_key(found.group(1))
+        found = re.search(r"Unrecognized arguments: --?([\w.]+)", msg)
+        if found:
+            return self._unknown_key(found.group(1), from_files=False)
+        found = re.search(r'Parser key "([^"]+)"', msg)
+        if found and found.group(1) not in ("config",):
+            return self._bad_value(found.group(1))
+        return []
+
+    # ------------------------------------------------------------------------------------------------ keys
+    def _keys(self) -> list[str]:
+        return [a.dest for a in self.parser._actions if a.dest not in ("help", "==SUPPRESS==")]
+
+    def _unknown_key(self, key: str, from_files: bool = True) -> list[str]:
+        import difflib
+
+        hints = []
+        source = self._source(key) if from_files else None
+        if source:
+            hints.append(f"the key `{key}` comes from {source}")
+        group, _, leaf = key.rpartition(".")
+        keys = self._keys()
+        siblings = sorted({k[len(group) + 1:].split(".")[0] for k in keys if group and k.startswith(group + ".")})
+        if not siblings:  # an unknown group (or a top-level key): compare with the top-level names
+            group, leaf = "", key.split(".")[0]
+            siblings = sorted({k.split(".")[0] for k in keys})
+        close = difflib.get_close_matches(leaf, siblings, n=3, cutoff=0.6)
+        if close:
+            hints.append("did you mean: " + ", ".join(f"{group + '.' if group else ''}{c}" for c in close) + "?")
+        if siblings:
+            where = f"under `{group}`" if group else "at the top level"
+            hints.append(f"accepted {where}: " + ", ".join(siblings))
+        return hints
+
+    # ---------------------------------------------------------------------------------------------- values
+    def _bad_value(self, key: str) -> list[str]:
+        import difflib
+        import re
+
+        hints = []
+        source = self._source(key)
+        if source:
+            hints.append(f"the value of `{key}` comes from {source}")
+        action = next((a for a in self.parser._actions if a.dest == key), None)
+        typehint = getattr(action, "_typehint", None)
+        bad_option = re.search(r"Problem with given class_path '([^']+)':\s*Option '([^']+)' is not accepted", self.message)
+        missing_class = re.search(r"class_path '([^']+)'", self.message)
+        if bad_option:
+            accepted = _init_parameters(bad_option.group(1))
+            if accepted:
+                close = difflib.get_close_matches(bad_option.group(2), accepted, n=3, cutoff=0.6)
+                if close:
+                    hints.append("did you mean: " + ", ".join(close) + "?")
+                hints.append(f"{bad_option.group(1)} accepts: " + ", ".join(accepted))
+        elif missing_class and typehint is not None:
+            names = _subclass_names(typehint)
+            wanted = missing_class.group(1).rsplit(".", 1)[-1]
+            close = difflib.get_close_matches(wanted, sorted(names), n=3, cutoff=0.6)
+            if close:
+                hints.append("did you mean: " + ", ".join(names[c] for c in close) + "?")
+            elif names:
+                hints.append("known classes: " + ", ".join(sorted(names)))
+        if typehint is not None:
+            hints.append(f"`{key}` accepts: {_type_text(typehint)}")
+        return hints
+
+    # --------------------------------------------------------------------------------------------- sources
+    def _source(self, key: str) -> Optional[str]:
+        """The last config file (or --config string) that sets ``key``: the one whose value was used."""
+        candidates = [key] + ([f"{self.subcommand}.{key}"] if self.subcommand else [])
+        found = None
+        for label, data in self._config_sources():
+            if any(_has_key(data, k) for k in candidates):
+                found = label
+        return found
+
+    def _config_sources(self) -> list[tuple[str, Any]]:
+        sources = []
+        for parser in (self.main, self.parser):
+            for pattern in getattr(parser, "default_config_files", None) or []:
+                import glob
+
+                for path in sorted(glob.glob(os.path.expanduser(str(pattern)))):
+                    sources.append((f"the default config file {path}", path))
+        args = getattr(self.main, "_given_args", [])
+        for i, arg in enumerate(args):
+            value = None
+            if arg in ("-c", "--config") and i + 1 < len(args):
+                value = args[i + 1]
+            elif arg.startswith("--config="):
+                value = arg[len("--config="):]
+            if value is not None:
+                is_file = os.path.isfile(value)
+                sources.append((f"the config file {value}" if is_file else "a --config string", value))
+        loaded = []
+        for label, value in sources:
+            try:
+                if os.path.isfile(value):
+                    with open(value) as f:
+                        data = yaml.safe_load(f)
+                else:
+                    data = yaml.safe_load(value)
+            except Exception:
+                continue
+            loaded.append((label, data))
+        return loaded
+
+
+def _has_key(data: Any, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if isinstance(data, dict) and "init_args" in data and part not in data:
+            data = data["init_args"]  # `model: {class_path: ..., init_args: {...}}`
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
+
+
+def _init_parameters(class_path: str) -> list[str]:
+    try:
+        cls = _import_class(class_path)
+        params = inspect.signature(cls).parameters.values()
+    except Exception:
+        return []
+    return [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def _subclass_names(typehint: Any) -> dict[str, str]:
+    """Short name -> import path of the loaded subclasses of the classes in ``typehint``."""
+    bases = [t for t in _flatten_type(typehint) if isinstance(t, type) and t not in (type(None), str, int, bool)]
+    names: dict[str, str] = {}
+    todo = list(bases)
+    while todo:
+        cls = todo.pop()
+        if cls.__name__.startswith("_"):
+            continue
+        names.setdefault(cls.__name__, _import_path(cls))
+        todo.extend(cls.__subclasses__())
+    return names
+
+
+def _import_path(cls: type) -> str:
+    try:  # the shortest public path (featherlight.callbacks.EarlyStopping), as jsonargparse writes it
+        from jsonargparse._util import get_import_path
+
+        return get_import_path(cls) or f"{cls.__module__}.{cls.__qualname__}"
+    except Exception:
+        return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _flatten_type(typehint: Any) -> list[Any]:
+    args = typing.get_args(typehint)
+    if not args:
+        return [typehint]
+    return [t for arg in args for t in _flatten_type(arg)]
+
+
+def _type_text(typehint: Any) -> str:
+    text = getattr(typehint, "__name__", None) if isinstance(typehint, type) else None
+    text = text or str(typehint)
+    for noise in ("typing.", "collections.abc.", "<class '", "'>"):
+        text = text.replace(noise, "")
+    return text.replace("NoneType", "null")
 
 
 class SaveConfigCallback(Callback):
@@ -741,7 +961,8 @@ class LightningCLI:
                 )
             )
         config = {**config, "callbacks": all_callbacks}
-        return self.trainer_class(**config)
+        with _noted("LightningCLI: raised while building the Trainer from --trainer.* (the `trainer:` section)"):
+            return self.trainer_class(**config)
 
     def _parser(self, subcommand: Optional[str]) -> LightningArgumentParser:
         return self.parser if subcommand is None else self._subcommand_parsers[subcommand]
@@ -1045,8 +1266,22 @@ class _ModuleInstantiator:
             if target.startswith("init_args."):
                 target = target[len("init_args."):]
             _set_nested(hparams, target, value)
-        with _recorded_hparams(class_type, hparams):
+        with _recorded_hparams(class_type, hparams), _noted(
+            f"LightningCLI: raised by {class_type.__qualname__}.__init__ while building `{self.key}` from the config "
+            f"(--{self.key}.* options, or the `{self.key}:` section of a config file)"
+        ):
             return class_type(*args, **kwargs)
+
+
+@contextmanager
+def _noted(note: str):  # type: ignore[no-untyped-def]
+    """Add ``note`` to an exception raised inside (Python 3.11+ shows it under the traceback)."""
+    try:
+        yield
+    except Exception as err:
+        if hasattr(err, "add_note"):
+            err.add_note(note)
+        raise
 
 
 def _is_class(class_path: str, class_type: type) -> bool:
