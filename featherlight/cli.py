@@ -714,6 +714,7 @@ class LightningCLI:
         self.datamodule_class = datamodule_class
         self._datamodule_class = datamodule_class or LightningDataModule
         self.subclass_mode_data = datamodule_class is None or subclass_mode_data
+        self._object_trainer_defaults: dict[str, Any] = {}
 
         _load_builtin_classes()
         main_kwargs, subcommand_kwargs = self._split_parser_kwargs(self.parser_kwargs)
@@ -777,7 +778,18 @@ class LightningCLI:
         """Add ``--trainer.*``, ``--model.*`` and ``--data.*``."""
         parser.add_lightning_class_args(self.trainer_class, "trainer")
         # `callbacks` defaults are added when the Trainer is built, after the configured ones
-        parser.set_defaults({f"trainer.{k}": v for k, v in self.trainer_defaults.items() if k != "callbacks"})
+        for name, value in self.trainer_defaults.items():
+            if name == "callbacks":
+                continue
+            try:
+                parser.set_defaults({f"trainer.{name}": value})
+            except ValueError:
+                if value is None or isinstance(value, (dict, str, bool, int, float, list)):
+                    raise
+                # An object (`"profiler": PyTorchProfiler()`) for a class-typed argument, where jsonargparse wants a
+                # `class_path` dict or `lazy_instance`: it cannot go in the config, so it is used when the
+                # config leaves the argument unset (null), like the callbacks of `trainer_defaults`.
+                self._object_trainer_defaults[name] = value
         parser.add_lightning_class_args(self._model_class, "model", subclass_mode=self.subclass_mode_model)
         # without a datamodule class the group is optional: the model may define its own dataloaders
         parser.add_lightning_class_args(
@@ -938,6 +950,10 @@ class LightningCLI:
         return self._instantiate_trainer(trainer_config, extra_callbacks)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        config = {**config}
+        for name, value in self._object_trainer_defaults.items():
+            if config.get(name) is None:
+                config[name] = value
         if "callbacks" not in config:
             rank_zero_warn(
                 f"The `{self.trainer_class.__qualname__}` class does not expose the `callbacks` argument so they will"
