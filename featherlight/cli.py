@@ -409,8 +409,10 @@ class _ErrorHints:
             hints.append(f"the value of `{key}` comes from {source}")
         action = next((a for a in self.parser._actions if a.dest == key), None)
         typehint = getattr(action, "_typehint", None)
-        bad_option = re.search(r"Problem with given class_path '([^']+)':\s*Option '([^']+)' is not accepted", self.message)
-        missing_class = re.search(r"class_path '([^']+)'", self.message)
+        bad_option = re.search(
+            r"Problem with given class_path '([^']+)':\s*Option '([^']+)' is not accepted", self.message
+        )
+        missing_class = re.search(r"class_path '([^']+)'|dot import path string: (\S+)", self.message)
         if bad_option:
             accepted = _init_parameters(bad_option.group(1))
             if accepted:
@@ -420,7 +422,7 @@ class _ErrorHints:
                 hints.append(f"{bad_option.group(1)} accepts: " + ", ".join(accepted))
         elif missing_class and typehint is not None:
             names = _subclass_names(typehint)
-            wanted = missing_class.group(1).rsplit(".", 1)[-1]
+            wanted = (missing_class.group(1) or missing_class.group(2)).rsplit(".", 1)[-1]
             close = difflib.get_close_matches(wanted, sorted(names), n=3, cutoff=0.6)
             if close:
                 hints.append("did you mean: " + ", ".join(names[c] for c in close) + "?")
@@ -636,7 +638,9 @@ def _filesystem(path: str) -> Any:
     try:
         import fsspec
     except ImportError as err:
-        raise ImportError(f"The log dir {path!r} is a URL; saving the config there needs fsspec: pip install fsspec") from err
+        raise ImportError(
+            f"The log dir {path!r} is a URL; saving the config there needs fsspec: pip install fsspec"
+        ) from err
     return fsspec.url_to_fs(str(path))[0]
 
 
@@ -1000,7 +1004,8 @@ class LightningCLI:
         if lr_scheduler is None:
             return optimizer
         if isinstance(lr_scheduler, ReduceLROnPlateau):
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": lr_scheduler, "monitor": lr_scheduler.monitor}}
+            scheduler_config = {"scheduler": lr_scheduler, "monitor": lr_scheduler.monitor}
+            return {"optimizer": optimizer, "lr_scheduler": scheduler_config}
         return [optimizer], [lr_scheduler]
 
     def _add_configure_optimizers_method_to_model(self, subcommand: Optional[str]) -> None:
