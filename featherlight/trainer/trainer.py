@@ -9,7 +9,7 @@ import contextlib
 import math
 import os
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 
 import torch
 
@@ -17,7 +17,11 @@ from featherlight.callbacks.callback import Callback
 from featherlight.core.datamodule import LightningDataModule
 from featherlight.core.module import LightningModule
 from featherlight.core.optimizer import LightningOptimizer, LRSchedulerConfig, _init_optimizers_and_lr_schedulers
+# imported (not only for type checking) so the `logger`/`profiler` annotations resolve for LightningCLI, which
+# offers `--trainer.logger CSVLogger` from them; jsonargparse would re-read this whole file to resolve them otherwise
+from featherlight.loggers.logger import Logger
 from featherlight.precision.precision import _select_precision
+from featherlight.profilers.profiler import Profiler
 from featherlight.strategies.strategy import Strategy, _select_strategy
 from featherlight.trainer import data as _data
 from featherlight.trainer.dispatch import _Dispatcher, _call_module_hook
@@ -25,10 +29,6 @@ from featherlight.trainer.logging import _LogState
 from featherlight.trainer.states import LoopState, RunningStage, TrainerFn, TrainerState, TrainerStatus, _StopRun
 from featherlight.utilities.exceptions import MisconfigurationException
 from featherlight.utilities.rank_zero import WarningCache, rank_zero_info, rank_zero_warn
-
-if TYPE_CHECKING:  # annotations only; LightningCLI resolves them to offer `--trainer.logger CSVLogger`
-    from featherlight.loggers.logger import Logger
-    from featherlight.profilers.profiler import Profiler
 
 _warnings = WarningCache()
 _NO_PROFILE = contextlib.nullcontext()
