@@ -649,3 +649,15 @@ def test_script_bad_config_error(tmp_path):
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
     assert "data.batchsize" in out.stderr and bad in out.stderr and "did you mean: data.batch_size?" in out.stderr
+
+
+def test_script_ddp_saves_the_config_once_on_rank_zero(tmp_path):
+    args = ["fit", *SHORT, "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
+            "--trainer.logger=false"]
+    out = run_script(*args, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["trainer"]["devices"] == 2
+    # a second run in the same directory stops on every rank (no rank left waiting in a collective)
+    again = run_script(*args, cwd=tmp_path)
+    assert again.returncode != 0
+    assert "Aborting to avoid overwriting" in again.stderr
