@@ -319,6 +319,13 @@ def test_callbacks_and_logger_from_class_paths(tmp_path):
     assert isinstance(cli.trainer.logger, CSVLogger) and cli.trainer.logger.save_dir == str(tmp_path)
 
 
+def test_several_loggers_from_class_paths(tmp_path):
+    loggers = [{"class_path": "CSVLogger", "init_args": {"save_dir": str(tmp_path / "csv")}},
+               {"class_path": "featherlight.loggers.TensorBoardLogger", "init_args": {"save_dir": str(tmp_path)}}]
+    cli = LightningCLI(Net, run=False, args=[f"--trainer.logger={json.dumps(loggers)}"])
+    assert [type(logger).__name__ for logger in cli.trainer.loggers] == ["CSVLogger", "TensorBoardLogger"]
+
+
 def test_trainer_default_callback_as_class_path():
     cli = LightningCLI(Net, run=False, args=[], trainer_defaults={
         "callbacks": {"class_path": "featherlight.callbacks.EarlyStopping", "init_args": {"monitor": "q"}}})
