@@ -202,8 +202,8 @@ class LightningArgumentParser(ArgumentParser):
 
         jsonargparse prints the whole usage (one line per option, easily a hundred) above the message; a CLI
         user needs the message, so only it, the hints and the ``--help`` tip are printed. With
-        ``exit_on_error=False``, a custom error handler or ``JSONARGPARSE_DEBUG`` set, jsonargparse's own
-        behaviour applies, with the hints added to the message.
+        ``exit_on_error=False`` jsonargparse raises its own message (inner parsers do too); with a custom error
+        handler or ``JSONARGPARSE_DEBUG`` set, jsonargparse's behaviour applies, with the hints added.
         """
         parser = getattr(ex, "subcommand_parser", None) or self
         hints = []
@@ -219,7 +219,9 @@ class LightningArgumentParser(ArgumentParser):
         debug = os.environ.get("JSONARGPARSE_DEBUG", "").lower() not in {"", "false", "no", "0"}
         if not self.exit_on_error or debug or callable(getattr(self, "_error_handler", None)):
             super().error(message, ex)
-        getattr(self, "_logger", None) and self._logger.error(message)
+        logger = getattr(self, "_logger", None)
+        if logger is not None:
+            logger.error(message)
         prog = parser.prog.replace(" [options]", "")
         sys.stderr.write(f"error: {message}\ntip: for the accepted options run: {prog} --help\n")
         self.exit(2)
@@ -773,8 +775,8 @@ class LightningCLI:
             type=Union[bool, int],
             default=self.seed_everything_default,
             help=(
-                "Set to an int to run seed_everything with this value before classes instantiation. "
-                "Set to True to use a random seed (PL_GLOBAL_SEED, else 0), to False to not seed."
+                "An int: seed_everything(value) before the classes are built. True: the seed in PL_GLOBAL_SEED "
+                "(0 if unset), recorded in the saved config. False: do not seed."
             ),
         )
 
