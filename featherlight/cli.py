@@ -19,6 +19,7 @@ jsonargparse is an optional dependency (``pip install 'featherlight[cli]'``); it
 module is, never by ``import featherlight``.
 """
 import importlib
+import importlib.util
 import inspect
 import os
 import sys
