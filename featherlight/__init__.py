@@ -21,14 +21,17 @@ _NAMES = {
     "LightningDataModule": "featherlight.core.datamodule",
     "LightningModule": "featherlight.core.module",
     "Trainer": "featherlight.trainer.trainer",
+    "cli_lightning_logo": "featherlight._logo",
     "seed_everything": "featherlight.utilities.seed",
 }
-_SUBMODULES = {"callbacks", "core", "demos", "io", "loggers", "precision", "profilers", "pytorch", "strategies",
-               "trainer", "tuner", "utilities"}
+_SUBMODULES = {"callbacks", "cli", "core", "demos", "io", "loggers", "precision", "profilers", "pytorch",
+               "strategies", "trainer", "tuner", "utilities"}
 
-__all__ = ["Callback", "LightningDataModule", "LightningModule", "Trainer", "seed_everything", "__version__"]
+__all__ = ["Callback", "LightningDataModule", "LightningModule", "Trainer", "cli_lightning_logo", "seed_everything",
+           "__version__"]
 
 if TYPE_CHECKING:
+    from featherlight._logo import cli_lightning_logo
     from featherlight.callbacks.callback import Callback
     from featherlight.core.datamodule import LightningDataModule
     from featherlight.core.module import LightningModule

@@ -14,7 +14,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "featherlight"
 
 # ground floor first; a room (folder or top-level file) may import only from its own floor or below
 FLOORS = {
-    "utilities": 0, "__about__": 0, "_aliases": 0,
+    "utilities": 0, "__about__": 0, "_aliases": 0, "_logo": 0,
     "io": 1,
     "core": 2, "precision": 2, "profilers": 2,
     "loggers": 3, "strategies": 3, "callbacks": 3,
@@ -45,6 +45,7 @@ FOREIGN_PRIVATE = {
     "_replace": "a namedtuple's public copy-with-changes method",
     "_fields": "a namedtuple's public field list",
     "_legacy_state_key": "Callback's (Lightning's) key for older checkpoints",
+    "_actions": "argparse's list of a parser's actions (jsonargparse builds on argparse; the CLI reads its options)",
     "_attach": "wandb's way to re-attach to a run from another process (spawned DDP ranks), as Lightning uses",
 }
 

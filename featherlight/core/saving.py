@@ -238,6 +238,30 @@ def _init_kwargs(cls: type, checkpoint: dict[str, Any], hparams_key: str, name_k
     return kwargs, hparams
 
 
+# LightningCLI's instantiator, as checkpoints name it (featherlight's and Lightning's), and the module holding it.
+# The one place a checkpoint's content leads to code: only to the CLI's own instantiator, from this allow-list.
+_CLI_INSTANTIATORS = {"featherlight.cli.instantiate_module": "featherlight.cli",
+                      "lightning.pytorch.cli.instantiate_module": "featherlight.cli",
+                      "pytorch_lightning.cli.instantiate_module": "featherlight.cli"}
+
+
+def _rebuild_with_cli(cls: type, saved: Any, hparams_file: Any, overrides: dict[str, Any]) -> Any:
+    """A module LightningCLI built recorded its parsed config (``class_path`` entries, optimizer callables) and
+    ``_instantiator``; rebuild it through the CLI so those come back as objects. Only the CLI's own instantiator
+    is honoured (the checkpoint never chooses the code to run), and a ``_class_path`` only within subclasses of
+    ``cls``. ``None`` when the hyperparameters were not recorded by the CLI."""
+    if hparams_file is not None or not isinstance(saved, Mapping):
+        return None
+    target = _CLI_INSTANTIATORS.get(saved.get("_instantiator"))
+    if target is None:
+        return None
+    # by name: the CLI sits floors above and imports jsonargparse; a CLI-built checkpoint is what needs it
+    instantiate_module = importlib.import_module(target).instantiate_module
+    config = {k: v for k, v in saved.items() if k != "_instantiator"}
+    config.update(overrides)
+    return instantiate_module(cls, config)
+
+
 def _instantiate(cls: type, kwargs: dict[str, Any], hparams: dict[str, Any], path: Any) -> Any:
     try:
         return cls(**kwargs)
@@ -278,8 +302,11 @@ def rebuild_module(cls: type, path: Any, map_location: Any, hparams_file: Any, w
     checkpoint = load_checkpoint(path, map_location=map_location or _default_map_location, weights_only=weights_only)
     if "state_dict" not in checkpoint:
         raise CheckpointError(f"{_describe(path)} has no 'state_dict': it is not a model checkpoint.", reason="corrupt")
-    init_kwargs, hparams = _init_kwargs(cls, checkpoint, "hyper_parameters", "hparams_name", hparams_file, kwargs)
-    return _instantiate(cls, init_kwargs, hparams, path), checkpoint
+    model = _rebuild_with_cli(cls, checkpoint.get("hyper_parameters"), hparams_file, kwargs)
+    if model is None:
+        init_kwargs, hparams = _init_kwargs(cls, checkpoint, "hyper_parameters", "hparams_name", hparams_file, kwargs)
+        model = _instantiate(cls, init_kwargs, hparams, path)
+    return model, checkpoint
 
 
 def load_weights(model: Any, checkpoint: dict[str, Any], strict: bool, path: Any) -> Any:
@@ -301,9 +328,11 @@ def load_datamodule_from_checkpoint(cls: type, path: Any, map_location: Any, hpa
                                      weights_only: bool = True, **kwargs: Any) -> Any:
     checkpoint = load_checkpoint(path, map_location=map_location or _default_map_location,
                                        weights_only=weights_only)
-    init_kwargs, hparams = _init_kwargs(cls, checkpoint, "datamodule_hyper_parameters", "datamodule_hparams_name",
-                                        hparams_file, kwargs)
-    dm = _instantiate(cls, init_kwargs, hparams, path)
+    dm = _rebuild_with_cli(cls, checkpoint.get("datamodule_hyper_parameters"), hparams_file, kwargs)
+    if dm is None:
+        init_kwargs, hparams = _init_kwargs(cls, checkpoint, "datamodule_hyper_parameters", "datamodule_hparams_name",
+                                            hparams_file, kwargs)
+        dm = _instantiate(cls, init_kwargs, hparams, path)
     key = cls.__qualname__
     if key in checkpoint:
         dm.load_state_dict(checkpoint[key])

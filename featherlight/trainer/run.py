@@ -154,7 +154,8 @@ def log_hyperparams(trainer: "Trainer") -> None:
     params: dict[str, Any] = dict(hparams_to_log(module) or {})
     dm_params = hparams_to_log(dm)
     if dm_params is not None:
-        overlap = set(params) & set(dm_params)
+        # `_class_path`: which class LightningCLI built, recorded by each of the two; not a clash
+        overlap = (set(params) & set(dm_params)) - {"_class_path"}
         clash = [k for k in overlap if params[k] is not dm_params[k] and params[k] != dm_params[k]]
         if clash:
             raise MisconfigurationException(
@@ -162,6 +163,7 @@ def log_hyperparams(trainer: "Trainer") -> None:
                 "LightningDataModule's hparams but have different values. Rename one of them."
             )
         params.update(dm_params)
+    params.pop("_class_path", None)  # LightningCLI's internal record, not a hyperparameter to log
     for logger in trainer.loggers:
         if params:
             logger.log_hyperparams(params)

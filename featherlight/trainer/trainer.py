@@ -26,7 +26,11 @@ from featherlight.callbacks.callback import Callback
 from featherlight.core.datamodule import LightningDataModule
 from featherlight.core.module import LightningModule
 from featherlight.core.optimizer import LRSchedulerConfig
+# imported (not only for type checking) so the `logger`/`profiler` annotations resolve for LightningCLI, which
+# offers `--trainer.logger CSVLogger` from them; jsonargparse would re-read this whole file to resolve them otherwise
+from featherlight.loggers.logger import Logger
 from featherlight.precision.precision import _select_precision
+from featherlight.profilers.profiler import Profiler
 from featherlight.strategies.select import select_strategy
 from featherlight.strategies.strategy import Strategy
 from featherlight.trainer import data as _data
@@ -61,7 +65,7 @@ class Trainer:
         devices: Union[list[int], str, int] = "auto",
         num_nodes: int = 1,
         precision: Optional[Union[str, int]] = None,
-        logger: Optional[Union[Any, Iterable[Any], bool]] = None,
+        logger: Optional[Union[Logger, Iterable[Logger], bool]] = None,
         callbacks: Optional[Union[list[Callback], Callback]] = None,
         fast_dev_run: Union[int, bool] = False,
         max_epochs: Optional[int] = None,
@@ -88,7 +92,7 @@ class Trainer:
         benchmark: Optional[bool] = None,
         inference_mode: bool = True,
         use_distributed_sampler: bool = True,
-        profiler: Optional[Union[Any, str]] = None,
+        profiler: Optional[Union[Profiler, str]] = None,
         detect_anomaly: bool = False,
         barebones: bool = False,
         plugins: Optional[Any] = None,

@@ -1,4 +1,5 @@
-"""Whether an object overrides a method of its base class: the one answer every part of featherlight uses.
+"""Helpers about models: whether an object overrides a method of its base class (the one answer every part of
+featherlight uses), and ``get_torchvision_model`` (which Lightning's example programs import).
 
 ``is_overridden(name, obj, parent)`` is Lightning's rule: the method ``obj`` has under ``name`` is not
 ``parent``'s own, looking through ``functools.wraps`` wrappers and ``functools.partial`` (so a decorator that
@@ -14,6 +15,8 @@ from __future__ import annotations
 import functools
 from typing import Any, Optional
 
+from torch import nn
+
 
 def _code(fn: Any) -> Any:
     fn = getattr(fn, "__wrapped__", fn)
@@ -26,21 +29,23 @@ def is_overridden(method_name: str, instance: Optional[object] = None, parent: O
     """Whether ``instance.method_name`` is something other than ``parent``'s implementation.
 
     ``parent`` defaults to the featherlight base class ``instance`` derives from (LightningModule,
-    LightningDataModule or Callback). Returns False for a missing instance or method, True for a method
-    ``parent`` does not have.
+    LightningDataModule or Callback). Returns False for a missing instance or method.
+
+    Raises:
+        ValueError: without ``parent`` for an object of another type, or if ``parent`` has no such method.
     """
     if instance is None:
         return False
     if parent is None:
         parent = _default_parent(instance)
         if parent is None:
-            raise ValueError("Expected a parent class: `is_overridden(name, instance, parent)`.")
+            raise ValueError(f"is_overridden({method_name!r}): pass `parent=` for a {type(instance).__name__}.")
+    base = getattr(parent, method_name, None)
+    if base is None:
+        raise ValueError(f"{parent.__qualname__} has no method {method_name!r} to be overridden.")
     attr = getattr(instance, method_name, None)
     if attr is None:
         return False
-    base = getattr(parent, method_name, None)
-    if base is None:
-        return True
     code = _code(attr)
     return code is None or code is not getattr(base, "__code__", _code(base))
 
@@ -63,3 +68,19 @@ def _default_parent(instance: object) -> Optional[type]:
         if (cls.__module__, cls.__qualname__) in _BASES:
             return cls
     return None
+
+
+def get_torchvision_model(model_name: str, **kwargs: Any) -> nn.Module:
+    """``torchvision.models.get_model(model_name, **kwargs)`` (e.g. ``get_torchvision_model("resnet18",
+    weights="DEFAULT")``).
+
+    Raises:
+        ModuleNotFoundError: naming the install command when torchvision is missing.
+    """
+    try:
+        from torchvision import models
+    except ImportError as err:
+        raise ModuleNotFoundError(
+            f"get_torchvision_model({model_name!r}) needs torchvision: pip install torchvision"
+        ) from err
+    return models.get_model(model_name, **kwargs)

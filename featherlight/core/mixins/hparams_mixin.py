@@ -7,6 +7,7 @@ import inspect
 import types
 from argparse import Namespace
 from collections.abc import Mapping, MutableMapping, Sequence
+from contextvars import ContextVar
 from typing import Any, Optional
 
 from torch import nn
@@ -17,6 +18,12 @@ _PRIMITIVE_TYPES = (bool, int, float, str)
 _PLAIN_CONTAINERS = (list, tuple, dict, set, frozenset)
 # Values that pickle trivially; skipping the pickle probe for them keeps save_hyperparameters() cheap.
 _TRIVIALLY_PICKLABLE = (type(None), bool, int, float, complex, str, bytes)
+
+# Set by LightningCLI (featherlight.cli) while it builds a module: (the class being built, its parsed config).
+# save_hyperparameters() in that class's __init__ then records the config (class paths, not the built
+# objects), so load_from_checkpoint can rebuild dependency-injected arguments. Only the exact class named
+# here uses it, so a module built inside that __init__ records its own arguments.
+_given_hparams: ContextVar[tuple[type, dict[str, Any]] | None] = ContextVar("_given_hparams", default=None)
 
 
 def _copy_value(value: Any) -> Any:
@@ -162,6 +169,9 @@ class HyperparametersMixin:
         self._hparams_initial = _snapshot(self._hparams)
 
     def _collect_init_args(self, frame: types.FrameType | None) -> dict[str, Any]:
+        given = _given_hparams.get()
+        if given is not None and type(self) is given[0]:
+            return dict(given[1])
         if dataclasses.is_dataclass(self):
             # A dataclass calls save_hyperparameters() from __post_init__: its fields are the init args.
             return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
