@@ -463,6 +463,13 @@ class DDPStrategy(Strategy):
         dist.broadcast_object_list(box, src=src, device=device)
         return box[0]
 
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        if not dist.is_available() or not dist.is_initialized():
+            return [obj]
+        out: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+
     def barrier(self, name: Optional[str] = None) -> None:
         if not dist.is_available() or not dist.is_initialized():
             return

@@ -34,7 +34,7 @@ from featherlight.profilers.profiler import Profiler
 from featherlight.strategies.select import select_strategy
 from featherlight.strategies.strategy import Strategy
 from featherlight.trainer import data as _data
-from featherlight.trainer import fit_loop, flags, run
+from featherlight.trainer import fit_loop, flags, restart, run
 from featherlight.trainer.checkpoint import _resolve_ckpt_path, _restore_module_and_callbacks, _restore_training_state
 from featherlight.trainer.data import DataConnector
 from featherlight.trainer.dispatch import HookDispatcher
@@ -439,6 +439,8 @@ class Trainer:
         self.interrupts.start(strategy.world_size)
         checkpoint = None
         self.ckpt_path = None
+        if ckpt_path is None and fn == TrainerFn.FITTING:
+            ckpt_path = restart.resume_path(self)  # a job its launcher restarted resumes by itself
         if ckpt_path is not None:
             self.ckpt_path, checkpoint = _resolve_ckpt_path(self, ckpt_path, fn, weights_only)
         if self.ckpt_path is not None:

@@ -96,3 +96,31 @@ def test_bad_signal_name():
 
     with pytest.raises(MisconfigurationException, match="SIGNOPE"):
         L.Trainer(interrupt_signals=["SIGNOPE"])
+
+
+def test_a_requeued_slurm_job_resumes_by_itself(tmp_path, monkeypatch):
+    """SIGUSR1 before the requeue writes interrupted.ckpt; the requeued job (SLURM_RESTART_COUNT=1) resumes from
+    it without ckpt_path and ends exactly where an uninterrupted run does."""
+    reference = _run()
+    torch.manual_seed(1)
+    logger = Recorder()
+    with pytest.raises(SystemExit):
+        _trainer(logger, [SendSignal("train", 1, 3, signal.SIGUSR1)], default_root_dir=tmp_path,
+                 interrupt_signals=["SIGUSR1"]).fit(Model())
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    torch.manual_seed(999)
+    logger2 = Recorder()
+    resumed = Model()
+    trainer = _trainer(logger2, default_root_dir=tmp_path, interrupt_signals=["SIGUSR1"])
+    trainer.fit(resumed)
+    assert trainer.ckpt_path.endswith("interrupted.ckpt")
+    _assert_same(reference, (resumed, logger.rows + logger2.rows))
+
+
+def test_a_first_start_does_not_resume(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit):
+        _trainer(Recorder(), [SendSignal("train", 0, 2)], default_root_dir=tmp_path).fit(Model())
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    trainer = _trainer(Recorder(), default_root_dir=tmp_path, max_epochs=1)
+    trainer.fit(Model())
+    assert trainer.ckpt_path is None
