@@ -5,6 +5,12 @@ The handler only records the signal; the loop acts on it at the next batch bound
 validation), where the state is consistent: it writes ``interrupted.ckpt`` next to the other
 checkpoints, calls the handler the user had installed (if any), and raises ``SystemExit(128 + signum)``
 so teardown and ``on_exception`` run and the process exits as a killed one would.
+
+Ctrl-C (SIGINT) keeps Python's behaviour, a ``KeyboardInterrupt`` where the program is, with one guarantee
+more: the interpreter raises it in whatever code runs when the signal arrives, and when that is a finalizer
+(``__del__`` of a dataloader iterator, a progress bar, any object collected then) the exception is printed as
+"ignored" and lost, and the run trains on. During a fit featherlight's SIGINT handler also records the signal,
+and the loop raises the ``KeyboardInterrupt`` again at the next batch boundary if the first one was lost.
 """
 from __future__ import annotations
 
@@ -52,11 +58,12 @@ class Interrupts:
     def start(self, world_size: int) -> None:
         """A run starts: how often ranks agree on a signal (a collective, so not every batch)."""
         self.every = 0 if world_size == 1 else 50
+        self.received = None
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
         """Install the handlers for the fit's duration (main thread only), then put the old ones back."""
-        if not self.signals or threading.current_thread() is not threading.main_thread():
+        if threading.current_thread() is not threading.main_thread():
             yield
             return
         previous: dict[int, Any] = {}
@@ -64,9 +71,16 @@ class Interrupts:
         def handler(signum: int, frame: Any) -> None:
             self.received = signum
 
+        def keyboard_interrupt(signum: int, frame: Any) -> None:
+            self.received = signum  # remembered: a KeyboardInterrupt raised inside a finalizer is lost, this is not
+            raise KeyboardInterrupt
+
         for sig in self.signals:
             previous[sig] = signal.getsignal(sig)
             signal.signal(sig, handler)
+        if signal.SIGINT not in self.signals and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            previous[signal.SIGINT] = signal.default_int_handler
+            signal.signal(signal.SIGINT, keyboard_interrupt)
         self.previous_handlers = previous
         try:
             yield
@@ -78,6 +92,9 @@ class Interrupts:
         """At a batch boundary where a signal is due: save where the run is (fit only) and leave with a non-zero
         status. With several processes every rank calls this at the same batch: they agree whether any of them
         was signalled, then all save and exit together."""
+        if self.received == signal.SIGINT and signal.SIGINT not in self.signals:
+            self.received = None
+            raise KeyboardInterrupt  # the interpreter raised one and lost it (in a finalizer): this one is not lost
         if self.every:
             received = trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
             if not received:

@@ -124,3 +124,45 @@ def test_a_first_start_does_not_resume(tmp_path, monkeypatch):
     trainer = _trainer(Recorder(), default_root_dir=tmp_path, max_epochs=1)
     trainer.fit(Model())
     assert trainer.ckpt_path is None
+
+
+def test_a_lost_keyboard_interrupt_is_raised_again_at_the_next_batch():
+    """The interpreter raised KeyboardInterrupt inside a finalizer and dropped it; featherlight's SIGINT handler
+    had recorded the signal, so the loop raises it again at the next batch boundary."""
+    steps = []
+
+    class LoseIt(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            steps.append(batch_idx)
+            if batch_idx == 2:
+                trainer.interrupts.received = signal.SIGINT  # what the handler left after the lost exception
+
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=10, limit_val_batches=0, logger=False, callbacks=[LoseIt()],
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(Model())
+    assert steps == [0, 1, 2] and trainer.interrupted
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own handler is back
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_never_lost(tmp_path):
+    """Stress: SIGINT at many moments of a fit whose steps run finalizers; every run must stop (before the fix,
+    about half of these runs trained to the end and exited 0)."""
+    import subprocess
+    import time
+
+    script = os.path.join(os.path.dirname(__file__), "scripts", "sigint_fit.py")
+    outcomes = []
+    for i, delay in enumerate([0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8]):
+        tag = str(tmp_path / f"run{i}")
+        proc = subprocess.Popen([sys.executable, script, tag, "50"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(tag + ".started") and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+        outcomes.append((delay, code, os.path.exists(tag + ".finished")))
+    assert all(code != 0 and not finished for _, code, finished in outcomes), outcomes
