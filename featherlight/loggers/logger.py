@@ -17,7 +17,7 @@ from featherlight.utilities.rank_zero import rank_zero_only
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Logger", "DummyLogger", "rank_zero_experiment"]
+__all__ = ["Logger", "DummyLogger", "DummyExperiment", "rank_zero_experiment"]
 
 
 class Logger(ABC):
@@ -89,8 +89,9 @@ class Logger(ABC):
         getattr(self, "experiment", None)
 
 
-class _DummyExperiment:
-    """Stand-in experiment: every attribute is a method that does nothing and returns ``None``."""
+class DummyExperiment:
+    """Stand-in experiment: every attribute is a method that does nothing and returns ``None``; indexing returns
+    the experiment itself and item assignment is ignored (``logger.experiment["key"] = value`` works on any rank)."""
 
     def nop(self, *args: Any, **kwargs: Any) -> None:
         return None
@@ -98,11 +99,14 @@ class _DummyExperiment:
     def __getattr__(self, _: str) -> Callable[..., None]:
         return self.nop
 
-    def __getitem__(self, idx: Any) -> _DummyExperiment:
+    def __getitem__(self, idx: Any) -> DummyExperiment:
         return self
 
     def __setitem__(self, *args: Any, **kwargs: Any) -> None:
         pass
+
+
+_DummyExperiment = DummyExperiment  # the earlier private name
 
 
 def rank_zero_experiment(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -115,7 +119,7 @@ def rank_zero_experiment(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
     @functools.wraps(fn)
     def experiment(self: Any) -> Any:
         if getattr(rank_zero_only, "rank", 0) > 0:
-            return _DummyExperiment()
+            return DummyExperiment()
         return fn(self)
 
     return experiment
@@ -129,10 +133,10 @@ class DummyLogger(Logger):
 
     def __init__(self) -> None:
         super().__init__()
-        self._experiment = _DummyExperiment()
+        self._experiment = DummyExperiment()
 
     @property
-    def experiment(self) -> _DummyExperiment:
+    def experiment(self) -> DummyExperiment:
         """A dummy experiment whose methods do nothing."""
         return self._experiment
 
