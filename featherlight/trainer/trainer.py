@@ -425,7 +425,9 @@ class Trainer:
         run.prepare_loggers(self)
         self._run_log_dir = None
         self._run_log_dir = strategy.broadcast(self._local_log_dir())  # every rank sees rank zero's
-        self.profiler.setup(stage=stage, local_rank=self.local_rank, log_dir=self.log_dir)
+        # the local rank names the report file only when several processes write one each (as in Lightning)
+        local_rank = self.local_rank if self.world_size > 1 else None
+        self.profiler.setup(stage=stage, local_rank=local_rank, log_dir=self.log_dir)
         run.setup(self, stage)
         run.check_module(self, fn)
         strategy.setup(self.lightning_module)
