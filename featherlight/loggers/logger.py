@@ -260,3 +260,32 @@ def _add_prefix(metrics: Mapping[str, Any], prefix: str, separator: str) -> Mapp
     if not prefix:
         return metrics
     return {f"{prefix}{separator}{key}": value for key, value in metrics.items()}
+
+
+def _sanitize_callable_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``params`` with every class or other callable replaced by its name (its ``__name__``, else its
+    ``str``). Callables are never called: featherlight logs a callable hyperparameter by name (Lightning calls it
+    without arguments and logs the result when it can)."""
+
+    def name_of(value: Any) -> Any:
+        if inspect.isclass(value) or callable(value):
+            return getattr(value, "__name__", None) or str(value)
+        return value
+
+    return {key: name_of(value) for key, value in params.items()}
+
+
+def _convert_json_serializable(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``params`` with every value JSON cannot encode replaced by its ``str``."""
+    import json
+
+    def encodable(value: Any) -> bool:
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return True
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError, OverflowError):
+            return False
+        return True
+
+    return {key: value if encodable(value) else str(value) for key, value in params.items()}

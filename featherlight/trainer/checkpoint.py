@@ -37,7 +37,7 @@ RNG_KEY = "featherlight_rng_states"
 
 def _dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> dict[str, Any]:
     """Build the checkpoint dict of the trainer's current state (hooks included)."""
-    from featherlight.__about__ import __version__
+    from featherlight.__about__ import __featherlight_version__
 
     module = trainer.lightning_module
     loop = trainer.progress
@@ -45,7 +45,7 @@ def _dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> dict[str
         "epoch": loop.epoch,
         "global_step": loop.global_step,
         LIGHTNING_VERSION_KEY: LIGHTNING_COMPAT_VERSION,
-        VERSION_KEY: __version__,
+        VERSION_KEY: __featherlight_version__,
         "state_dict": strip_compile_prefix(trainer.strategy.model_state_dict()),
         "loops": _lightning_loops(trainer),
         LOOP_KEY: {**loop.counters(), **_position_state(trainer)},
@@ -258,11 +258,12 @@ def _loop_state_from_lightning(checkpoint: dict[str, Any], trainer: "Trainer") -
     return state
 
 
-def _save_checkpoint(trainer: "Trainer", filepath: Union[str, os.PathLike], weights_only: bool = False) -> None:
-    """Dump the state and write it atomically through the strategy (global rank zero writes the file; FSDP's
-    ranks each write their shards); every rank waits for the write."""
+def _save_checkpoint(trainer: "Trainer", filepath: Union[str, os.PathLike], weights_only: bool = False,
+                     storage_options: Optional[Any] = None) -> None:
+    """Dump the state and write it through the strategy's checkpoint IO plugin (global rank zero writes the file;
+    FSDP's ranks each write their shards); every rank waits for the write."""
     checkpoint = _dump_checkpoint(trainer, weights_only)
-    trainer.strategy.save_checkpoint(checkpoint, filepath)
+    trainer.strategy.save_checkpoint(checkpoint, filepath, storage_options=storage_options)
     trainer.strategy.barrier("save_checkpoint")
 
 
