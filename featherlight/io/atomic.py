@@ -130,12 +130,23 @@ def atomic_torch_save(obj: Any, filepath: _PATH) -> None:
 def _remote_torch_save(obj: Any, url: str) -> None:
     import io
 
-    from featherlight.io.paths import get_filesystem
-
     buffer = io.BytesIO()
     torch.save(obj, buffer)  # serialise first: a failure here leaves nothing behind at the destination
-    fs = get_filesystem(url)
-    parent = url.rsplit("/", 1)[0]
-    if parent and "://" in parent and parent.split("://", 1)[1]:
+    write_bytes(url, buffer.getvalue())
+
+
+def write_bytes(path: _PATH, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole: a local path through :func:`atomic_write`; an fsspec URL in one write
+    (object stores publish an object only once it is complete). Parent directories are created."""
+    path = os.fspath(path)
+    from featherlight.io.paths import get_filesystem, is_remote
+
+    if not is_remote(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        atomic_write(path, lambda f: f.write(data))
+        return
+    fs = get_filesystem(path)
+    parent = path.rsplit("/", 1)[0]
+    if "://" in parent and parent.split("://", 1)[1]:
         fs.makedirs(parent, exist_ok=True)
-    fs.pipe_file(url, buffer.getvalue())
+    fs.pipe_file(path, data)

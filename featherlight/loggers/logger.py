@@ -12,6 +12,7 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import asdict, is_dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
+from featherlight.io.paths import get_filesystem, is_remote
 from featherlight.utilities.rank_zero import rank_zero_only
 
 if TYPE_CHECKING:
@@ -174,18 +175,23 @@ class DummyLogger(Logger):
 
 
 def _next_version(root: str) -> int:
-    """Return one more than the highest ``N`` among the ``version_N`` directories in ``root`` (0 if there are none)."""
-    try:
-        entries = os.listdir(root)
-    except OSError:
-        return 0
-    versions = []
-    for entry in entries:
-        if not entry.startswith("version_"):
-            continue
-        suffix = entry[len("version_") :]
-        if suffix.isdigit() and os.path.isdir(os.path.join(root, entry)):
-            versions.append(int(suffix))
+    """Return one more than the highest ``N`` among the ``version_N`` directories in ``root`` (0 if there are none).
+    ``root`` may be an fsspec URL."""
+    if is_remote(root):
+        fs = get_filesystem(root)
+        try:
+            listing = fs.ls(root, detail=True)
+        except (FileNotFoundError, OSError):
+            return 0
+        directories = [entry["name"].rstrip("/").rsplit("/", 1)[-1] for entry in listing
+                       if entry.get("type") == "directory"]
+    else:
+        try:
+            directories = [entry for entry in os.listdir(root) if os.path.isdir(os.path.join(root, entry))]
+        except OSError:
+            return 0
+    versions = [int(name[len("version_"):]) for name in directories
+                if name.startswith("version_") and name[len("version_"):].isdigit()]
     return max(versions) + 1 if versions else 0
 
 
