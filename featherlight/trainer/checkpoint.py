@@ -72,7 +72,7 @@ def _dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> dict[str
         if saved is not None and saved[1]:
             checkpoint["datamodule_hparams_name"] = saved[0]
             checkpoint["datamodule_hyper_parameters"] = plain_hparams(saved[1])
-        dm_state = dm.state_dict()
+        dm_state = trainer.hooks.call_datamodule("state_dict")
         if dm_state:
             checkpoint[type(dm).__qualname__] = dm_state
     if not weights_only:
@@ -84,7 +84,7 @@ def _dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> dict[str
                 cb.on_save_checkpoint(trainer, module, checkpoint)
     trainer.hooks.call_module("on_save_checkpoint", checkpoint)
     if dm is not None:
-        dm.on_save_checkpoint(checkpoint)
+        trainer.hooks.call_datamodule("on_save_checkpoint", checkpoint)
     return checkpoint
 
 
@@ -339,8 +339,8 @@ def _restore_module_and_callbacks(trainer: "Trainer", path: str, checkpoint: Opt
     if dm is not None:
         key = type(dm).__qualname__
         if key in checkpoint:
-            dm.load_state_dict(checkpoint[key])
-        dm.on_load_checkpoint(checkpoint)
+            trainer.hooks.call_datamodule("load_state_dict", checkpoint[key])
+        trainer.hooks.call_datamodule("on_load_checkpoint", checkpoint)
     trainer.hooks.call_callbacks("on_load_checkpoint", checkpoint)
     states = checkpoint.get("callbacks", {})
     for cb in trainer.callbacks:

@@ -584,3 +584,22 @@ def test_trainer_profiler_report_file_and_results_after_fit(tmp_path):
     assert any(e.name.endswith("SingleDeviceStrategy.validation_step") for e in pytorch.function_events)
     report = pytorch.summary()  # still there after the run
     assert report.startswith("FIT Profiler Report") and "aten::" in report
+
+
+def test_datamodule_hooks_are_profiled(tmp_path):
+    import featherlight as L
+    from featherlight.demos.boring_classes import BoringDataModule, BoringModel
+
+    class DataModule(BoringDataModule):
+        def prepare_data(self):
+            pass
+
+        def state_dict(self):
+            return {"seen": 1}
+
+    profiler = SimpleProfiler()
+    trainer = L.Trainer(default_root_dir=tmp_path, max_steps=1, limit_val_batches=0, profiler=profiler, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(BoringModel(), datamodule=DataModule())
+    for hook in ("prepare_data", "setup", "state_dict", "teardown"):
+        assert len(profiler.recorded_durations[f"[LightningDataModule]DataModule.{hook}"]) == 1, hook

@@ -123,13 +123,14 @@ class LayerSummary:
 
     @property
     def in_size(self) -> Any:
-        """Input size(s) of the first recorded call, or ``"?"``."""
-        return self._in_size if self._in_size is not None else UNKNOWN_SIZE
+        """Input size(s) of the first recorded call, or ``"?"`` when none was recorded or it is empty (no arguments,
+        a 0-dim tensor), as in Lightning."""
+        return self._in_size if self._in_size not in (None, []) else UNKNOWN_SIZE
 
     @property
     def out_size(self) -> Any:
-        """Output size(s) of the first recorded call, or ``"?"``."""
-        return self._out_size if self._out_size is not None else UNKNOWN_SIZE
+        """Output size(s) of the first recorded call, or ``"?"`` (as for :attr:`in_size`)."""
+        return self._out_size if self._out_size not in (None, []) else UNKNOWN_SIZE
 
     @property
     def layer_type(self) -> str:
