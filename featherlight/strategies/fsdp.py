@@ -438,7 +438,7 @@ class FSDPStrategy(DDPStrategy):
             if saved:
                 checkpoint["optimizer_states"] = [_ShardedOptimizerState(path, i) for i in range(saved)]
         else:  # one file: a full FSDP checkpoint, or one from any other strategy (e.g. a single process)
-            checkpoint = self.checkpoint_io.load_checkpoint(path, map_location="cpu", weights_only=weights_only)
+            checkpoint = self.checkpoint_io.load_checkpoint(path, weights_only=weights_only)
             if "state_dict" not in checkpoint:
                 raise CheckpointError(f"{path!r} has no 'state_dict': it is not a model checkpoint.", reason="corrupt")
             set_model_state_dict(module, _match_names(module, checkpoint["state_dict"]),

@@ -61,10 +61,15 @@ class Strategy:
     def checkpoint_io(self, checkpoint_io: CheckpointIO) -> None:
         if not isinstance(checkpoint_io, CheckpointIO):
             raise TypeError(f"`checkpoint_io` must be a `CheckpointIO`, got {type(checkpoint_io).__name__}.")
-        if isinstance(checkpoint_io, _WrappingCheckpointIO) and checkpoint_io.checkpoint_io is None:
+        innermost = checkpoint_io  # wrappers may wrap wrappers: the last one decides what does the work
+        while isinstance(innermost, _WrappingCheckpointIO) and innermost.checkpoint_io is not None:
+            innermost = innermost.checkpoint_io
+        if isinstance(innermost, _WrappingCheckpointIO):  # nothing to hand the work to yet: the plugin in place
             current = self._checkpoint_io
-            checkpoint_io.checkpoint_io = current.checkpoint_io if isinstance(current, _WrappingCheckpointIO) \
-                and current.checkpoint_io is not None else current
+            while isinstance(current, _WrappingCheckpointIO) and current.checkpoint_io is not None:
+                current = current.checkpoint_io
+            if not isinstance(current, _WrappingCheckpointIO):
+                innermost.checkpoint_io = current
         self._checkpoint_io = checkpoint_io
 
     # ---------------------------------------------------------------- ranks
@@ -202,7 +207,9 @@ class Strategy:
     def load_checkpoint(self, path: Any, weights_only: bool = True) -> dict[str, Any]:
         """Read a checkpoint to restore from, through :attr:`checkpoint_io`, tensors on the CPU (no code from the
         file runs unless ``weights_only=False``)."""
-        return self.checkpoint_io.load_checkpoint(path, map_location="cpu", weights_only=weights_only)
+        # no map_location: Lightning's strategies call plugins as `(path, weights_only=...)`, and custom plugins are
+        # written for that call (the default plugin puts tensors on the CPU)
+        return self.checkpoint_io.load_checkpoint(path, weights_only=weights_only)
 
     def remove_checkpoint(self, filepath: Any) -> None:
         """Delete a checkpoint (file or sharded directory) through :attr:`checkpoint_io`, on global rank zero."""

@@ -292,3 +292,41 @@ def test_lightning_paths_of_the_plugins():
     assert PytorchAsync is ModuleAsync is AsyncCheckpointIO
     assert ModuleCheckpointIO is CheckpointIO and ModuleTorchIO is TorchCheckpointIO
     assert MixedPrecision is ModuleMixed
+
+
+def test_wrappers_of_wrappers_get_the_strategy_plugin():
+    inner = AsyncCheckpointIO()
+    outer = AsyncCheckpointIO(inner)
+    trainer = _trainer(".", plugins=[outer])
+    assert trainer.strategy.checkpoint_io is outer and outer.checkpoint_io is inner
+    assert isinstance(inner.checkpoint_io, TorchCheckpointIO)
+
+
+class _LightningStyleIO(CheckpointIO):
+    """A plugin written for Lightning's call: `load_checkpoint(path, <its own second argument>, weights_only=...)`."""
+
+    def __init__(self):
+        self.loaded = []
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        torch.save(checkpoint, path)
+
+    def load_checkpoint(self, path, storage_options=None, weights_only=True):
+        self.loaded.append((os.path.basename(path), storage_options, weights_only))
+        return torch.load(path, weights_only=True)
+
+    def remove_checkpoint(self, path):
+        os.remove(path)
+
+
+def test_strategy_calls_plugins_as_lightning_does(tmp_path):
+    io = _LightningStyleIO()
+    from featherlight.strategies import SingleDeviceStrategy
+
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    trainer = _trainer(tmp_path, strategy=SingleDeviceStrategy("cpu", checkpoint_io=io), callbacks=[checkpoint],
+                       max_epochs=2, limit_train_batches=1)
+    trainer.fit(BoringModel())
+    assert sorted(os.listdir(tmp_path)) == ["epoch=1-step=2.ckpt", "last.ckpt"]
+    trainer.test(BoringModel(), ckpt_path=checkpoint.last_model_path, verbose=False)
+    assert io.loaded == [("last.ckpt", None, True)]  # no map_location passed positionally or by name
