@@ -131,7 +131,8 @@ class MNISTDataModule(LightningDataModule):
                  normalize: bool = False, seed: int = 42, batch_size: int = 32) -> None:
         super().__init__()
         if num_workers and _IS_WINDOWS:
-            warnings.warn(f"You asked for num_workers={num_workers} on Windows, where 0 is recommended; using 0.")
+            warnings.warn(f"You asked for num_workers={num_workers} on Windows, where 0 is recommended; using 0.",
+                          stacklevel=2)
             num_workers = 0
         self.data_dir = data_dir
         self.val_split = val_split

@@ -31,7 +31,8 @@ def has_len(dataloader: object) -> bool:
     (with several workers each worker may count the whole dataset)."""
     length = sized_len(dataloader)
     if length == 0:
-        rank_zero_warn(f"`{type(dataloader).__name__}` has length 0: it yields no batches. Check that this is intended.")
+        rank_zero_warn(f"`{type(dataloader).__name__}` has length 0: it yields no batches. Check that this is "
+                       "intended.")
     if length is not None and has_iterable_dataset(dataloader):
         rank_zero_warn(
             "Your `IterableDataset` defines `__len__`. With several dataloader workers that length is only right if "
