@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from featherlight import _aliases
-from featherlight.__about__ import __version__
+from featherlight.__about__ import __featherlight_version__, __lightning_version__, __version__  # noqa: F401
 from featherlight.utilities.rank_zero import _init_package_logging
 
 _init_package_logging()
@@ -24,11 +24,11 @@ _NAMES = {
     "cli_lightning_logo": "featherlight._logo",
     "seed_everything": "featherlight.utilities.seed",
 }
-_SUBMODULES = {"callbacks", "cli", "core", "demos", "io", "loggers", "precision", "profilers", "pytorch",
-               "strategies", "trainer", "tuner", "utilities"}
+_SUBMODULES = {"accelerators", "callbacks", "cli", "core", "demos", "fabric", "io", "loggers", "plugins",
+               "precision", "profilers", "pytorch", "strategies", "trainer", "tuner", "utilities"}
 
 __all__ = ["Callback", "LightningDataModule", "LightningModule", "Trainer", "cli_lightning_logo", "seed_everything",
-           "__version__"]
+           "__version__", "__featherlight_version__"]
 
 if TYPE_CHECKING:
     from featherlight._logo import cli_lightning_logo

@@ -18,6 +18,26 @@ from typing import Any, Optional
 MOVED = {
     "featherlight.callbacks.batch_size_finder": "featherlight.tuner.batch_size_finder",
     "featherlight.callbacks.lr_finder": "featherlight.tuner.learning_rate_finder",
+    # lightning.pytorch.plugins.io / lightning.fabric.plugins.io modules
+    "featherlight.plugins.io.checkpoint_plugin": "featherlight.io.checkpoint_io",
+    "featherlight.plugins.io.torch_plugin": "featherlight.io.checkpoint_io",
+    "featherlight.plugins.io.wrapper": "featherlight.io.checkpoint_io",
+    "featherlight.plugins.io.async_plugin": "featherlight.io.async_checkpoint_io",
+    "featherlight.fabric.plugins.io.checkpoint_io": "featherlight.io.checkpoint_io",
+    "featherlight.fabric.plugins.io.torch_io": "featherlight.io.checkpoint_io",
+    # the precision plugins' modules
+    **{f"featherlight.{face}.precision.{name}": "featherlight.precision.precision"
+       for face in ("plugins", "fabric.plugins") for name in ("precision", "amp", "half", "double")},
+    # lightning.fabric.utilities modules that are featherlight's own utilities
+    **{f"featherlight.fabric.utilities.{name}": f"featherlight.utilities.{name}"
+       for name in ("apply_func", "data", "distributed", "enums", "exceptions", "imports", "rank_zero", "seed",
+                    "types")},
+    **{f"featherlight.{face}.{name}": "featherlight.accelerators.accelerator"
+       for face in ("accelerators", "fabric.accelerators") for name in ("accelerator", "cpu", "cuda", "mps")
+       if f"{face}.{name}" != "accelerators.accelerator"},
+    "featherlight.fabric.loggers.logger": "featherlight.loggers.logger",
+    "featherlight.fabric.loggers.csv_logs": "featherlight.loggers.csv_logs",
+    "featherlight.fabric.loggers.tensorboard": "featherlight.loggers.tensorboard",
 }
 _PYTORCH = "featherlight.pytorch."
 

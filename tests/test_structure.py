@@ -16,11 +16,11 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "featherlight"
 FLOORS = {
     "utilities": 0, "__about__": 0, "_aliases": 0, "_logo": 0,
     "io": 1,
-    "core": 2, "precision": 2, "profilers": 2,
+    "core": 2, "precision": 2, "profilers": 2, "accelerators": 2,
     "loggers": 3, "strategies": 3, "callbacks": 3,
     "trainer": 4,
     "tuner": 5, "cli": 5,
-    "__init__": 6, "pytorch": 6, "demos": 6, "fabric": 6,
+    "__init__": 6, "pytorch": 6, "demos": 6, "fabric": 6, "plugins": 6,
     "plot": 3,  # reads metrics.csv (CSVLogger.plot); imports nothing of featherlight
 }
 

@@ -621,11 +621,9 @@ class ModelCheckpoint(Checkpoint):
         return not self._is_referenced(trainer, previous)
 
     def _remove_checkpoint(self, trainer: "Trainer", filepath: str) -> None:
-        """Delete ``filepath`` (on global rank zero)."""
-        if trainer.is_global_zero and (os.path.islink(filepath) or os.path.isfile(filepath)):
-            os.remove(filepath)
-        elif trainer.is_global_zero and os.path.isdir(filepath):
-            shutil.rmtree(filepath)
+        """Delete ``filepath`` (a file, a link or a sharded directory, local or remote) through the strategy's
+        checkpoint IO plugin, on global rank zero."""
+        trainer.strategy.remove_checkpoint(filepath)
 
     def to_yaml(self, filepath: Optional[_PATH] = None) -> None:
         """Write ``best_k_models`` (path -> score) to ``filepath`` (default ``{dirpath}/best_k_models.yaml``)."""

@@ -23,8 +23,9 @@ from typing import Any, Union
 
 import torch
 
-from featherlight.io.atomic import atomic_write
+from featherlight.io.atomic import atomic_write, write_bytes
 from featherlight.io.load import load_checkpoint
+from featherlight.io.paths import is_remote, read_bytes
 from featherlight.io.state import load_module_state
 from featherlight.utilities.exceptions import CheckpointError
 from featherlight.utilities.model_helpers import is_overridden
@@ -122,7 +123,8 @@ def save_hparams_to_yaml(config_yaml: _PATH, hparams: dict | Namespace, use_omeg
     import yaml
 
     directory = os.path.dirname(os.fspath(config_yaml)) or "."
-    if not os.path.isdir(directory):
+    remote = is_remote(config_yaml)  # an fsspec URL: object stores have no folders to check
+    if not remote and not os.path.isdir(directory):
         raise RuntimeError(f"Missing folder: {directory}. Create it before saving the hparams file {config_yaml}.")
 
     hparams = _to_plain_dict(hparams, use_omegaconf)
@@ -141,7 +143,10 @@ def save_hparams_to_yaml(config_yaml: _PATH, hparams: dict | Namespace, use_omeg
         allowed[key] = value
 
     text = yaml.dump(allowed, Dumper=dumper, default_flow_style=False, allow_unicode=True)
-    atomic_write(config_yaml, lambda f: f.write(text.encode("utf-8")))
+    if remote:
+        write_bytes(config_yaml, text.encode("utf-8"))
+    else:
+        atomic_write(config_yaml, lambda f: f.write(text.encode("utf-8")))
 
 
 def load_hparams_from_yaml(config_yaml: _PATH, use_omegaconf: bool = True) -> dict[str, Any]:
@@ -160,19 +165,28 @@ def load_hparams_from_yaml(config_yaml: _PATH, use_omegaconf: bool = True) -> di
     """
     import yaml
 
-    if not os.path.isfile(config_yaml):
+    if is_remote(config_yaml):  # an fsspec URL
+        try:
+            text = read_bytes(config_yaml).decode("utf-8")
+        except FileNotFoundError:
+            text = None
+    elif os.path.isfile(config_yaml):
+        with open(config_yaml, encoding="utf-8") as f:
+            text = f.read()
+    else:
+        text = None
+    if text is None:
         warnings.warn(
             f"Hyperparameters file not found: {os.fspath(config_yaml)}. Using no hparams.", RuntimeWarning, stacklevel=2
         )
         return {}
-    with open(config_yaml, encoding="utf-8") as f:
-        try:
-            hparams = yaml.load(f, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
-        except yaml.constructor.ConstructorError as err:
-            raise ValueError(
-                f"Refusing to load {os.fspath(config_yaml)}: it contains a tag that would construct a Python"
-                f" object, which the safe loader does not allow ({err.problem})."
-            ) from err
+    try:
+        hparams = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
+    except yaml.constructor.ConstructorError as err:
+        raise ValueError(
+            f"Refusing to load {os.fspath(config_yaml)}: it contains a tag that would construct a Python"
+            f" object, which the safe loader does not allow ({err.problem})."
+        ) from err
     if hparams is None:
         return {}
     if not isinstance(hparams, dict):

@@ -168,6 +168,51 @@ class BoringDataModuleNoLen(BoringDataModule):
         return DataLoader(RandomIterableDataset(32, 64))
 
 
+class IterableBoringDataModule(LightningDataModule):
+    """One map-style and one iterable dataset per stage, each loader a list of two (16 train, 32 val, 64 test and
+    128 predict samples of size 4 in each)."""
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.train_datasets = [RandomDataset(4, 16), RandomIterableDataset(4, 16)]
+        if stage in ("fit", "validate"):
+            self.val_datasets = [RandomDataset(4, 32), RandomIterableDataset(4, 32)]
+        if stage == "test":
+            self.test_datasets = [RandomDataset(4, 64), RandomIterableDataset(4, 64)]
+        if stage == "predict":
+            self.predict_datasets = [RandomDataset(4, 128), RandomIterableDataset(4, 128)]
+
+    def train_dataloader(self) -> list[DataLoader]:
+        return [DataLoader(dataset) for dataset in self.train_datasets]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [DataLoader(dataset) for dataset in self.val_datasets]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [DataLoader(dataset) for dataset in self.test_datasets]
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        return [DataLoader(dataset) for dataset in self.predict_datasets]
+
+
+class DemoModel(LightningModule):
+    """A ``Linear(32, out_dim)`` with ReLU whose loss is the sum of its outputs, trained with Adam."""
+
+    def __init__(self, out_dim: int = 10, learning_rate: float = 0.02) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(32, out_dim)
+        self.learning_rate = learning_rate
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.l1(x.view(x.size(0), -1)))
+
+    def training_step(self, batch: Any, batch_nb: int) -> Tensor:
+        return self(batch).sum()
+
+    def configure_optimizers(self) -> Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.learning_rate)
+
+
 class ManualOptimBoringModel(BoringModel):
     """:class:`BoringModel` with manual optimization: ``training_step`` steps the optimizer itself."""
 

@@ -97,9 +97,19 @@ class _WritebackStream:
 
 
 def atomic_torch_save(obj: Any, filepath: _PATH) -> None:
-    """``torch.save(obj)`` to ``filepath`` through :func:`atomic_write`; parent directories are created."""
+    """``torch.save(obj)`` to ``filepath`` through :func:`atomic_write`; parent directories are created.
+
+    ``filepath`` may also be an fsspec URL (``s3://``, ``gs://``, ``memory://``...): the object is serialised in
+    memory first and written in one piece (object stores publish an object only once its upload completes, so a
+    reader never sees a partial checkpoint there either).
+    """
 
     filepath = os.fspath(filepath)
+    from featherlight.io.paths import is_remote
+
+    if is_remote(filepath):
+        _remote_torch_save(obj, filepath)
+        return
     directory = os.path.dirname(os.path.abspath(filepath))
     os.makedirs(directory, exist_ok=True)
     try:
@@ -115,3 +125,28 @@ def atomic_torch_save(obj: Any, filepath: _PATH) -> None:
         assert isinstance(cause, OSError)
         raise OSError(cause.errno, f"{cause.strerror or cause} while writing the checkpoint (any previous file at "
                                    "this path is left as it was)", filepath) from err
+
+
+def _remote_torch_save(obj: Any, url: str) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)  # serialise first: a failure here leaves nothing behind at the destination
+    write_bytes(url, buffer.getvalue())
+
+
+def write_bytes(path: _PATH, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole: a local path through :func:`atomic_write`; an fsspec URL in one write
+    (object stores publish an object only once it is complete). Parent directories are created."""
+    path = os.fspath(path)
+    from featherlight.io.paths import get_filesystem, is_remote
+
+    if not is_remote(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        atomic_write(path, lambda f: f.write(data))
+        return
+    fs = get_filesystem(path)
+    parent = path.rsplit("/", 1)[0]
+    if "://" in parent and parent.split("://", 1)[1]:
+        fs.makedirs(parent, exist_ok=True)
+    fs.pipe_file(path, data)

@@ -20,11 +20,12 @@ from featherlight.utilities.exceptions import CheckpointError
 
 
 def load_checkpoint(path: Union[str, os.PathLike, IO[bytes]], map_location: Any = None,
-                    weights_only: bool = True) -> dict[str, Any]:
+                    weights_only: bool = True, require_dict: bool = True) -> Any:
     """Read a checkpoint. With ``weights_only=True`` (default) no code from the file can run.
 
     ``path`` is a local file, a sharded checkpoint directory, an open binary stream, or a URL (``http(s)://``
-    or any fsspec protocol; read into memory, then loaded the same way).
+    or any fsspec protocol; read into memory, then loaded the same way). ``require_dict=False`` returns whatever
+    object the file holds (``torch.save`` of a tensor, a list...); by default anything but a dict is refused.
 
     Raises ``FileNotFoundError`` for a missing path and :class:`CheckpointError` (naming the file) for a
     truncated or corrupt file, one that is not a checkpoint, or one that needs arbitrary unpickling (naming
@@ -45,7 +46,7 @@ def load_checkpoint(path: Union[str, os.PathLike, IO[bytes]], map_location: Any 
             raise CheckpointError(
                 f"Checkpoint path {name!r} is a directory, not a checkpoint file (nor a sharded checkpoint "
                 "directory written by `FSDPStrategy`, which holds a meta.pt).", reason="corrupt")
-    return load_file(path, map_location, weights_only)
+    return load_file(path, map_location, weights_only, require_dict=require_dict)
 
 
 def map_tensors(checkpoint: dict[str, Any], map_location: Any) -> dict[str, Any]:

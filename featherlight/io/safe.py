@@ -56,8 +56,10 @@ def _weights_only_detail(message: str) -> str:
 
 
 def load_file(path: Union[str, os.PathLike, IO[bytes]], map_location: Any = None,
-              weights_only: bool = True) -> dict[str, Any]:
-    """Read one checkpoint file (or an open binary stream) with ``torch.load``; see the module docstring."""
+              weights_only: bool = True, require_dict: bool = True) -> Any:
+    """Read one checkpoint file (or an open binary stream) with ``torch.load``; see the module docstring.
+
+    ``require_dict=False`` accepts any saved object (a tensor, a list...), not only a checkpoint's dict."""
     name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else getattr(path, "name", "<stream>")
     try:
         with warnings.catch_warnings():
@@ -97,7 +99,7 @@ def load_file(path: Union[str, os.PathLike, IO[bytes]], map_location: Any = None
             f"Checkpoint {name!r} is corrupt or truncated and cannot be read ({type(err).__name__}: {detail}). "
             "Use an earlier checkpoint.", reason="corrupt",
         ) from None
-    if not isinstance(checkpoint, dict):
+    if require_dict and not isinstance(checkpoint, dict):
         raise CheckpointError(
             f"{name!r} is not a checkpoint: it holds a {type(checkpoint).__name__}, not the dict "
             "`Trainer.save_checkpoint` writes.", reason="corrupt",

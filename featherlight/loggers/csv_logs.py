@@ -8,6 +8,8 @@ import os
 from argparse import Namespace
 from typing import IO, Any, Optional, Union
 
+from featherlight.io.atomic import write_bytes
+from featherlight.io.paths import get_filesystem, is_remote, read_bytes
 from featherlight.loggers.logger import (
     Logger,
     _add_prefix,
@@ -18,7 +20,7 @@ from featherlight.loggers.logger import (
 )
 from featherlight.utilities.rank_zero import rank_zero_only, rank_zero_warn
 
-__all__ = ["CSVLogger"]
+__all__ = ["CSVLogger", "ExperimentWriter"]
 
 _PATH = Union[str, "os.PathLike[str]"]
 
@@ -31,12 +33,15 @@ def _to_python(value: Any) -> Any:
     return value
 
 
-class _ExperimentWriter:
+class ExperimentWriter:
     """Buffers metric rows in memory and writes them to ``log_dir/metrics.csv`` on :meth:`save`.
 
     The CSV header is the sorted union of every key seen so far (``step`` included). When a save brings new keys, the
     whole file is rewritten with the wider header; otherwise the new rows are appended. Missing values are empty
     cells. Hyperparameters given to :meth:`log_hparams` are written to ``log_dir/hparams.yaml``.
+
+    ``log_dir`` may be an fsspec URL (``s3://``, ``memory://``...); there every save writes the whole file (object
+    stores cannot append).
     """
 
     NAME_METRICS_FILE = "metrics.csv"
@@ -51,12 +56,23 @@ class _ExperimentWriter:
         self.hparams: dict[str, Any] = {}
         self._rows_logged = 0
         self._file_started = False
-        if os.path.isdir(log_dir) and os.listdir(log_dir):
+        self._fs = get_filesystem(log_dir) if is_remote(log_dir) else None  # None: the local disk, through os
+        if self._fs is not None:
+            not_empty = self._fs.isdir(log_dir) and bool(self._fs.ls(log_dir))
+        else:
+            not_empty = os.path.isdir(log_dir) and bool(os.listdir(log_dir))
+        if not_empty:
             rank_zero_warn(
                 f"The experiment log directory {log_dir} already exists and is not empty;"
                 f" its {self.NAME_METRICS_FILE} will be overwritten once new metrics are saved."
             )
-        os.makedirs(log_dir, exist_ok=True)
+        if self._fs is not None:
+            self._fs.makedirs(log_dir, exist_ok=True)
+        else:
+            os.makedirs(log_dir, exist_ok=True)
+
+    def _isfile(self, path: str) -> bool:
+        return self._fs.isfile(path) if self._fs is not None else os.path.isfile(path)
 
     def log_metrics(self, metrics_dict: dict[str, Any], step: Optional[int] = None) -> None:
         """Buffer one row; ``step`` defaults to the number of rows logged before it."""
@@ -80,7 +96,7 @@ class _ExperimentWriter:
     def save(self) -> None:
         """Write buffered rows to ``metrics.csv`` (and ``hparams.yaml`` if hyperparameters were logged but the file
         is missing)."""
-        if self.hparams and not os.path.isfile(self.hparams_file_path):
+        if self.hparams and not self._isfile(self.hparams_file_path):
             self._write_hparams()
         if not self.metrics:
             return
@@ -89,7 +105,9 @@ class _ExperimentWriter:
         if new_keys:
             self.metrics_keys = sorted(known | new_keys)
 
-        if not self._file_started or not os.path.isfile(self.metrics_file_path):
+        if self._fs is not None:
+            self._rewrite_remote()
+        elif not self._file_started or not os.path.isfile(self.metrics_file_path):
             with open(self.metrics_file_path, "w", encoding="utf-8", newline="") as file:
                 self._write_rows(file, self.metrics, header=True)
         elif new_keys:
@@ -105,6 +123,18 @@ class _ExperimentWriter:
         if header:
             writer.writeheader()
         writer.writerows(rows)
+
+    def _rewrite_remote(self) -> None:
+        """The rows already in the remote file plus the new ones, written as a whole file."""
+        assert self._fs is not None
+        rows: list[dict[str, Any]] = []
+        if self._file_started and self._fs.isfile(self.metrics_file_path):
+            text = read_bytes(self.metrics_file_path).decode("utf-8")
+            rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        rows.extend(self.metrics)
+        out = io.StringIO(newline="")
+        self._write_rows(out, rows, header=True)
+        write_bytes(self.metrics_file_path, out.getvalue().encode("utf-8"))
 
     def _rewrite_with_new_header(self) -> None:
         from featherlight.io.atomic import atomic_write
@@ -122,11 +152,15 @@ class _ExperimentWriter:
         atomic_write(self.metrics_file_path, write)
 
 
+_ExperimentWriter = ExperimentWriter  # the earlier private name
+
+
 class CSVLogger(Logger):
     """Log metrics to ``metrics.csv`` and hyperparameters to ``hparams.yaml`` in ``save_dir/name/version``.
 
     Args:
-        save_dir: Directory under which the experiment directory is created.
+        save_dir: Directory under which the experiment directory is created: a local path or an fsspec URL
+            (``s3://bucket/logs``, ``memory://logs``...; needs ``fsspec`` and the protocol's package).
         name: Experiment name; ``None`` or ``""`` puts the versions directly in ``save_dir``.
         version: ``None`` picks the next free ``version_N`` (one above the highest existing one); an int ``v`` uses
             ``version_{v}``; a string is used as the directory name as is.
@@ -153,7 +187,7 @@ class CSVLogger(Logger):
         self._version = version
         self._prefix = prefix
         self._flush_logs_every_n_steps = flush_logs_every_n_steps
-        self._experiment: Optional[_ExperimentWriter] = None
+        self._experiment: Optional[ExperimentWriter] = None
 
     @property
     def name(self) -> str:
@@ -184,10 +218,10 @@ class CSVLogger(Logger):
 
     @property
     @rank_zero_experiment
-    def experiment(self) -> _ExperimentWriter:
-        """The underlying :class:`_ExperimentWriter`, created (with its directory) on first access."""
+    def experiment(self) -> ExperimentWriter:
+        """The underlying :class:`ExperimentWriter`, created (with its directory) on first access."""
         if self._experiment is None:
-            self._experiment = _ExperimentWriter(self.log_dir)
+            self._experiment = ExperimentWriter(self.log_dir)
         return self._experiment
 
     @rank_zero_only

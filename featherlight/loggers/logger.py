@@ -12,12 +12,13 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import asdict, is_dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
+from featherlight.io.paths import get_filesystem, is_remote
 from featherlight.utilities.rank_zero import rank_zero_only
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Logger", "DummyLogger", "rank_zero_experiment"]
+__all__ = ["Logger", "DummyLogger", "DummyExperiment", "rank_zero_experiment"]
 
 
 class Logger(ABC):
@@ -89,8 +90,9 @@ class Logger(ABC):
         getattr(self, "experiment", None)
 
 
-class _DummyExperiment:
-    """Stand-in experiment: every attribute is a method that does nothing and returns ``None``."""
+class DummyExperiment:
+    """Stand-in experiment: every attribute is a method that does nothing and returns ``None``; indexing returns
+    the experiment itself and item assignment is ignored (``logger.experiment["key"] = value`` works on any rank)."""
 
     def nop(self, *args: Any, **kwargs: Any) -> None:
         return None
@@ -98,11 +100,14 @@ class _DummyExperiment:
     def __getattr__(self, _: str) -> Callable[..., None]:
         return self.nop
 
-    def __getitem__(self, idx: Any) -> _DummyExperiment:
+    def __getitem__(self, idx: Any) -> DummyExperiment:
         return self
 
     def __setitem__(self, *args: Any, **kwargs: Any) -> None:
         pass
+
+
+_DummyExperiment = DummyExperiment  # the earlier private name
 
 
 def rank_zero_experiment(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -115,7 +120,7 @@ def rank_zero_experiment(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
     @functools.wraps(fn)
     def experiment(self: Any) -> Any:
         if getattr(rank_zero_only, "rank", 0) > 0:
-            return _DummyExperiment()
+            return DummyExperiment()
         return fn(self)
 
     return experiment
@@ -129,10 +134,10 @@ class DummyLogger(Logger):
 
     def __init__(self) -> None:
         super().__init__()
-        self._experiment = _DummyExperiment()
+        self._experiment = DummyExperiment()
 
     @property
-    def experiment(self) -> _DummyExperiment:
+    def experiment(self) -> DummyExperiment:
         """A dummy experiment whose methods do nothing."""
         return self._experiment
 
@@ -170,18 +175,23 @@ class DummyLogger(Logger):
 
 
 def _next_version(root: str) -> int:
-    """Return one more than the highest ``N`` among the ``version_N`` directories in ``root`` (0 if there are none)."""
-    try:
-        entries = os.listdir(root)
-    except OSError:
-        return 0
-    versions = []
-    for entry in entries:
-        if not entry.startswith("version_"):
-            continue
-        suffix = entry[len("version_") :]
-        if suffix.isdigit() and os.path.isdir(os.path.join(root, entry)):
-            versions.append(int(suffix))
+    """Return one more than the highest ``N`` among the ``version_N`` directories in ``root`` (0 if there are none).
+    ``root`` may be an fsspec URL."""
+    if is_remote(root):
+        fs = get_filesystem(root)
+        try:
+            listing = fs.ls(root, detail=True)
+        except (FileNotFoundError, OSError):
+            return 0
+        directories = [entry["name"].rstrip("/").rsplit("/", 1)[-1] for entry in listing
+                       if entry.get("type") == "directory"]
+    else:
+        try:
+            directories = [entry for entry in os.listdir(root) if os.path.isdir(os.path.join(root, entry))]
+        except OSError:
+            return 0
+    versions = [int(name[len("version_"):]) for name in directories
+                if name.startswith("version_") and name[len("version_"):].isdigit()]
     return max(versions) + 1 if versions else 0
 
 
@@ -256,3 +266,32 @@ def _add_prefix(metrics: Mapping[str, Any], prefix: str, separator: str) -> Mapp
     if not prefix:
         return metrics
     return {f"{prefix}{separator}{key}": value for key, value in metrics.items()}
+
+
+def _sanitize_callable_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``params`` with every class or other callable replaced by its name (its ``__name__``, else its
+    ``str``). Callables are never called: featherlight logs a callable hyperparameter by name (Lightning calls it
+    without arguments and logs the result when it can)."""
+
+    def name_of(value: Any) -> Any:
+        if inspect.isclass(value) or callable(value):
+            return getattr(value, "__name__", None) or str(value)
+        return value
+
+    return {key: name_of(value) for key, value in params.items()}
+
+
+def _convert_json_serializable(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``params`` with every value JSON cannot encode replaced by its ``str``."""
+    import json
+
+    def encodable(value: Any) -> bool:
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return True
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError, OverflowError):
+            return False
+        return True
+
+    return {key: value if encodable(value) else str(value) for key, value in params.items()}

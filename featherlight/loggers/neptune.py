@@ -298,6 +298,6 @@ def _named_callables(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _version() -> str:
-    from featherlight.__about__ import __version__
+    from featherlight.__about__ import __featherlight_version__
 
-    return f"featherlight {__version__}"
+    return f"featherlight {__featherlight_version__}"

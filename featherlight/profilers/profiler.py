@@ -59,6 +59,7 @@ class Profiler(ABC):
         self._stage: Optional[str] = None
         self._local_rank: Optional[int] = None
         self._log_dir: Optional[str] = None
+        self._described = False  # this stage's report was emitted
 
     @abstractmethod
     def start(self, action_name: str) -> None:
@@ -88,18 +89,21 @@ class Profiler(ABC):
         self._local_rank = local_rank
         self._log_dir = log_dir
         self.dirpath = self.dirpath or log_dir
+        self._described = False
 
     def teardown(self, stage: Optional[str]) -> None:
         """Release what was recorded for ``stage``. Safe to call more than once."""
 
     def describe(self) -> None:
-        """Emit :meth:`summary` once, then :meth:`teardown` (which forgets what was recorded, so calling
-        ``describe()`` again, or after the next stage, never repeats this report).
+        """Emit :meth:`summary` once per stage, then :meth:`teardown`. Calling ``describe()`` again before the
+        next :meth:`setup` emits nothing, so a stage's report is never repeated; :meth:`summary` itself stays
+        readable after the stage (as in Lightning).
 
-        With a ``filename`` the report is appended to :meth:`_report_path`; otherwise it is logged at INFO level
-        (local rank 0 only) on the ``featherlight`` logger.
+        With a ``filename`` the report is appended to ``dirpath/{stage}-{filename}[-{local_rank}].txt``; otherwise
+        it is logged at INFO level (local rank 0 only) on the ``featherlight`` logger.
         """
-        summary = self.summary()
+        summary = "" if self._described else self.summary()
+        self._described = True
         if summary:
             path = self._report_path()
             if path is not None:

@@ -14,26 +14,57 @@ from featherlight.utilities.rank_zero import rank_zero_warn
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["PyTorchProfiler"]
+__all__ = ["PyTorchProfiler", "RegisterRecordFunction"]
 
-# Steps recorded by the default schedule. Recording every step of a long run would hold every op event in host
-# memory and slow training down; a handful of steps is what a trace is read for.
+# Steps of each kind (training, validation, test, predict) recorded by the default schedule. Recording every step of a
+# long run would hold every op event in host memory and slow training down; a handful of steps is what a trace is
+# read for.
 _DEFAULT_RECORD_STEPS = 5
+# Lightning's labels, so tools that read Lightning's traces find the same names in ours.
+_PROFILE_PREFIX = "[pl][profile]"
+_MODULE_PREFIX = "[pl][module]"
 
 
-def _default_schedule(step: int) -> Any:
-    from torch.profiler import ProfilerAction
+class _StepsOfEachKind:
+    """The default schedule: record the first ``steps`` steps of each kind (training, validation, test, predict),
+    counted over the whole stage; the trace of each kind is saved once its ``steps`` are recorded.
 
-    if step < _DEFAULT_RECORD_STEPS - 1:
-        return ProfilerAction.RECORD
-    if step == _DEFAULT_RECORD_STEPS - 1:
-        return ProfilerAction.RECORD_AND_SAVE
-    return ProfilerAction.NONE
+    The torch profiler asks the schedule for the action of each new step; the action depends on the kind of step
+    (``kind``, set by the profiler) and how many steps of that kind have finished, not on torch's global step number.
+    """
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+        self.counts: dict[Optional[str], int] = {}
+        self.kind: Optional[str] = None
+
+    def action(self, kind: Optional[str]) -> Any:
+        from torch.profiler import ProfilerAction
+
+        if kind is None:
+            return ProfilerAction.NONE  # before the first step (setup hooks, prepare_data...): nothing is traced
+        done = self.counts.get(kind, 0)
+        if done < self.steps - 1:
+            return ProfilerAction.RECORD
+        if done == self.steps - 1:
+            return ProfilerAction.RECORD_AND_SAVE
+        return ProfilerAction.NONE
+
+    def finished(self, kind: str) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        self.kind = kind
+
+    def __call__(self, step_num: int) -> Any:
+        return self.action(self.kind)
 
 
-class _ModuleRecorder:
-    """Wraps every submodule's ``forward`` in a ``record_function`` range named after the module, via forward
-    (pre-)hooks, so the op table and trace show which layer an op came from."""
+class RegisterRecordFunction:
+    """While the torch profiler records, label every submodule's forward with a ``record_function`` range named
+    ``[pl][module]{module class path}: {qualified name}``, so the op table and trace show which layer ran an op.
+
+    A context manager (``with RegisterRecordFunction(model): model(batch)``); :class:`PyTorchProfiler` uses it
+    itself when it knows the model (``record_module_names=True``). The hooks are removed on exit.
+    """
 
     def __init__(self, model: torch.nn.Module) -> None:
         self._model = model
@@ -52,35 +83,39 @@ class _ModuleRecorder:
         if stack:
             stack.pop().__exit__(None, None, None)
 
-    def attach(self) -> None:
+    def __enter__(self) -> RegisterRecordFunction:
         for name, module in self._model.named_modules():
             if not name:
                 continue
-            record_name = f"[fl][module]{type(module).__module__}.{type(module).__name__}: {name}"
+            record_name = f"{_MODULE_PREFIX}{type(module).__module__}.{type(module).__name__}: {name}"
             self._handles.append(module.register_forward_pre_hook(partial(self._enter, record_name)))
             self._handles.append(module.register_forward_hook(partial(self._exit, record_name)))
+        return self
 
-    def detach(self) -> None:
+    def __exit__(self, *exc_info: Any) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
         for stack in self._open.values():
             while stack:
                 stack.pop().__exit__(None, None, None)
+        self._open = {}
 
 
 class PyTorchProfiler(Profiler):
     r"""Profile the operators run by the model (CPU, and CUDA when available) with :class:`torch.profiler.profile`.
 
-    The torch profiler is entered when the first step action (an action whose name ends in ``training_step``,
-    ``validation_step``, ``test_step`` or ``predict_step``) starts, and from then on each profiled action is also a
-    ``record_function`` range named ``[fl][profile]{action}``. Each finished (outermost) step action advances the
-    profiler's schedule. Unless a ``schedule`` is passed, the first 5 steps are recorded and nothing after, which keeps
-    memory and overhead bounded on long runs.
+    The torch profiler is entered by the first profiled action, and each profiled action is also a
+    ``record_function`` range named ``[pl][profile]{action}`` (Lightning's label). A step action is one whose name
+    ends in ``training_step``, ``validation_step``, ``test_step`` or ``predict_step``; each finished (outermost) step
+    action advances the profiler's schedule. Unless a ``schedule`` is passed, nothing before the first step is traced
+    and the first 5 steps of each kind (training, validation, test, predict) are, then nothing more of that kind:
+    memory and overhead stay bounded on long runs. ``schedule=None`` traces everything from the first action on.
 
-    :meth:`summary` is ``key_averages().table(...)`` of the recorded events. When a trace is complete and
+    :meth:`summary` is ``key_averages().table(...)`` of the recorded events; the events (:attr:`function_events`) and
+    the report stay available after the stage ends, until the next :meth:`setup`. When a trace is complete and
     ``export_to_chrome`` is on, it is written to ``dirpath/{stage}[-{filename}][-{rank}].pt.trace.json`` (open it in
-    ``chrome://tracing`` or Perfetto); with a repeating schedule, later traces get a ``.{n}`` suffix.
+    ``chrome://tracing`` or Perfetto); later traces of the same stage get a ``.{n}`` suffix.
 
     Args:
         dirpath: Directory for the report and trace files (defaults to the trainer's ``log_dir``).
@@ -91,13 +126,16 @@ class PyTorchProfiler(Profiler):
         row_limit: Rows in the table; ``-1`` for all.
         sort_by_key: Table sort column, e.g. ``cpu_time_total``, ``cuda_time_total``, ``self_cpu_memory_usage``,
             ``count``. Default: ``cuda_time_total`` when CUDA is profiled, else ``cpu_time_total``.
-        record_module_names: Label ops with the submodule that ran them. Needs the model: the trainer sets
-            ``profiler._lightning_module`` before the run.
+        record_module_names: Label ops with the submodule that ran them (:class:`RegisterRecordFunction`). Needs
+            the model in ``profiler._lightning_module`` before the run.
+        table_kwargs: Further keyword arguments of ``EventList.table`` for :meth:`summary` (e.g.
+            ``max_name_column_width``); ``sort_by`` and ``row_limit`` are the arguments above.
         \**profiler_kwargs: Passed to :class:`torch.profiler.profile` (``activities``, ``schedule``,
             ``on_trace_ready``, ``record_shapes``, ``profile_memory``, ``with_stack``, ...).
 
     Raises:
         ValueError: If ``sort_by_key`` is not a known column, or ``schedule`` is not callable.
+        KeyError: If ``table_kwargs`` holds ``sort_by``/``row_limit`` or a name ``EventList.table`` does not take.
     """
 
     STEP_FUNCTIONS = ("training_step", "validation_step", "test_step", "predict_step")
@@ -132,6 +170,7 @@ class PyTorchProfiler(Profiler):
         row_limit: int = 20,
         sort_by_key: Optional[str] = None,
         record_module_names: bool = True,
+        table_kwargs: Optional[dict[str, Any]] = None,
         **profiler_kwargs: Any,
     ) -> None:
         super().__init__(dirpath=dirpath, filename=filename)
@@ -142,18 +181,24 @@ class PyTorchProfiler(Profiler):
             raise ValueError(f"`schedule` must be a callable (e.g. `torch.profiler.schedule(...)`), got {schedule!r}.")
         if group_by_input_shapes:
             profiler_kwargs.setdefault("record_shapes", True)
+        self._table_kwargs = dict(table_kwargs or {})
+        _check_table_kwargs(self._table_kwargs)
         self._group_by_input_shapes = group_by_input_shapes
         self._emit_nvtx = emit_nvtx
         self._export_to_chrome = export_to_chrome
         self._row_limit = row_limit
         self._sort_by_key = sort_by_key
         self._record_module_names = record_module_names
+        # `schedule=None` given explicitly records every step (torch's default); not given: the bounded default
+        self._own_schedule = "schedule" not in profiler_kwargs
         self._profiler_kwargs = profiler_kwargs
-        self._lightning_module: Optional[torch.nn.Module] = None  # set by the trainer
+        self._lightning_module: Optional[torch.nn.Module] = None
         self.profiler: Any = None  # the entered torch profiler (or emit_nvtx context)
+        #: the events of the last recording (kept after the stage ends, until the next ``setup``)
         self.function_events: Any = None
         self._records: dict[str, Any] = {}
-        self._module_recorder: Optional[_ModuleRecorder] = None
+        self._register: Optional[RegisterRecordFunction] = None
+        self._schedule: Optional[_StepsOfEachKind] = None
         self._open_steps = 0
         self._traces_written = 0
 
@@ -161,21 +206,29 @@ class PyTorchProfiler(Profiler):
     # recording
     # ------------------------------------------------------------------------------------------------------------------
 
-    def _is_step(self, action_name: str) -> bool:
-        return action_name.endswith(self.STEP_FUNCTIONS)
+    def _step_kind(self, action_name: str) -> Optional[str]:
+        return next((kind for kind in self.STEP_FUNCTIONS if action_name.endswith(kind)), None)
+
+    def setup(self, stage: str, local_rank: Optional[int] = None, log_dir: Optional[str] = None) -> None:
+        super().setup(stage, local_rank=local_rank, log_dir=log_dir)
+        self.function_events = None  # a new stage reports only what it records
+        self._traces_written = 0
 
     def start(self, action_name: str) -> None:
-        is_step = self._is_step(action_name)
+        kind = self._step_kind(action_name)
         if self.profiler is None:
-            if not is_step:
-                return
             self._start_profiler()
-        if is_step:
+        if kind is not None:
+            if self._open_steps == 0 and self._schedule is not None and self._schedule.kind != kind:
+                # another kind of step begins (e.g. validation inside fit): its own count decides whether it records
+                self._schedule.kind = kind
+                if self._schedule.action(kind) != self.profiler.current_action:
+                    self.profiler.step()
             self._open_steps += 1
         if action_name not in self._records:
             from torch.autograd.profiler import record_function
 
-            record = record_function(f"[fl][profile]{action_name}")
+            record = record_function(_PROFILE_PREFIX + action_name)
             record.__enter__()
             self._records[action_name] = record
 
@@ -183,11 +236,14 @@ class PyTorchProfiler(Profiler):
         record = self._records.pop(action_name, None)
         if record is not None:
             record.__exit__(None, None, None)
-        if self.profiler is None or not self._is_step(action_name) or self._open_steps == 0:
+        kind = self._step_kind(action_name)
+        if self.profiler is None or kind is None or self._open_steps == 0:
             return
         self._open_steps -= 1
         # Only the outermost step action advances the schedule, in case step hooks are profiled at several levels.
         if self._open_steps == 0 and not self._emit_nvtx:
+            if self._schedule is not None:
+                self._schedule.finished(kind)
             self.profiler.step()
 
     def _start_profiler(self) -> None:
@@ -201,8 +257,8 @@ class PyTorchProfiler(Profiler):
             self.profiler = torch.profiler.profile(**kwargs)
         self.profiler.__enter__()
         if self._record_module_names and self._lightning_module is not None:
-            self._module_recorder = _ModuleRecorder(self._lightning_module)
-            self._module_recorder.attach()
+            self._register = RegisterRecordFunction(self._lightning_module)
+            self._register.__enter__()
 
     def _torch_profiler_kwargs(self) -> dict[str, Any]:
         import torch
@@ -214,8 +270,13 @@ class PyTorchProfiler(Profiler):
             if torch.cuda.is_available():
                 activities.append(torch.profiler.ProfilerActivity.CUDA)
             kwargs["activities"] = activities
-        if kwargs.get("schedule") is None:
-            kwargs["schedule"] = _default_schedule
+        self._schedule = None
+        if self._own_schedule:
+            self._schedule = _StepsOfEachKind(_DEFAULT_RECORD_STEPS)
+            kwargs["schedule"] = self._schedule
+            if "acc_events" in accepted:
+                # the default schedule traces each kind of step in its own cycle: keep them all (bounded)
+                kwargs.setdefault("acc_events", True)
         if kwargs.get("on_trace_ready") is None:
             kwargs["on_trace_ready"] = self._on_trace_ready
         return kwargs
@@ -236,9 +297,9 @@ class PyTorchProfiler(Profiler):
         for record in self._records.values():
             record.__exit__(None, None, None)
         self._records = {}
-        if self._module_recorder is not None:
-            self._module_recorder.detach()
-            self._module_recorder = None
+        if self._register is not None:
+            self._register.__exit__(None, None, None)
+            self._register = None
         if self.profiler is not None:
             profiler, self.profiler = self.profiler, None
             profiler.__exit__(None, None, None)
@@ -247,6 +308,7 @@ class PyTorchProfiler(Profiler):
                     self.function_events = profiler.events()
                 except (AssertionError, RuntimeError):  # nothing was ever recorded
                     self.function_events = None
+        self._schedule = None
         self._open_steps = 0
 
     # ------------------------------------------------------------------------------------------------------------------
@@ -264,24 +326,42 @@ class PyTorchProfiler(Profiler):
         return "cuda_time_total" if uses_cuda else "cpu_time_total"
 
     def summary(self) -> str:
-        """Stop profiling and return the op table of the recorded events (``""`` if none, or with ``emit_nvtx``)."""
+        """Stop profiling and return the op table of the recorded events (``""`` if none, or with ``emit_nvtx``).
+        Asked again after the stage ended, it returns the same table."""
         self._stop_profiler()
         if self._emit_nvtx or not self.function_events:
             return ""
         averages = self.function_events.key_averages(group_by_input_shapes=self._group_by_input_shapes)
-        table = averages.table(sort_by=self._sort_by_key or self._default_sort_key(), row_limit=self._row_limit)
+        table = averages.table(sort_by=self._sort_by_key or self._default_sort_key(), row_limit=self._row_limit,
+                               **self._table_kwargs)
         return self._stats_to_str({"records": table})
 
     def teardown(self, stage: Optional[str]) -> None:
-        """Stop the torch profiler (if running), remove module hooks and forget the recorded events."""
+        """Stop the torch profiler (if running) and remove the module hooks; the recorded events stay in
+        :attr:`function_events` until the next :meth:`setup`."""
         self._stop_profiler()
-        self.function_events = None
-        self._traces_written = 0
         super().teardown(stage)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         # Live profiler objects cannot be pickled (e.g. when the trainer is sent to spawned workers).
-        state.update(profiler=None, function_events=None, _records={}, _module_recorder=None, _open_steps=0)
+        state.update(profiler=None, function_events=None, _records={}, _register=None, _schedule=None, _open_steps=0)
         state["_lightning_module"] = None
         return state
+
+
+def _check_table_kwargs(table_kwargs: dict[str, Any]) -> None:
+    """Raise a ``KeyError`` for a ``table_kwargs`` key that ``EventList.table`` does not take from the user."""
+    if not table_kwargs:
+        return
+    from torch.autograd.profiler_util import EventList
+
+    for key in table_kwargs:
+        if key in ("sort_by", "row_limit"):
+            raise KeyError(
+                f"Found invalid table_kwargs key: {key}. This is already a positional argument of the Profiler "
+                f"(pass `{'sort_by_key' if key == 'sort_by' else 'row_limit'}=` to PyTorchProfiler instead)."
+            )
+        valid = set(inspect.signature(EventList.table).parameters) - {"self", "sort_by", "row_limit"}
+        if key not in valid:
+            raise KeyError(f"Found invalid table_kwargs key: {key}. Should be one of {sorted(valid)}.")

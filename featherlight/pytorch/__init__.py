@@ -7,7 +7,7 @@ costs nothing until used.
 import importlib
 
 from featherlight import *  # noqa: F401,F403
-from featherlight import __all__, __version__  # noqa: F401
+from featherlight import __all__, __featherlight_version__, __version__  # noqa: F401
 from featherlight._aliases import install
 
 install()  # `featherlight.pytorch.X` imports resolve to `featherlight.X` (also done by `import featherlight`)

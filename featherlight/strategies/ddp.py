@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from featherlight.io.checkpoint_io import CheckpointIO
 from featherlight.strategies.launch import (
     _REGISTRY,
     _first_slurm_host,
@@ -31,7 +32,7 @@ from featherlight.strategies.launch import (
 )
 from featherlight.strategies.strategy import Strategy
 from featherlight.utilities.exceptions import MisconfigurationException
-from featherlight.utilities.rank_zero import rank_zero_info, rank_zero_only
+from featherlight.utilities.rank_zero import rank_zero_info, set_global_rank
 
 if TYPE_CHECKING:
     from featherlight.core.module import LightningModule
@@ -91,6 +92,7 @@ class DDPStrategy(Strategy):
         start_method: ``"popen"`` (run the script again per rank), ``"spawn"`` or ``"fork"``.
         find_unused_parameters: passed to DDP; needed when some parameters get no gradient in a step.
         ddp_comm_hook / ddp_comm_state: a DDP communication hook to register (e.g. fp16 compression).
+        checkpoint_io: how checkpoint files are written and read (default: atomic ``torch.save``).
         **ddp_kwargs: any other ``DistributedDataParallel`` argument (``static_graph``, ``bucket_cap_mb``, ...).
     """
 
@@ -107,13 +109,14 @@ class DDPStrategy(Strategy):
         find_unused_parameters: bool = False,
         ddp_comm_hook: Optional[Callable] = None,
         ddp_comm_state: Optional[object] = None,
+        checkpoint_io: Optional[CheckpointIO] = None,
         **ddp_kwargs: Any,
     ) -> None:
         if start_method not in ("popen", "spawn", "fork", "forkserver"):
             raise MisconfigurationException(
                 f"`start_method={start_method!r}` is not supported; use 'popen', 'spawn', 'fork' or 'forkserver'."
             )
-        super().__init__()
+        super().__init__(checkpoint_io=checkpoint_io)
         self._accelerator = accelerator.lower() if isinstance(accelerator, str) else accelerator
         self.parallel_devices = list(parallel_devices) if parallel_devices is not None else None
         self.num_nodes = num_nodes
@@ -266,7 +269,7 @@ class DDPStrategy(Strategy):
         self._resolved = None
         ranks = self.ranks()
         self._resolved = dict(ranks, device=self._device_of(ranks["local_rank"]))
-        rank_zero_only.rank = ranks["global_rank"]  # type: ignore[attr-defined]
+        set_global_rank(ranks["global_rank"])
         if ranks["kind"] == "slurm":
             os.environ.setdefault("MASTER_ADDR", _first_slurm_host(os.environ.get("SLURM_NODELIST", "127.0.0.1")))
             job_id = os.environ.get("SLURM_JOB_ID", "0")
@@ -347,6 +350,7 @@ class DDPStrategy(Strategy):
 
     def teardown(self) -> None:
         """Unwrap DDP. The process group stays up for later runs in this process and is destroyed at exit."""
+        super().teardown()
         if self._lightning_module is not None:
             self.model = self._lightning_module
             layers, self._batchnorm_layers = self._batchnorm_layers, None

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from featherlight.io.atomic import atomic_torch_save
+from featherlight.io.checkpoint_io import CheckpointIO
 from featherlight.io.load import load_checkpoint
 from featherlight.io.state import match_compiled_keys, optimizer_state_by_name
 from featherlight.strategies.ddp import _DEFAULT_TIMEOUT, DDPStrategy, _trainer_of
@@ -44,7 +45,7 @@ class FSDPStrategy(DDPStrategy):
     """Shard parameters, gradients and optimizer states across ranks with FSDP2.
 
     Args:
-        accelerator, parallel_devices, num_nodes, process_group_backend, timeout, start_method: as for
+        accelerator, parallel_devices, num_nodes, process_group_backend, timeout, start_method, checkpoint_io: as for
             :class:`~featherlight.strategies.DDPStrategy`.
         auto_wrap_policy: a set (or list) of ``nn.Module`` classes whose instances are sharded on their own,
             or a callable ``(module) -> bool``. ``None``: only the root (or what ``configure_model`` sharded).
@@ -79,10 +80,12 @@ class FSDPStrategy(DDPStrategy):
         state_dict_type: str = "sharded",
         device_mesh: Optional[Any] = None,
         start_method: str = "popen",
+        checkpoint_io: Optional[CheckpointIO] = None,
         **fully_shard_kwargs: Any,
     ) -> None:
         super().__init__(accelerator=accelerator, parallel_devices=parallel_devices, num_nodes=num_nodes,
-                         process_group_backend=process_group_backend, timeout=timeout, start_method=start_method)
+                         process_group_backend=process_group_backend, timeout=timeout, start_method=start_method,
+                         checkpoint_io=checkpoint_io)
         sharding_strategy = sharding_strategy.upper() if isinstance(sharding_strategy, str) else str(sharding_strategy)
         if sharding_strategy not in _SHARDING:
             raise MisconfigurationException(
@@ -195,6 +198,7 @@ class FSDPStrategy(DDPStrategy):
 
     def teardown(self) -> None:
         """The module stays sharded (its process group stays up): later runs in this process reuse both."""
+        self.checkpoint_io.teardown()
         if self.process_index is not None and self._lightning_module is not None and sys.exc_info()[0] is None:
             # a spawn/fork worker that succeeded (no collective on the failure path): gather the full weights
             # for the parent while the process group still exists
@@ -258,7 +262,8 @@ class FSDPStrategy(DDPStrategy):
         trainer = _trainer_of(self._lightning_module)
         return list(trainer.optimizers) if trainer is not None else []
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Union[str, os.PathLike]) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Union[str, os.PathLike],
+                        storage_options: Optional[Any] = None) -> None:
         """Write ``checkpoint`` (the Trainer's dict) to ``filepath``. Every rank must call this.
 
         ``"sharded"``: ``filepath`` becomes a directory of ``torch.distributed.checkpoint`` shards (weights and
@@ -284,11 +289,15 @@ class FSDPStrategy(DDPStrategy):
                 checkpoint["optimizer_states"] = [get_optimizer_state_dict(module, o, options=options)
                                                   for o in optimizers]
             if self.is_global_zero:
-                atomic_torch_save(checkpoint, path)
+                self.checkpoint_io.save_checkpoint(checkpoint, path, storage_options=storage_options)
             self.barrier("fsdp_save_checkpoint")
             return
         import torch.distributed.checkpoint as dcp
 
+        if storage_options is not None:
+            raise TypeError("`storage_options` go to the checkpoint IO plugin, which writes full checkpoints only; "
+                            "sharded FSDP checkpoints are written by torch.distributed.checkpoint. Use "
+                            "`FSDPStrategy(state_dict_type='full')` to have the plugin write them.")
         if self.is_global_zero and os.path.isfile(path):
             os.remove(path)  # a full checkpoint of the same name: the directory takes its place
         self.barrier("fsdp_save_checkpoint_prepare")
@@ -429,7 +438,7 @@ class FSDPStrategy(DDPStrategy):
             if saved:
                 checkpoint["optimizer_states"] = [_ShardedOptimizerState(path, i) for i in range(saved)]
         else:  # one file: a full FSDP checkpoint, or one from any other strategy (e.g. a single process)
-            checkpoint = load_checkpoint(path, map_location="cpu", weights_only=weights_only)
+            checkpoint = self.checkpoint_io.load_checkpoint(path, weights_only=weights_only)
             if "state_dict" not in checkpoint:
                 raise CheckpointError(f"{path!r} has no 'state_dict': it is not a model checkpoint.", reason="corrupt")
             set_model_state_dict(module, _match_names(module, checkpoint["state_dict"]),

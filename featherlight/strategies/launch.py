@@ -36,7 +36,7 @@ from torch import Tensor
 
 from featherlight.utilities.apply_func import apply_to_collection
 from featherlight.utilities.exceptions import MisconfigurationException
-from featherlight.utilities.rank_zero import rank_zero_info, rank_zero_only
+from featherlight.utilities.rank_zero import rank_zero_info, set_global_rank
 
 _LAUNCHER_PID_ENV = "FEATHERLIGHT_LAUNCHER_PID"
 _POLL_INTERVAL_S = 0.2
@@ -338,7 +338,7 @@ def _mp_worker(process_idx: int, strategy: Any, function: Any, args: tuple, trai
     ranks = strategy.ranks()
     os.environ.update(RANK=str(ranks["global_rank"]), LOCAL_RANK=str(process_idx),
                       WORLD_SIZE=str(ranks["world_size"]), NODE_RANK=str(ranks["node_rank"]))
-    rank_zero_only.rank = ranks["global_rank"]  # type: ignore[attr-defined]
+    set_global_rank(ranks["global_rank"])
     if trainer is not None:
         # a pickled LightningModule/datamodule travels without its trainer (spawn): attach them again
         for obj in (trainer.lightning_module, trainer.datamodule):

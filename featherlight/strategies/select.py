@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from featherlight.accelerators.accelerator import Accelerator
 from featherlight.strategies.ddp import DDPStrategy
 from featherlight.strategies.launch import _is_interactive, env_job
 from featherlight.strategies.strategy import SingleDeviceStrategy, Strategy
@@ -16,6 +17,8 @@ _ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 
 def _resolve_device(accelerator: Any, devices: Any) -> tuple[str, list[int]]:
     """Turn the ``accelerator``/``devices`` flags into a device type and device indices."""
+    if isinstance(accelerator, Accelerator):  # `Trainer(accelerator=CUDAAccelerator())` means "cuda"
+        accelerator = accelerator.name
     if not isinstance(accelerator, str):
         raise MisconfigurationException(f"`accelerator` must be one of {_ACCELERATORS}, got {accelerator!r}.")
     acc = accelerator.lower()

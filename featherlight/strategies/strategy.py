@@ -3,7 +3,8 @@
 A strategy's verbs: ``launch`` (start the processes and run the trainer's work in them), ``setup`` (place
 and wrap the module), ``step_function`` (run a step through the wrapper so e.g. DDP's hooks fire),
 ``reduce``, ``all_gather``, ``broadcast``, ``barrier``, ``clip_grad_norm``, ``teardown``; and for
-checkpoints ``save_checkpoint``/``load_checkpoint``/``load_optimizer_states``. Everything the trainer may ask
+checkpoints ``save_checkpoint``/``load_checkpoint``/``remove_checkpoint`` (through its ``checkpoint_io`` plugin)
+and ``load_optimizer_states``. Everything the trainer may ask
 of a strategy is declared here with the single-process behaviour; subclasses override what changes with more
 processes. A strategy never calls user hooks.
 """
@@ -14,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 from torch import Tensor, nn
 
-from featherlight.io.atomic import atomic_torch_save
-from featherlight.io.load import load_checkpoint
+from featherlight.io.checkpoint_io import CheckpointIO, TorchCheckpointIO, _WrappingCheckpointIO
 from featherlight.io.state import optimizer_state_by_index, optimizer_state_to_device
+from featherlight.utilities.rank_zero import share_rank_with_lightning_utilities
 
 if TYPE_CHECKING:
     from featherlight.core.module import LightningModule
@@ -33,8 +34,11 @@ class Strategy:
     #: goes to exactly one rank.
     pad_eval_samplers: bool = False
 
-    def __init__(self, device: Optional[torch.device] = None) -> None:
+    def __init__(self, device: Optional[torch.device] = None, checkpoint_io: Optional[CheckpointIO] = None) -> None:
         self._root_device = torch.device(device) if device is not None else torch.device("cpu")
+        self._checkpoint_io: CheckpointIO = TorchCheckpointIO()
+        if checkpoint_io is not None:
+            self.checkpoint_io = checkpoint_io
         self.precision: Optional["Precision"] = None
         self._lightning_module: Optional["LightningModule"] = None
         self.model: Optional[nn.Module] = None
@@ -45,6 +49,28 @@ class Strategy:
     def configure_devices(self, accelerator: str, device_ids: list[int], num_nodes: int) -> None:
         """Fill in what the Trainer's ``accelerator``/``devices``/``num_nodes`` flags decide (called once, by the
         Trainer, for a strategy instance it was given)."""
+
+    @property
+    def checkpoint_io(self) -> CheckpointIO:
+        """The plugin that writes, reads and removes checkpoint files (default :class:`TorchCheckpointIO`; set by
+        ``Trainer(plugins=[...])``). A wrapper given without a plugin to wrap (``AsyncCheckpointIO()``) wraps the one
+        in place."""
+        return self._checkpoint_io
+
+    @checkpoint_io.setter
+    def checkpoint_io(self, checkpoint_io: CheckpointIO) -> None:
+        if not isinstance(checkpoint_io, CheckpointIO):
+            raise TypeError(f"`checkpoint_io` must be a `CheckpointIO`, got {type(checkpoint_io).__name__}.")
+        innermost = checkpoint_io  # wrappers may wrap wrappers: the last one decides what does the work
+        while isinstance(innermost, _WrappingCheckpointIO) and innermost.checkpoint_io is not None:
+            innermost = innermost.checkpoint_io
+        if isinstance(innermost, _WrappingCheckpointIO):  # nothing to hand the work to yet: the plugin in place
+            current = self._checkpoint_io
+            while isinstance(current, _WrappingCheckpointIO) and current.checkpoint_io is not None:
+                current = current.checkpoint_io
+            if not isinstance(current, _WrappingCheckpointIO):
+                innermost.checkpoint_io = current
+        self._checkpoint_io = checkpoint_io
 
     # ---------------------------------------------------------------- ranks
     @property
@@ -92,6 +118,8 @@ class Strategy:
 
     def setup_environment(self) -> None:
         """Prepare the process (process group, device selection) before the module is touched."""
+        # `lightning_utilities` imported after featherlight: its rank_zero_only learns the rank now, not at a call
+        share_rank_with_lightning_utilities()
         if self._root_device.type == "cuda":
             torch.cuda.set_device(self._root_device)
 
@@ -108,7 +136,9 @@ class Strategy:
         self.model = module
 
     def teardown(self) -> None:
-        """Release what ``setup`` created; the module stays on its device like Lightning's does on CPU."""
+        """Release what ``setup`` created (and let the checkpoint IO plugin finish its writes); the module stays on
+        its device like Lightning's does on CPU."""
+        self.checkpoint_io.teardown()
 
     # ---------------------------------------------------------------- steps
     def step_function(self, name: str) -> Any:
@@ -172,14 +202,23 @@ class Strategy:
         return loader
 
     # ---------------------------------------------------------------- checkpoints
-    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any) -> None:
-        """Write ``checkpoint`` atomically; global rank zero writes (every rank calls this)."""
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Optional[Any] = None) -> None:
+        """Write ``checkpoint`` through :attr:`checkpoint_io` (atomically, by default); global rank zero writes
+        (every rank calls this)."""
         if self.is_global_zero:
-            atomic_torch_save(checkpoint, filepath)
+            self.checkpoint_io.save_checkpoint(checkpoint, filepath, storage_options=storage_options)
 
     def load_checkpoint(self, path: Any, weights_only: bool = True) -> dict[str, Any]:
-        """Read a checkpoint to restore from (no code from the file runs unless ``weights_only=False``)."""
-        return load_checkpoint(path, map_location="cpu", weights_only=weights_only)
+        """Read a checkpoint to restore from, through :attr:`checkpoint_io`, tensors on the CPU (no code from the
+        file runs unless ``weights_only=False``)."""
+        # no map_location: Lightning's strategies call plugins as `(path, weights_only=...)`, and custom plugins are
+        # written for that call (the default plugin puts tensors on the CPU)
+        return self.checkpoint_io.load_checkpoint(path, weights_only=weights_only)
+
+    def remove_checkpoint(self, filepath: Any) -> None:
+        """Delete a checkpoint (file or sharded directory) through :attr:`checkpoint_io`, on global rank zero."""
+        if self.is_global_zero:
+            self.checkpoint_io.remove_checkpoint(filepath)
 
     def load_optimizer_states(self, checkpoint: dict[str, Any], optimizers: list, path: Any = None) -> None:
         """Load the checkpoint's optimizer states into ``optimizers`` and move them to this process's device."""

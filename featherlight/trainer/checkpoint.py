@@ -37,7 +37,7 @@ RNG_KEY = "featherlight_rng_states"
 
 def _dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> dict[str, Any]:
     """Build the checkpoint dict of the trainer's current state (hooks included)."""
-    from featherlight.__about__ import __version__
+    from featherlight.__about__ import __featherlight_version__
 
     module = trainer.lightning_module
     loop = trainer.progress
@@ -45,7 +45,7 @@ def _dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> dict[str
         "epoch": loop.epoch,
         "global_step": loop.global_step,
         LIGHTNING_VERSION_KEY: LIGHTNING_COMPAT_VERSION,
-        VERSION_KEY: __version__,
+        VERSION_KEY: __featherlight_version__,
         "state_dict": strip_compile_prefix(trainer.strategy.model_state_dict()),
         "loops": _lightning_loops(trainer),
         LOOP_KEY: {**loop.counters(), **_position_state(trainer)},
@@ -72,7 +72,7 @@ def _dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> dict[str
         if saved is not None and saved[1]:
             checkpoint["datamodule_hparams_name"] = saved[0]
             checkpoint["datamodule_hyper_parameters"] = plain_hparams(saved[1])
-        dm_state = dm.state_dict()
+        dm_state = trainer.hooks.call_datamodule("state_dict")
         if dm_state:
             checkpoint[type(dm).__qualname__] = dm_state
     if not weights_only:
@@ -84,7 +84,7 @@ def _dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> dict[str
                 cb.on_save_checkpoint(trainer, module, checkpoint)
     trainer.hooks.call_module("on_save_checkpoint", checkpoint)
     if dm is not None:
-        dm.on_save_checkpoint(checkpoint)
+        trainer.hooks.call_datamodule("on_save_checkpoint", checkpoint)
     return checkpoint
 
 
@@ -258,11 +258,12 @@ def _loop_state_from_lightning(checkpoint: dict[str, Any], trainer: "Trainer") -
     return state
 
 
-def _save_checkpoint(trainer: "Trainer", filepath: Union[str, os.PathLike], weights_only: bool = False) -> None:
-    """Dump the state and write it atomically through the strategy (global rank zero writes the file; FSDP's
-    ranks each write their shards); every rank waits for the write."""
+def _save_checkpoint(trainer: "Trainer", filepath: Union[str, os.PathLike], weights_only: bool = False,
+                     storage_options: Optional[Any] = None) -> None:
+    """Dump the state and write it through the strategy's checkpoint IO plugin (global rank zero writes the file;
+    FSDP's ranks each write their shards); every rank waits for the write."""
     checkpoint = _dump_checkpoint(trainer, weights_only)
-    trainer.strategy.save_checkpoint(checkpoint, filepath)
+    trainer.strategy.save_checkpoint(checkpoint, filepath, storage_options=storage_options)
     trainer.strategy.barrier("save_checkpoint")
 
 
@@ -338,8 +339,8 @@ def _restore_module_and_callbacks(trainer: "Trainer", path: str, checkpoint: Opt
     if dm is not None:
         key = type(dm).__qualname__
         if key in checkpoint:
-            dm.load_state_dict(checkpoint[key])
-        dm.on_load_checkpoint(checkpoint)
+            trainer.hooks.call_datamodule("load_state_dict", checkpoint[key])
+        trainer.hooks.call_datamodule("on_load_checkpoint", checkpoint)
     trainer.hooks.call_callbacks("on_load_checkpoint", checkpoint)
     states = checkpoint.get("callbacks", {})
     for cb in trainer.callbacks:

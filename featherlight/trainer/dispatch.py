@@ -159,10 +159,16 @@ class HookDispatcher:
             self.current = prev
 
     def call_datamodule(self, hook: str, *args: Any, **kwargs: Any) -> Any:
-        """Call a datamodule hook (``prepare_data``, ``setup``, ``teardown``...) and return its result."""
+        """Call a datamodule hook (``prepare_data``, ``setup``, ``state_dict``, ``teardown``...) and return its
+        result (profiled as ``[LightningDataModule]{class}.{hook}``, Lightning's name)."""
+        datamodule = self.trainer.datamodule
+        fn = getattr(datamodule, hook)
         prev, self.current = self.current, hook
         try:
-            return getattr(self.trainer.datamodule, hook)(*args, **kwargs)
+            if self.profiling:
+                with self.profiler.profile(f"[LightningDataModule]{type(datamodule).__name__}.{hook}"):
+                    return fn(*args, **kwargs)
+            return fn(*args, **kwargs)
         finally:
             self.current = prev
 

@@ -26,6 +26,8 @@ from featherlight.callbacks.callback import Callback
 from featherlight.core.datamodule import LightningDataModule
 from featherlight.core.module import LightningModule
 from featherlight.core.optimizer import LRSchedulerConfig
+from featherlight.accelerators.accelerator import Accelerator, accelerator_for
+from featherlight.io.checkpoint_io import CheckpointIO
 # imported (not only for type checking) so the `logger`/`profiler` annotations resolve for LightningCLI, which
 # offers `--trainer.logger CSVLogger` from them; jsonargparse would re-read this whole file to resolve them otherwise
 from featherlight.loggers.logger import Logger
@@ -247,12 +249,15 @@ class Trainer:
         self.num_nodes = num_nodes
         plugin_list = list(plugins) if isinstance(plugins, (list, tuple)) else ([plugins] if plugins is not None else [])
         precision_plugins = [p for p in plugin_list if hasattr(p, "optimizer_step")]
-        unknown = [p for p in plugin_list if not hasattr(p, "optimizer_step")]
-        if unknown or len(precision_plugins) > 1:
+        checkpoint_ios = [p for p in plugin_list if isinstance(p, CheckpointIO)]
+        unknown = [p for p in plugin_list if not hasattr(p, "optimizer_step") and not isinstance(p, CheckpointIO)]
+        if unknown or len(precision_plugins) > 1 or len(checkpoint_ios) > 1:
             raise MisconfigurationException(
-                f"`Trainer(plugins=...)` accepts one precision plugin (e.g. `MixedPrecision(...)`); got "
-                f"{[type(p).__name__ for p in plugin_list]}."
+                "`Trainer(plugins=...)` accepts one precision plugin (e.g. `MixedPrecision(...)`) and one checkpoint IO "
+                f"plugin (a `CheckpointIO`, e.g. `AsyncCheckpointIO()`); got {[type(p).__name__ for p in plugin_list]}."
             )
+        if checkpoint_ios:
+            self.strategy.checkpoint_io = checkpoint_ios[0]
         precision_plugin = precision_plugins[0] if precision_plugins else None
         if precision_plugin is not None and precision is not None:
             raise MisconfigurationException(
@@ -429,7 +434,9 @@ class Trainer:
         run.prepare_loggers(self)
         self._run_log_dir = None
         self._run_log_dir = strategy.broadcast(self._local_log_dir())  # every rank sees rank zero's
-        self.profiler.setup(stage=stage, local_rank=self.local_rank, log_dir=self.log_dir)
+        # the local rank names the report file only when several processes write one each (as in Lightning)
+        local_rank = self.local_rank if self.world_size > 1 else None
+        self.profiler.setup(stage=stage, local_rank=local_rank, log_dir=self.log_dir)
         run.setup(self, stage)
         run.check_module(self, fn)
         strategy.setup(self.lightning_module)
@@ -467,7 +474,8 @@ class Trainer:
 
     # ================================================================== checkpointing
     def save_checkpoint(self, filepath: _PATH, weights_only: bool = False, storage_options: Optional[Any] = None) -> None:
-        """Write a checkpoint of the current run to ``filepath`` atomically (temporary file, fsync, rename)."""
+        """Write a checkpoint of the current run to ``filepath`` through the strategy's checkpoint IO plugin
+        (by default atomically: temporary file, fsync, rename); ``storage_options`` go to that plugin."""
         if self.lightning_module is None:
             raise AttributeError(
                 "Saving a checkpoint is only possible if a model is attached to the Trainer. Did you call "
@@ -475,7 +483,7 @@ class Trainer:
             )
         from featherlight.trainer.checkpoint import _save_checkpoint
 
-        _save_checkpoint(self, filepath, weights_only)
+        _save_checkpoint(self, filepath, weights_only, storage_options)
 
     # ================================================================== properties users read
     @property
@@ -503,8 +511,10 @@ class Trainer:
         return self.strategy.model
 
     @property
-    def accelerator(self) -> str:
-        return self.strategy.root_device.type
+    def accelerator(self) -> Accelerator:
+        """The accelerator of the run's device, as in Lightning (e.g. ``isinstance(trainer.accelerator,
+        CUDAAccelerator)``); ``trainer.accelerator.name`` is its ``"cpu"``/``"cuda"``/``"mps"``."""
+        return accelerator_for(self.strategy.root_device)
 
     @property
     def device_ids(self) -> list[int]:

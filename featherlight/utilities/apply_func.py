@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
@@ -98,3 +99,39 @@ def _first_size(batch: Any) -> int | None:
         except TypeError:
             return None
     return None
+
+
+def convert_to_tensors(data: Any, device: torch.device | str | int) -> Any:
+    """Turn every Python ``bool``/``int``/``float`` and NumPy array in ``data`` into a tensor on ``device`` and move
+    the tensors already there too. Bools become ``uint8`` (NCCL reduces no ``bool``), ints ``int32``, floats
+    ``float32``."""
+
+    def to_tensor(value: Any) -> Any:
+        if isinstance(value, bool):
+            return torch.tensor(value, dtype=torch.uint8, device=device)
+        if isinstance(value, int):
+            return torch.tensor(value, dtype=torch.int, device=device)
+        if isinstance(value, float):
+            return torch.tensor(value, dtype=torch.float, device=device)
+        return torch.from_numpy(value).to(device)  # a NumPy array
+
+    kinds: tuple = (bool, int, float)
+    if "numpy" in sys.modules:  # only arrays of an already imported NumPy can be in `data`
+        kinds += (sys.modules["numpy"].ndarray,)
+    return move_data_to_device(apply_to_collection(data, kinds, to_tensor), device)
+
+
+def convert_tensors_to_scalars(data: Any) -> Any:
+    """Replace every one-element tensor in ``data`` by its Python number.
+
+    Raises:
+        ValueError: for a tensor with more than one element.
+    """
+
+    def to_item(value: Tensor) -> Any:
+        if value.numel() != 1:
+            raise ValueError(f"The tensor {value} has {value.numel()} elements; only a one-element tensor converts to "
+                             "a scalar.")
+        return value.item()
+
+    return apply_to_collection(data, Tensor, to_item)

@@ -65,3 +65,19 @@ class RunningStage(_StrEnum):
 
 
 LightningEnum = _StrEnum
+
+
+class GradClipAlgorithmType(_StrEnum):
+    """``Trainer(gradient_clip_algorithm=...)``: ``"norm"`` clips the norm of all gradients together, ``"value"`` each
+    gradient element."""
+
+    VALUE = "value"
+    NORM = "norm"
+
+    @staticmethod
+    def supported_type(val: str) -> bool:
+        return any(member.value == val for member in GradClipAlgorithmType)
+
+    @staticmethod
+    def supported_types() -> list[str]:
+        return [member.value for member in GradClipAlgorithmType]

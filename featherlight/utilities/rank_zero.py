@@ -2,8 +2,13 @@
 
 ``rank_zero_only.rank`` is read once from the launcher's environment (``RANK``, ``LOCAL_RANK``,
 ``SLURM_PROCID``, ``JSM_NAMESPACE_RANK``, first one set wins; default 0). Strategies that learn the
-real global rank later assign ``rank_zero_only.rank = global_rank``; every helper here reads the
-attribute at call time, so that assignment takes effect everywhere.
+real global rank later call :func:`set_global_rank`; every helper here reads the attribute at call time,
+so that assignment takes effect everywhere.
+
+Libraries written for Lightning call ``lightning_utilities``' own ``rank_zero_only``, which refuses to run
+until someone sets its ``rank`` (Lightning does, on import). featherlight never imports
+``lightning_utilities``, but when it is already imported, featherlight gives it the same rank: on import
+(if it has none yet), at the start of every run, and whenever the rank is set.
 
 ``stacklevel`` arguments follow :func:`warnings.warn` / :mod:`logging` semantics *as seen from the
 caller of the helper*: the default ``2`` attributes the message to the line that called the helper,
@@ -14,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 import warnings
 from typing import Any, Callable, TypeVar
 
@@ -27,6 +33,19 @@ _PACKAGE_LOGGER = "featherlight"
 
 class FeatherlightDeprecationWarning(DeprecationWarning):
     """Category of the deprecation warnings emitted by :func:`rank_zero_deprecation`."""
+
+
+LightningDeprecationWarning = FeatherlightDeprecationWarning  # Lightning's name for the same category
+
+
+class PossibleUserWarning(UserWarning):
+    """A warning that may be a false positive: ``warnings.filterwarnings("ignore", category=PossibleUserWarning)``
+    (or :func:`disable_possible_user_warnings`) silences all of them."""
+
+
+def disable_possible_user_warnings(module: str = "") -> None:
+    """Ignore :class:`PossibleUserWarning` (from ``module`` only, a regular expression, when given)."""
+    warnings.filterwarnings("ignore", module=module, category=PossibleUserWarning)
 
 
 def _get_rank() -> int | None:
@@ -59,6 +78,29 @@ def rank_zero_only(fn: Callable[..., _T], default: _T | None = None) -> Callable
 
 
 rank_zero_only.rank = _get_rank() or 0  # type: ignore[attr-defined]
+
+_LIGHTNING_UTILITIES_RANK_ZERO = "lightning_utilities.core.rank_zero"
+
+
+def share_rank_with_lightning_utilities(overwrite: bool = True) -> None:
+    """Give ``lightning_utilities``' ``rank_zero_only`` the rank featherlight's has, if that package is already
+    imported (it is never imported here). ``overwrite=False`` only fills in a rank that is not set yet."""
+    module = sys.modules.get(_LIGHTNING_UTILITIES_RANK_ZERO)
+    theirs = getattr(module, "rank_zero_only", None)
+    if theirs is None:
+        return
+    if overwrite or getattr(theirs, "rank", None) is None:
+        theirs.rank = rank_zero_only.rank  # type: ignore[attr-defined]
+
+
+def set_global_rank(rank: int) -> None:
+    """Set the global rank that the rank-zero helpers read (``rank_zero_only.rank``), here and in an already
+    imported ``lightning_utilities``."""
+    rank_zero_only.rank = rank  # type: ignore[attr-defined]
+    share_rank_with_lightning_utilities()
+
+
+share_rank_with_lightning_utilities(overwrite=False)
 
 
 def _is_rank_zero() -> bool:

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, TypedDict, Union
+from typing import Any, Callable, Optional, Protocol, TypedDict, TypeVar, Union, runtime_checkable
 
+import torch
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
@@ -13,6 +14,64 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 _PATH = Union[str, os.PathLike]
 _NUMBER = Union[int, float]
 _METRIC = Union[Tensor, float, int]
+#: a device as the user may name it: ``torch.device("cuda", 0)``, ``"cuda:0"`` or ``0``
+_DEVICE = Union[torch.device, str, int]
+#: what ``torch.load(map_location=...)`` accepts
+_MAP_LOCATION_TYPE = Optional[
+    Union[_DEVICE, Callable[[torch.UntypedStorage, str], Optional[torch.UntypedStorage]], dict[_DEVICE, _DEVICE]]
+]
+_PARAMETERS = Iterator[torch.nn.Parameter]
+#: a scheduler class of torch's (Lightning's alias)
+_TORCH_LRSCHEDULER = LRScheduler
+
+if torch.distributed.is_available():
+    from torch.distributed import ProcessGroup, ReduceOp
+
+    RedOpType = ReduceOp.RedOpType
+else:  # a torch build without distributed support
+    ProcessGroup = Any  # type: ignore[assignment,misc]
+    ReduceOp = RedOpType = object  # type: ignore[assignment,misc]
+
+_DictKey = TypeVar("_DictKey")
+
+
+@runtime_checkable
+class _Stateful(Protocol[_DictKey]):
+    """Anything with ``state_dict()``/``load_state_dict()``: ``isinstance(obj, _Stateful)`` tells whether an object's
+    state can be saved in a checkpoint."""
+
+    def state_dict(self) -> dict[_DictKey, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[_DictKey, Any]) -> None: ...
+
+
+@runtime_checkable
+class CollectibleGroup(Protocol):
+    """A process group as far as collectives need one: its size and this process's rank in it."""
+
+    def size(self) -> int: ...
+
+    def rank(self) -> int: ...
+
+
+@runtime_checkable
+class Steppable(Protocol):
+    """Anything with an optimizer's ``step(closure=None)``."""
+
+    def step(self, closure: Optional[Callable[[], float]] = ...) -> Optional[float]: ...
+
+
+@runtime_checkable
+class Optimizable(Steppable, Protocol):
+    """An optimizer, structurally: ``step``, ``param_groups``, ``defaults``, ``state`` and its state dict."""
+
+    param_groups: list[dict[Any, Any]]
+    defaults: dict[Any, Any]
+    state: Any
+
+    def state_dict(self) -> dict[str, dict[Any, Any]]: ...
+
+    def load_state_dict(self, state_dict: dict[str, dict[Any, Any]]) -> None: ...
 
 #: What ``training_step`` / ``validation_step`` / ... may return: a loss tensor, a dict (with ``"loss"`` for
 #: training), or ``None`` to skip the batch.
@@ -101,7 +160,18 @@ OptimizerLRScheduler = Optional[
 ]
 
 __all__ = [
+    "CollectibleGroup",
     "EVAL_DATALOADERS",
+    "Optimizable",
+    "ProcessGroup",
+    "ReduceOp",
+    "RedOpType",
+    "Steppable",
+    "_DEVICE",
+    "_MAP_LOCATION_TYPE",
+    "_PARAMETERS",
+    "_Stateful",
+    "_TORCH_LRSCHEDULER",
     "LRScheduler",
     "LRSchedulerConfig",
     "LRSchedulerConfigType",

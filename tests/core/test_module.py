@@ -258,3 +258,25 @@ def test_featherlight_pytorch_alias_is_the_same_module():
     assert pl.LightningModule is L.LightningModule and pl.Trainer is L.Trainer
     assert Callback is featherlight.callbacks.Callback and CSVLogger is featherlight.loggers.CSVLogger
     assert pl.callbacks is featherlight.callbacks
+
+
+def test_checkpoint_hyper_params_constants(tmp_path):
+    assert L.LightningModule.CHECKPOINT_HYPER_PARAMS_KEY == "hyper_parameters"
+    assert L.LightningModule.CHECKPOINT_HYPER_PARAMS_NAME == "hparams_name"
+    assert L.LightningModule.CHECKPOINT_HYPER_PARAMS_TYPE == "hparams_type"
+
+    class Model(BoringModel):
+        def __init__(self, width=3):
+            super().__init__()
+            self.save_hyperparameters()
+
+    trainer = L.Trainer(default_root_dir=tmp_path, max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(Model(width=5))
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    checkpoint = torch.load(tmp_path / "m.ckpt", weights_only=True)
+    assert checkpoint[Model.CHECKPOINT_HYPER_PARAMS_KEY] == {"width": 5}  # the keys the checkpoint really uses
+    lightning = pytest.importorskip("lightning.pytorch")
+    for name in ("CHECKPOINT_HYPER_PARAMS_KEY", "CHECKPOINT_HYPER_PARAMS_NAME", "CHECKPOINT_HYPER_PARAMS_TYPE"):
+        assert getattr(L.LightningModule, name) == getattr(lightning.LightningModule, name)
+        assert getattr(L.LightningDataModule, name) == getattr(lightning.LightningDataModule, name)

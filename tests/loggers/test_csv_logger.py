@@ -189,3 +189,54 @@ def test_metrics_csv_matches_lightning_byte_for_byte(tmp_path, script):
     (lt_dir, lt_csv), (fl_dir, fl_csv) = _lightning_and_featherlight_outputs(tmp_path, script)
     assert fl_dir == lt_dir
     assert fl_csv == lt_csv
+
+
+# ---------------------------------------------------------------------------------------------- fsspec URLs
+def test_remote_save_dir_writes_metrics_and_hparams():
+    fsspec = pytest.importorskip("fsspec")
+    fs = fsspec.filesystem("memory")
+    root = "memory://featherlight-csv-remote"
+    for expected_version in (0, 1):  # versions are found on the remote file system too
+        logger = CSVLogger(save_dir=root)
+        assert logger.version == expected_version
+        assert logger.log_dir == f"{root}/lightning_logs/version_{expected_version}"
+        logger.log_hyperparams({"lr": 0.1})
+        logger.log_metrics({"loss": 1.0}, step=0)
+        logger.save()
+        logger.log_metrics({"loss": 0.5, "acc": 0.9}, step=1)  # a new column: the file is written anew
+        logger.log_metrics({"loss": 0.25}, step=2)
+        logger.finalize("success")
+    text = fs.cat(f"{root}/lightning_logs/version_1/metrics.csv").decode()
+    assert text.splitlines() == ["acc,loss,step", ",1.0,0", "0.9,0.5,1", ",0.25,2"]
+    from featherlight.core.saving import load_hparams_from_yaml
+
+    assert load_hparams_from_yaml(f"{root}/lightning_logs/version_1/hparams.yaml") == {"lr": 0.1}
+    assert not os.path.exists("memory:")  # nothing went to a local folder named after the URL
+
+
+def test_trainer_logs_and_checkpoints_to_a_remote_save_dir(tmp_path):
+    fsspec = pytest.importorskip("fsspec")
+    import featherlight as fl
+    from featherlight.callbacks import ModelCheckpoint
+    from featherlight.demos.boring_classes import BoringModel
+
+    fs = fsspec.filesystem("memory")
+    root = "memory://featherlight-csv-trainer"
+    trainer = fl.Trainer(default_root_dir=tmp_path, logger=CSVLogger(root), max_epochs=2, limit_train_batches=2,
+                         limit_val_batches=1, log_every_n_steps=1, enable_progress_bar=False,
+                         callbacks=[ModelCheckpoint(monitor="step", mode="max", save_top_k=1)])
+
+    class Model(BoringModel):
+        def training_step(self, batch, batch_idx):
+            out = super().training_step(batch, batch_idx)
+            self.log("train_loss", out["loss"])
+            return out
+
+    trainer.fit(Model())
+    log_dir = f"{root}/lightning_logs/version_0"
+    assert trainer.log_dir == log_dir
+    rows = fs.cat(f"{log_dir}/metrics.csv").decode().splitlines()
+    assert rows[0].split(",") == ["epoch", "step", "train_loss"] and len(rows) == 5
+    # the checkpoint went next to the logs, and the dropped top-k file was removed there too
+    assert [p.rsplit("/", 1)[-1] for p in fs.ls(f"{log_dir}/checkpoints", detail=False)] == ["epoch=1-step=4.ckpt"]
+    assert not os.path.exists("memory:")

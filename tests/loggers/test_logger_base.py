@@ -213,3 +213,13 @@ def test_loggers_share_versioning(tmp_path):
     (tmp_path / "exp" / "version_4").mkdir(parents=True)
     assert CSVLogger(tmp_path, name="exp").version == 5
     assert TensorBoardLogger(tmp_path, name="exp").version == 5
+
+
+def test_dummy_experiment_is_public_and_takes_anything():
+    from featherlight.loggers.logger import DummyExperiment
+
+    experiment = DummyExperiment()
+    experiment["metrics/acc"] = 0.5  # item assignment, as neptune-style code does on every rank
+    assert experiment["anything"] is experiment
+    assert experiment.add_scalar("x", 1) is None
+    assert isinstance(DummyLogger().experiment, DummyExperiment)

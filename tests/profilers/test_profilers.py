@@ -98,7 +98,29 @@ def test_simple_profiler_records_durations(clock):
         profiler.start("a")
         clock.now = start + 0.5
         profiler.stop("a")
-    assert profiler._stats == {"a": [2, 1.0]}
+    assert {k: list(v) for k, v in profiler.recorded_durations.items()} == {"a": [0.5, 0.5]}
+
+
+def test_simple_profiler_report_reads_recorded_durations(clock):
+    # Lightning's tests (and users) edit `recorded_durations`; the report follows them
+    profiler = SimpleProfiler(extended=False)
+    with profiler.profile("a"):
+        pass
+    profiler.recorded_durations["a"] = [2.0, 4.0]
+    assert "|  a\t|  3.0  " in profiler.summary()
+
+
+def test_simple_profiler_keeps_durations_until_next_stage(clock):
+    profiler = SimpleProfiler()
+    profiler.setup("fit")
+    with profiler.profile("fit_action"):
+        clock.now += 1.0
+    profiler.describe()
+    profiler.teardown("fit")
+    assert list(profiler.recorded_durations["fit_action"]) == [1.0]  # readable after the run, as in Lightning
+    assert "fit_action" in profiler.summary()
+    profiler.setup("test")
+    assert "fit_action" not in profiler.recorded_durations
 
 
 def test_simple_profiler_errors():
@@ -365,17 +387,17 @@ def test_pytorch_profiler_summary_and_trace(tmp_path):
         _run_steps(profiler, model, 3)
     report = profiler.summary()
     assert report.startswith("FIT Profiler Report")
-    assert "[fl][profile][LightningModule]_Net.training_step" in report
-    assert "[fl][profile]run_training_batch" in report
-    assert "[fl][profile]run_training_epoch" not in report
-    assert "[fl][module]torch.nn.modules.linear.Linear: layer" in report
+    assert "[pl][profile][LightningModule]_Net.training_step" in report
+    assert "[pl][profile]run_training_batch" in report
+    assert "[pl][profile]run_training_epoch" not in report
+    assert "[pl][module]torch.nn.modules.linear.Linear: layer" in report
     assert "aten::addmm" in report or "aten::linear" in report
 
     assert os.listdir(tmp_path) == ["fit-pt.pt.trace.json"]
     with open(tmp_path / "fit-pt.pt.trace.json") as f:
         trace = json.load(f)
     names = {event.get("name") for event in trace["traceEvents"]}
-    assert "[fl][profile][LightningModule]_Net.training_step" in names
+    assert "[pl][profile][LightningModule]_Net.training_step" in names
 
 
 def test_pytorch_profiler_default_schedule_records_first_steps_only():
@@ -385,7 +407,7 @@ def test_pytorch_profiler_default_schedule_records_first_steps_only():
     _run_steps(profiler, model, 9)
     profiler.summary()
     averages = {avg.key: avg.count for avg in profiler.function_events.key_averages()}
-    assert averages["[fl][profile][LightningModule]_Net.training_step"] == 5
+    assert averages["[pl][profile][LightningModule]_Net.training_step"] == 5
 
 
 def test_pytorch_profiler_custom_schedule():
@@ -397,7 +419,7 @@ def test_pytorch_profiler_custom_schedule():
     _run_steps(profiler, model, 6)
     profiler.summary()
     averages = {avg.key: avg.count for avg in profiler.function_events.key_averages()}
-    assert averages["[fl][profile][LightningModule]_Net.training_step"] == 2
+    assert averages["[pl][profile][LightningModule]_Net.training_step"] == 2
 
 
 def test_pytorch_profiler_profiles_every_stage_step():
@@ -410,8 +432,8 @@ def test_pytorch_profiler_profiles_every_stage_step():
                 model(torch.randn(2, 4))
     report = profiler.summary()
     assert report.startswith("TEST Profiler Report")
-    assert "[fl][profile][LightningModule]_Net.test_step" in report
-    assert "[fl][module]" not in report
+    assert "[pl][profile][LightningModule]_Net.test_step" in report
+    assert "[pl][module]" not in report
 
 
 def test_pytorch_profiler_teardown_removes_hooks_and_allows_next_stage(tmp_path):
@@ -423,8 +445,12 @@ def test_pytorch_profiler_teardown_removes_hooks_and_allows_next_stage(tmp_path)
     assert model.layer._forward_pre_hooks
     profiler.describe()
     assert not model.layer._forward_pre_hooks and not model.layer._forward_hooks
-    assert profiler.profiler is None and profiler.summary() == ""
+    assert profiler.profiler is None
+    report = profiler.summary()  # still readable after the report was emitted (Lightning's tests read it)
+    assert "training_step" in report
     profiler.teardown("fit")
+    assert profiler.summary() == report
+    assert profiler.function_events is not None
 
     profiler.setup("validate")
     with torch.no_grad():
@@ -440,8 +466,7 @@ def test_pytorch_profiler_without_steps_reports_nothing():
     profiler.setup("fit")
     with profiler.profile("run_training_epoch"):
         pass
-    assert profiler.profiler is None
-    assert profiler.summary() == ""
+    assert profiler.summary() == ""  # the default schedule traces nothing before the first step
 
 
 def test_pytorch_profiler_group_by_input_shapes():
@@ -483,3 +508,98 @@ def test_importing_profilers_is_cheap():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=_REPO_ROOT)
     out = run.stdout
     assert out.strip() == "[]"
+
+
+def test_pytorch_profiler_standalone_with_schedule_none_traces_every_action():
+    profiler = PyTorchProfiler(schedule=None, export_to_chrome=False)
+    with profiler.profile("a"):
+        a = torch.ones(3)
+        with profiler.profile("b"):
+            _ = a + 1
+    profiler.describe()
+    names = {event.name for event in profiler.function_events}
+    assert {"[pl][profile]a", "[pl][profile]b", "aten::ones", "aten::add"} <= names
+
+
+def test_register_record_function_labels_each_submodule():
+    from featherlight.profilers.pytorch import RegisterRecordFunction
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
+    profiler = PyTorchProfiler(schedule=None, export_to_chrome=False)
+    with profiler.profile("a"), RegisterRecordFunction(model):
+        model(torch.randn(1, 2))
+    profiler.describe()
+    names = {event.name for event in profiler.function_events}
+    assert "[pl][module]torch.nn.modules.linear.Linear: 0" in names
+    assert "[pl][module]torch.nn.modules.activation.ReLU: 1" in names
+    assert not model[0]._forward_pre_hooks  # the hooks are gone after the block
+
+
+def test_pytorch_profiler_table_kwargs():
+    for key in ("sort_by", "row_limit"):
+        with pytest.raises(KeyError, match=f"Found invalid table_kwargs key: {key}. This is already a positional"):
+            PyTorchProfiler(table_kwargs={key: None})
+    with pytest.raises(KeyError, match="Found invalid table_kwargs key: nope"):
+        PyTorchProfiler(table_kwargs={"nope": 1})
+
+    widths = []
+    for width in (5, 30):
+        profiler = PyTorchProfiler(schedule=None, export_to_chrome=False, table_kwargs={"max_name_column_width": width})
+        with profiler.profile("a"):
+            torch.ones(1)
+        widths.append(profiler.summary().count("-"))
+    assert widths[0] < widths[1]
+
+
+def test_pytorch_profiler_default_schedule_traces_each_kind_of_step():
+    model = _Net()
+    profiler = PyTorchProfiler(export_to_chrome=False, record_module_names=False)
+    profiler.setup("fit")
+    _run_steps(profiler, model, 7)  # past the training budget: tracing has stopped
+    with torch.no_grad():
+        for _ in range(2):
+            with profiler.profile("[LightningModule]_Net.validation_step"):
+                model(torch.randn(2, 4))
+    profiler.summary()
+    counts = {avg.key: avg.count for avg in profiler.function_events.key_averages()}
+    assert counts["[pl][profile][LightningModule]_Net.validation_step"] == 2  # both, the first one included
+
+
+def test_trainer_profiler_report_file_and_results_after_fit(tmp_path):
+    import featherlight as L
+    from featherlight.demos.boring_classes import BoringModel
+
+    simple = SimpleProfiler(filename="perf")
+    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1,
+                        profiler=simple, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(BoringModel())
+    assert (tmp_path / "fit-perf.txt").exists()  # no "-0": one process writes one report, as in Lightning
+    assert len(simple.recorded_durations["[Strategy]SingleDeviceStrategy.training_step"]) == 2
+
+    pytorch = PyTorchProfiler(filename="ops")
+    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1,
+                        profiler=pytorch, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(BoringModel())
+    assert (tmp_path / "fit-ops.txt").read_text()
+    assert any(e.name.endswith("SingleDeviceStrategy.validation_step") for e in pytorch.function_events)
+    report = pytorch.summary()  # still there after the run
+    assert report.startswith("FIT Profiler Report") and "aten::" in report
+
+
+def test_datamodule_hooks_are_profiled(tmp_path):
+    import featherlight as L
+    from featherlight.demos.boring_classes import BoringDataModule, BoringModel
+
+    class DataModule(BoringDataModule):
+        def prepare_data(self):
+            pass
+
+        def state_dict(self):
+            return {"seen": 1}
+
+    profiler = SimpleProfiler()
+    trainer = L.Trainer(default_root_dir=tmp_path, max_steps=1, limit_val_batches=0, profiler=profiler, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(BoringModel(), datamodule=DataModule())
+    for hook in ("prepare_data", "setup", "state_dict", "teardown"):
+        assert len(profiler.recorded_durations[f"[LightningDataModule]DataModule.{hook}"]) == 1, hook

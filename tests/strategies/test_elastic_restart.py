@@ -13,11 +13,11 @@ SCRIPT = os.path.join(SCRIPTS, "elastic_fit.py")
 
 
 def _torchrun(out, mode, kill_step=7):
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--max-restarts=4",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--max-restarts=8",
                "--monitor-interval=0.2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}",
                SCRIPT, str(out), mode, str(kill_step)]
     out.mkdir(parents=True, exist_ok=True)
-    code, output, _ = run(command, out, timeout=240)
+    code, output, _ = run(command, out, timeout=400)
     assert code == 0, output[-6000:]
     return load_ranks(out)
 

@@ -221,3 +221,66 @@ def test_summarize():
     summary = summarize(Net(), max_depth=2)
     assert isinstance(summary, ModelSummary)
     assert summary.max_depth == 2
+
+
+def test_lightning_module_paths():
+    import importlib
+
+    package = importlib.import_module("featherlight.utilities.model_summary")
+    module = importlib.import_module("featherlight.utilities.model_summary.model_summary")
+    assert module.UNKNOWN_SIZE == "?"
+    for name in ("ModelSummary", "LayerSummary", "summarize", "get_human_readable_count", "parse_batch_shape",
+                 "get_formatted_model_size"):
+        assert getattr(package, name) is getattr(module, name)
+    from featherlight.pytorch.utilities.model_summary.model_summary import ModelSummary as Aliased
+
+    assert Aliased is module.ModelSummary
+
+
+def test_parse_batch_shape_and_formatted_size():
+    from featherlight.utilities.model_summary import get_formatted_model_size, parse_batch_shape
+
+    assert parse_batch_shape(torch.zeros(2, 3)) == [2, 3]
+    assert parse_batch_shape((torch.zeros(1), [torch.zeros(4, 5)])) == [[1], [[4, 5]]]
+    assert parse_batch_shape("text") == "?" and parse_batch_shape(None) == "?"
+    assert get_formatted_model_size(1234.56789) == "1,234.568"
+
+
+def test_unknown_input_sizes_are_question_marks():
+    class Anything(nn.Module):
+        def forward(self, *args):
+            return args
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = Anything()
+            self.unused = nn.Linear(1, 1)
+
+        def forward(self, *args):
+            return self.layer(*args)
+
+    model = Model()
+    model.example_input_array = (1, 2)  # no shapes: one "?" per argument
+    summary = ModelSummary(model)
+    assert summary.in_sizes == [["?", "?"], "?"]  # the unused layer never ran
+    assert summary.out_sizes == [["?", "?"], "?"]
+
+
+def test_max_depth_error_shows_the_value():
+    with pytest.raises(ValueError, match="`max_depth` can be -1, 0 or > 0, got temp"):
+        ModelSummary(nn.Linear(1, 1), max_depth="temp")
+
+
+def test_lazy_warning_when_total_is_read_once_per_summary():
+    import warnings
+
+    summary = ModelSummary(nn.Sequential(nn.LazyLinear(3)))
+    with pytest.warns(UserWarning, match="The total number of parameters detected may be inaccurate"):
+        assert summary.total_parameters == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert summary.trainable_parameters == 0
+        assert summary.total_parameters == 0  # warned once for this summary
+    with pytest.warns(UserWarning, match="inaccurate"):
+        ModelSummary(nn.Sequential(nn.LazyLinear(3))).total_parameters  # noqa: B018 - a new summary warns again

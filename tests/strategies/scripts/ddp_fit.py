@@ -13,8 +13,8 @@ import torch
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 import featherlight as L
-import featherlight.strategies.strategy as strategy_module
 from featherlight.callbacks import ModelCheckpoint
+from featherlight.plugins import TorchCheckpointIO
 from featherlight.strategies import DDPStrategy
 from fl_dist_models import (FLAGS, N_PREDICT, CollectiveCounter, ManualRegressor, Regressor, TwoOptimizerRegressor,
                             outdir_from_argv, save_json, state_to_lists, train_loader, val_loader)
@@ -22,20 +22,19 @@ from fl_dist_models import (FLAGS, N_PREDICT, CollectiveCounter, ManualRegressor
 out = outdir_from_argv()
 ckpt_dir = os.path.join(out, "ckpts")
 writes = []
-_original_save = strategy_module.atomic_torch_save
 
 
-def _recording_save(obj, filepath):
-    writes.append(os.path.basename(os.fspath(filepath)))
-    return _original_save(obj, filepath)
+class RecordingIO(TorchCheckpointIO):
+    """The default checkpoint IO, recording which files this rank writes."""
 
-
-strategy_module.atomic_torch_save = _recording_save
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        writes.append(os.path.basename(os.fspath(path)))
+        super().save_checkpoint(checkpoint, path, storage_options)
 
 
 def make_trainer(epochs, callbacks=(), **kwargs):
     return L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=epochs, **FLAGS,
-                     callbacks=list(callbacks), **kwargs)
+                     callbacks=list(callbacks), plugins=[RecordingIO()], **kwargs)
 
 
 result = {}

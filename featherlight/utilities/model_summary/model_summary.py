@@ -15,13 +15,12 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from featherlight.utilities.rank_zero import WarningCache
+from featherlight.utilities.rank_zero import rank_zero_warn
 
 UNKNOWN_SIZE = "?"
 NOT_APPLICABLE = "n/a"
 
 _UNITS = ("", "K", "M", "B", "T")
-_warning_cache = WarningCache()
 
 
 def get_human_readable_count(number: int) -> str:
@@ -61,6 +60,17 @@ def get_human_readable_count(number: int) -> str:
 
 def _is_lazy(param: torch.Tensor) -> bool:
     return isinstance(param, nn.parameter.UninitializedParameter)
+
+
+def parse_batch_shape(batch: Any) -> Any:
+    """The size shown for ``batch``: ``list(shape)`` for tensors (and anything with ``.shape``), nested lists for
+    lists/tuples, else :data:`UNKNOWN_SIZE` (``"?"``)."""
+    return _shape_of(batch)
+
+
+def get_formatted_model_size(total_model_size: float) -> str:
+    """A size in MB as the summary prints it (three decimals)."""
+    return f"{total_model_size:,.3f}"
 
 
 def _shape_of(obj: Any) -> Any:
@@ -113,13 +123,14 @@ class LayerSummary:
 
     @property
     def in_size(self) -> Any:
-        """Input size(s) of the first recorded call, or ``"?"``."""
-        return self._in_size if self._in_size is not None else UNKNOWN_SIZE
+        """Input size(s) of the first recorded call, or ``"?"`` when none was recorded or it is empty (no arguments,
+        a 0-dim tensor), as in Lightning."""
+        return self._in_size if self._in_size not in (None, []) else UNKNOWN_SIZE
 
     @property
     def out_size(self) -> Any:
-        """Output size(s) of the first recorded call, or ``"?"``."""
-        return self._out_size if self._out_size is not None else UNKNOWN_SIZE
+        """Output size(s) of the first recorded call, or ``"?"`` (as for :attr:`in_size`)."""
+        return self._out_size if self._out_size not in (None, []) else UNKNOWN_SIZE
 
     @property
     def layer_type(self) -> str:
@@ -152,12 +163,13 @@ class ModelSummary:
 
     def __init__(self, model: nn.Module, max_depth: int = 1) -> None:
         if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < -1:
-            raise ValueError(f"`max_depth` can be -1, 0 or > 0, got {max_depth!r}.")
+            raise ValueError(f"`max_depth` can be -1, 0 or > 0, got {max_depth}.")
         self._model = model
         self._max_depth = max_depth
         self._flop_counts: dict[str, int] | None = None
         self._total_flops: int | None = None
         self._example_run = False
+        self._warned_lazy = False
         self._layer_summary = self.summarize()
 
     @property
@@ -209,7 +221,22 @@ class ModelSummary:
 
     @property
     def total_parameters(self) -> int:
-        return sum(p.numel() for p in self._model.parameters() if not _is_lazy(p))
+        """Parameter elements of the model; uninitialised (lazy) parameters count as 0, with a warning (once per
+        summary)."""
+        total = 0
+        for p in self._model.parameters():
+            if _is_lazy(p):
+                if self._warned_lazy:
+                    continue
+                self._warned_lazy = True
+                rank_zero_warn(
+                    "The total number of parameters detected may be inaccurate because the model contains"
+                    " uninitialized (lazy) parameters, counted as 0. Set `example_input_array` on the model so the"
+                    " summary's forward pass materializes them."
+                )
+            else:
+                total += p.numel()
+        return total
 
     @property
     def trainable_parameters(self) -> int:
@@ -253,12 +280,6 @@ class ModelSummary:
         finally:
             for layer in summary.values():
                 layer.detach_hook()
-        if any(_is_lazy(p) for p in self._model.parameters()):
-            _warning_cache.warn(
-                "The model has uninitialized (lazy) parameters; the summary counts them as 0. Set"
-                " `example_input_array` on the model so the summary's forward pass materializes them.",
-                stacklevel=3,
-            )
         return summary
 
     def _forward_example_input(self, example: Any) -> None:

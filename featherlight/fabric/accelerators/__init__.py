@@ -1,0 +1,10 @@
+"""``lightning.fabric.accelerators``: the accelerators of :mod:`featherlight.accelerators`."""
+from featherlight.accelerators.accelerator import (
+    Accelerator,
+    CPUAccelerator,
+    CUDAAccelerator,
+    MPSAccelerator,
+    find_usable_cuda_devices,
+)
+
+__all__ = ["Accelerator", "CPUAccelerator", "CUDAAccelerator", "MPSAccelerator", "find_usable_cuda_devices"]

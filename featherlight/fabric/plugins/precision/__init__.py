@@ -1,0 +1,4 @@
+"""``lightning.fabric.plugins.precision``: the precision plugins (``featherlight.precision``)."""
+from featherlight.precision.precision import DoublePrecision, HalfPrecision, MixedPrecision, Precision
+
+__all__ = ["DoublePrecision", "HalfPrecision", "MixedPrecision", "Precision"]
