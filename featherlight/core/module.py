@@ -33,6 +33,9 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         "hparams_initial",
     ]
     _jit_is_scripting = False
+    # Lightning's name of the hook running now. featherlight's trainer tracks it in `trainer.hooks.current`; this is
+    # read only when that is None, e.g. by code that sets it and calls a step by hand (as Lightning's tests do)
+    _current_fx_name: Optional[str] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -205,7 +208,8 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         trainer = self._trainer
         if trainer is None:
             _warnings.warn(
-                "You are trying to `self.log()` but the module is not attached to a `Trainer`; the value is dropped."
+                "You are trying to `self.log()` but the `self.trainer` reference is not registered on the model yet."
+                " This is most likely because the model hasn't been passed to the `Trainer`. (The value is dropped.)"
             )
             return
         store = trainer.results.store
@@ -219,13 +223,17 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
                 "impact raw speed so it is disabled under this setting."
             )
             return
+        if fx is None:
+            fx = self._current_fx_name  # a hook driven by hand, outside the Trainer's loops
         if store is None:
+            store = trainer.results.open_store(trainer, fx)
+        if fx is None:
             raise MisconfigurationException(
-                f"You can't `self.log()` inside `{fx}`. Log from a step or epoch hook, e.g. `training_step` or "
-                "`on_validation_epoch_end`."
+                "You are trying to `self.log()` but it is not managed by the `Trainer` control flow. (Call it from a"
+                " hook the Trainer runs, e.g. `training_step` or `on_validation_epoch_end`.)"
             )
         store.log(trainer, fx, name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist,
-                  sync_dist_group, add_dataloader_idx, batch_size, rank_zero_only)
+                  sync_dist_group, add_dataloader_idx, batch_size, rank_zero_only, metric_attribute)
 
     def log_dict(
         self,
