@@ -1,8 +1,9 @@
 """LightningModule: an ``nn.Module`` that also says how to train, validate, test and predict."""
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import IO, Any, Callable, Optional, Sequence, Union
 
 import torch
@@ -473,3 +474,18 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         state = dict(self.__dict__)
         state["_trainer"] = None
         return state
+
+
+@contextlib.contextmanager
+def jit_tracing(module: nn.Module) -> Iterator[None]:
+    """Inside, ``torch.jit`` may walk ``module``'s attributes (tracing does): the LightningModules in it answer
+    ``trainer`` with None instead of raising when they have none (e.g. a TensorBoard graph of a module that never
+    ran)."""
+    before = [(m, m._jit_is_scripting) for m in module.modules() if isinstance(m, LightningModule)]
+    for m, _ in before:
+        object.__setattr__(m, "_jit_is_scripting", True)
+    try:
+        yield
+    finally:
+        for m, flag in before:
+            object.__setattr__(m, "_jit_is_scripting", flag)
