@@ -202,9 +202,19 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         """Log a scalar (number, one-element tensor, or torchmetrics Metric) under ``name``.
 
         Defaults depend on where it is called: in ``training_step`` ``on_step=True, on_epoch=False``; in
-        evaluation steps and epoch hooks ``on_step=False, on_epoch=True``. With both on, the value is logged
-        as ``name_step`` and ``name_epoch``. Epoch values are the ``reduce_fx`` over the epoch (a mean weighted
-        by ``batch_size``, inferred from the batch when not given), reduced across processes if ``sync_dist``.
+        evaluation steps and epoch hooks ``on_step=False, on_epoch=True`` (start and epoch hooks allow only
+        that). With both on, the value is logged as ``name_step`` and ``name_epoch``. Epoch values are the
+        ``reduce_fx`` (``"mean"``, ``"sum"``, ``"max"``, ``"min"``, or torch's or Python's function of that name)
+        over the epoch (a mean weighted by ``batch_size``, inferred from the batch when not given), reduced
+        across processes if ``sync_dist``. With several evaluation dataloaders the key gets
+        ``/dataloader_idx_N`` (after ``_step``/``_epoch``) unless ``add_dataloader_idx=False``. The same key
+        logged in a later hook (``on_train_epoch_end`` after ``training_step``) wins in the metric dicts.
+
+        Raises:
+            MisconfigurationException: in a hook that cannot log, with ``on_step``/``on_epoch`` the hook does not
+                allow, an unsupported ``reduce_fx``, a key ending in ``/dataloader_idx_N``, the key twice in one hook
+                with other arguments, or a torchmetrics Metric that is not an attribute of the module.
+            ValueError: for a value that is not a number, a one-element tensor or a Metric.
         """
         trainer = self._trainer
         if trainer is None:
