@@ -5,13 +5,36 @@ below the trainer imports it.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import weakref
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from torch import Tensor
 from torch.optim import Optimizer
 
+from featherlight.utilities.exceptions import MisconfigurationException
+
 if TYPE_CHECKING:
     from featherlight.core.module import LightningModule
+
+# Per callback (by id): the trainer whose run it is part of, for `Callback.log`. Lightning sets
+# `callback.log = pl_module.log` on every callback when a run starts; featherlight keeps the link here instead of
+# writing onto the user's objects. An entry goes when its callback is collected.
+_log_targets: dict[int, Callable[[], Any]] = {}
+
+
+def bind_logging(callbacks: Iterable["Callback"], trainer: "Trainer") -> None:
+    """Make :meth:`Callback.log` of each of ``callbacks`` log through ``trainer``'s LightningModule (the trainer
+    calls this when a run starts, in the process that runs the hooks)."""
+    ref = weakref.ref(trainer)
+    for callback in callbacks:
+        key = id(callback)
+        if key not in _log_targets:
+            try:
+                weakref.finalize(callback, _log_targets.pop, key, None)
+            except TypeError:  # an object that cannot be weakly referenced keeps its entry until rebound
+                pass
+        _log_targets[key] = ref
 
 
 class Callback:
@@ -182,6 +205,69 @@ class Callback:
 
     def on_exception(self, trainer: "Trainer", pl_module: "LightningModule", exception: BaseException) -> None:
         """Called when any trainer execution is interrupted by an exception."""
+
+    def log(
+        self,
+        name: str,
+        value: Any,
+        prog_bar: bool = False,
+        logger: Optional[bool] = None,
+        on_step: Optional[bool] = None,
+        on_epoch: Optional[bool] = None,
+        reduce_fx: Union[str, Callable] = "mean",
+        enable_graph: bool = False,
+        sync_dist: bool = False,
+        sync_dist_group: Optional[Any] = None,
+        add_dataloader_idx: bool = True,
+        batch_size: Optional[int] = None,
+        metric_attribute: Optional[str] = None,
+        rank_zero_only: bool = False,
+    ) -> None:
+        """``pl_module.log(...)`` from a hook of this callback: the value is logged as if the LightningModule
+        logged it in that hook (same arguments, same defaults per hook; see ``LightningModule.log``).
+
+        Raises:
+            MisconfigurationException: when the callback is not part of a running Trainer.
+        """
+        self._logging_module().log(
+            name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch, reduce_fx=reduce_fx,
+            enable_graph=enable_graph, sync_dist=sync_dist, sync_dist_group=sync_dist_group,
+            add_dataloader_idx=add_dataloader_idx, batch_size=batch_size, metric_attribute=metric_attribute,
+            rank_zero_only=rank_zero_only,
+        )
+
+    def log_dict(
+        self,
+        dictionary: Union[Mapping[str, Any], Any],
+        prog_bar: bool = False,
+        logger: Optional[bool] = None,
+        on_step: Optional[bool] = None,
+        on_epoch: Optional[bool] = None,
+        reduce_fx: Union[str, Callable] = "mean",
+        enable_graph: bool = False,
+        sync_dist: bool = False,
+        sync_dist_group: Optional[Any] = None,
+        add_dataloader_idx: bool = True,
+        batch_size: Optional[int] = None,
+        rank_zero_only: bool = False,
+    ) -> None:
+        """``pl_module.log_dict(...)`` from a hook of this callback (see :meth:`log`)."""
+        self._logging_module().log_dict(
+            dictionary, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch, reduce_fx=reduce_fx,
+            enable_graph=enable_graph, sync_dist=sync_dist, sync_dist_group=sync_dist_group,
+            add_dataloader_idx=add_dataloader_idx, batch_size=batch_size, rank_zero_only=rank_zero_only,
+        )
+
+    def _logging_module(self) -> "LightningModule":
+        ref = _log_targets.get(id(self))
+        trainer = ref() if ref is not None else None
+        module = trainer.lightning_module if trainer is not None else None
+        if module is None:
+            raise MisconfigurationException(
+                f"`{type(self).__name__}.log()` logs through the LightningModule of the Trainer running this callback:"
+                " call it from one of the callback's hooks during `fit`, `validate` or `test`."
+            )
+        return module
 
     def state_dict(self) -> dict[str, Any]:
         """Called when saving a checkpoint: the callback's state."""

@@ -5,7 +5,7 @@ from typing import Any, Callable, Optional
 
 from featherlight.callbacks.callback import Callback
 
-_NOT_HOOKS = {"state_key", "state_dict", "load_state_dict"}
+_NOT_HOOKS = {"state_key", "state_dict", "load_state_dict", "log", "log_dict"}
 _HOOKS = frozenset(
     name for name, value in vars(Callback).items()
     if callable(value) and not name.startswith("_") and name not in _NOT_HOOKS

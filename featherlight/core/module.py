@@ -1,8 +1,9 @@
 """LightningModule: an ``nn.Module`` that also says how to train, validate, test and predict."""
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import IO, Any, Callable, Optional, Sequence, Union
 
 import torch
@@ -37,6 +38,9 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
     CHECKPOINT_HYPER_PARAMS_KEY = "hyper_parameters"
     CHECKPOINT_HYPER_PARAMS_NAME = "hparams_name"
     CHECKPOINT_HYPER_PARAMS_TYPE = "hparams_type"
+    # Lightning's name of the hook running now. featherlight's trainer tracks it in `trainer.hooks.current`; this is
+    # read only when that is None, e.g. by code that sets it and calls a step by hand (as Lightning's tests do)
+    _current_fx_name: Optional[str] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -202,14 +206,25 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         """Log a scalar (number, one-element tensor, or torchmetrics Metric) under ``name``.
 
         Defaults depend on where it is called: in ``training_step`` ``on_step=True, on_epoch=False``; in
-        evaluation steps and epoch hooks ``on_step=False, on_epoch=True``. With both on, the value is logged
-        as ``name_step`` and ``name_epoch``. Epoch values are the ``reduce_fx`` over the epoch (a mean weighted
-        by ``batch_size``, inferred from the batch when not given), reduced across processes if ``sync_dist``.
+        evaluation steps and epoch hooks ``on_step=False, on_epoch=True`` (start and epoch hooks allow only
+        that). With both on, the value is logged as ``name_step`` and ``name_epoch``. Epoch values are the
+        ``reduce_fx`` (``"mean"``, ``"sum"``, ``"max"``, ``"min"``, or torch's or Python's function of that name)
+        over the epoch (a mean weighted by ``batch_size``, inferred from the batch when not given), reduced
+        across processes if ``sync_dist``. With several evaluation dataloaders the key gets
+        ``/dataloader_idx_N`` (after ``_step``/``_epoch``) unless ``add_dataloader_idx=False``. The same key
+        logged in a later hook (``on_train_epoch_end`` after ``training_step``) wins in the metric dicts.
+
+        Raises:
+            MisconfigurationException: in a hook that cannot log, with ``on_step``/``on_epoch`` the hook does not
+                allow, an unsupported ``reduce_fx``, a key ending in ``/dataloader_idx_N``, the key twice in one hook
+                with other arguments, or a torchmetrics Metric that is not an attribute of the module.
+            ValueError: for a value that is not a number, a one-element tensor or a Metric.
         """
         trainer = self._trainer
         if trainer is None:
             _warnings.warn(
-                "You are trying to `self.log()` but the module is not attached to a `Trainer`; the value is dropped."
+                "You are trying to `self.log()` but the `self.trainer` reference is not registered on the model yet."
+                " This is most likely because the model hasn't been passed to the `Trainer`. (The value is dropped.)"
             )
             return
         store = trainer.results.store
@@ -223,13 +238,17 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
                 "impact raw speed so it is disabled under this setting."
             )
             return
+        if fx is None:
+            fx = self._current_fx_name  # a hook driven by hand, outside the Trainer's loops
         if store is None:
+            store = trainer.results.open_store(trainer, fx)
+        if fx is None:
             raise MisconfigurationException(
-                f"You can't `self.log()` inside `{fx}`. Log from a step or epoch hook, e.g. `training_step` or "
-                "`on_validation_epoch_end`."
+                "You are trying to `self.log()` but it is not managed by the `Trainer` control flow. (Call it from a"
+                " hook the Trainer runs, e.g. `training_step` or `on_validation_epoch_end`.)"
             )
         store.log(trainer, fx, name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist,
-                  sync_dist_group, add_dataloader_idx, batch_size, rank_zero_only)
+                  sync_dist_group, add_dataloader_idx, batch_size, rank_zero_only, metric_attribute)
 
     def log_dict(
         self,
@@ -469,3 +488,18 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         state = dict(self.__dict__)
         state["_trainer"] = None
         return state
+
+
+@contextlib.contextmanager
+def jit_tracing(module: nn.Module) -> Iterator[None]:
+    """Inside, ``torch.jit`` may walk ``module``'s attributes (tracing does): the LightningModules in it answer
+    ``trainer`` with None instead of raising when they have none (e.g. a TensorBoard graph of a module that never
+    ran)."""
+    before = [(m, m._jit_is_scripting) for m in module.modules() if isinstance(m, LightningModule)]
+    for m, _ in before:
+        object.__setattr__(m, "_jit_is_scripting", True)
+    try:
+        yield
+    finally:
+        for m, flag in before:
+            object.__setattr__(m, "_jit_is_scripting", flag)

@@ -113,8 +113,9 @@ def save_hparams_to_yaml(config_yaml: _PATH, hparams: dict | Namespace, use_omeg
         use_omegaconf: if omegaconf is installed, resolve OmegaConf configs (top level or values) to plain
             containers before writing.
 
-    Values YAML cannot represent safely (custom objects, tensors, modules, ...) are left out of the file with a
-    warning naming the key (once per key and message). Keys are written sorted.
+    Values YAML cannot represent safely (custom objects, tensors, modules, ...), and keys other than strings,
+    numbers, booleans and None, are left out of the file with a warning naming the key (once per key and message).
+    Keys are written sorted (when they are all of one kind).
 
     Raises:
         RuntimeError: if the destination directory does not exist.
@@ -131,16 +132,19 @@ def save_hparams_to_yaml(config_yaml: _PATH, hparams: dict | Namespace, use_omeg
     dumper = _yaml_dumper()
     allowed: dict[Any, Any] = {}
     for key, value in hparams.items():
-        try:
-            yaml.dump(value, Dumper=dumper)
-        except (yaml.YAMLError, TypeError, ValueError, RecursionError):
-            _warning_cache.warn(
-                f"Skipping hyperparameter {key!r} ({type(value).__name__}) in {os.fspath(config_yaml)}: it cannot be"
-                " written to YAML safely.",
-                stacklevel=3,
-            )
-            continue
-        allowed[key] = value
+        # the key too: a safe loader reads back str, int, float, bool and None keys, not e.g. a complex number
+        for part, obj in (("key", key), ("value", value)):
+            try:
+                yaml.dump(obj, Dumper=dumper)
+            except (yaml.YAMLError, TypeError, ValueError, RecursionError):
+                _warning_cache.warn(
+                    f"Skipping '{key}' parameter because it is not possible to safely dump to YAML. (Its {part}, a"
+                    f" {type(obj).__name__}, has no safe YAML form; it is left out of {os.fspath(config_yaml)}.)",
+                    stacklevel=3,
+                )
+                break
+        else:
+            allowed[key] = value
 
     text = yaml.dump(allowed, Dumper=dumper, default_flow_style=False, allow_unicode=True)
     if remote:

@@ -141,8 +141,9 @@ class TensorBoardLogger(Logger):
 
     @property
     def root_dir(self) -> str:
-        """``save_dir/name``: the directory holding all versions of this experiment."""
-        return os.path.join(self._save_dir, self._name)
+        """``save_dir/name``: the directory holding all versions of this experiment (a subclass overriding the
+        ``save_dir`` or ``name`` property moves it)."""
+        return os.path.join(self.save_dir, self.name)
 
     @property
     def sub_dir(self) -> Optional[str]:
@@ -153,8 +154,9 @@ class TensorBoardLogger(Logger):
     def log_dir(self) -> str:
         """``root_dir/version_{version}[/sub_dir]``, with ``~`` and environment variables expanded."""
         log_dir = _version_dir(self.root_dir, self.version)
-        if self._sub_dir is not None:
-            log_dir = os.path.join(log_dir, self._sub_dir)
+        sub_dir = self.sub_dir
+        if sub_dir is not None:
+            log_dir = os.path.join(log_dir, sub_dir)
         return os.path.expanduser(os.path.expandvars(log_dir))
 
     @property
@@ -263,26 +265,30 @@ class TensorBoardLogger(Logger):
             return
         import torch
 
+        from featherlight.core.module import LightningModule, jit_tracing
+
         if input_array is None:
             input_array = getattr(model, "example_input_array", None)
         if input_array is None:
             rank_zero_warn(
-                "Could not log the model graph to TensorBoard: set `model.example_input_array` or pass `input_array`."
+                "Could not log computational graph to TensorBoard: The `model.example_input_array` attribute"
+                " is not set or `input_array` was not given. (Set `model.example_input_array` or pass `input_array`.)"
             )
             return
         if not isinstance(input_array, (torch.Tensor, tuple)):
             rank_zero_warn(
-                "Could not log the model graph to TensorBoard: the example input has type"
-                f" {type(input_array).__name__}; it must be a tensor or a tuple of the positional arguments of"
-                " `forward()`."
+                "Could not log computational graph to TensorBoard: The `input_array` or `model.example_input_array`"
+                f" has type {type(input_array)} which can't be traced by TensorBoard. Make the input array a tuple"
+                " representing the positional arguments to the model's `forward()` implementation."
             )
             return
-        # Move the example input the way a batch would be moved, so tracing runs on the model's device.
-        on_before = getattr(model, "_on_before_batch_transfer", None)
-        transfer = getattr(model, "_apply_batch_transfer_handler", None)
-        if callable(on_before) and callable(transfer):
-            input_array = transfer(on_before(input_array))
-        self.experiment.add_graph(model, input_array)
+        if isinstance(model, LightningModule):
+            # the example goes through the module's batch hooks to its device, as a batch would (dataloader 0)
+            input_array = model.on_before_batch_transfer(input_array, 0)
+            input_array = model.transfer_batch_to_device(input_array, model.device, 0)
+            input_array = model.on_after_batch_transfer(input_array, 0)
+        with jit_tracing(model):  # tracing walks every attribute, `trainer` included: it may have none
+            self.experiment.add_graph(model, input_array)
 
     def _save_hparams_file(self) -> None:
         from featherlight.core.saving import save_hparams_to_yaml

@@ -36,13 +36,18 @@ def run_fit(trainer: "Trainer") -> None:
     data.load_train()
     if data.val_enabled():
         data.ensure_val_loaders()
+    # the first epoch's store is running from `on_train_start` on: what is logged there counts in that epoch
+    first: Any = ResultStore(training=True)
+    results.train_store = first
+    results.switch(trainer, first)
     call("on_train_start")
     resume, progress.resume = progress.resume, None
     while not _fit_done(trainer):
         if data.should_reload_train():
             data.load_train()
         _set_sampler_epoch(trainer.train_dataloader, progress.epoch)
-        store = results.train_store = ResultStore(training=True)
+        store, first = first or ResultStore(training=True), None
+        results.train_store = store
         results.switch(trainer, store)
         trainer.state.stage = RunningStage.TRAINING
         if resume is not None and resume.phase == Phase.EPOCH_END:
@@ -119,7 +124,7 @@ def run_sanity_check(trainer: "Trainer") -> None:
             eval_loop.run_evaluation(trainer, RunningStage.SANITY_CHECKING, data.val_loaders, limits)
         trainer.hooks.call("on_sanity_check_end")
         # sanity-check values must not leak into the real run's metrics
-        trainer.results.reset_results()
+        trainer.results.reset()
         trainer.state.stage = None
 
 

@@ -101,10 +101,16 @@ def build_callbacks(user: list[Callback], *, enable_checkpointing: bool, enable_
             "Trainer was configured with `enable_checkpointing=False` but found `ModelCheckpoint` in callbacks "
             "list. Remove the callback or set `enable_checkpointing=True`."
         )
-    if has(ProgressBar) and explicit["enable_progress_bar"] is False:
+    bars = [c for c in callbacks if isinstance(c, ProgressBar)]
+    if len(bars) > 1:
         raise MisconfigurationException(
-            "Trainer was configured with `enable_progress_bar=False` but found a progress bar in callbacks. "
-            "Remove the callback or set `enable_progress_bar=True`."
+            "You added multiple progress bar callbacks to the Trainer, but currently only one progress bar is "
+            f"supported. (Found {', '.join(type(b).__name__ for b in bars)}: keep one of them.)"
+        )
+    if bars and explicit["enable_progress_bar"] is False:
+        raise MisconfigurationException(
+            f"Trainer was configured with `enable_progress_bar=False` but found `{type(bars[0]).__name__}` in "
+            "callbacks list. Remove the callback or set `enable_progress_bar=True`."
         )
     if enable_model_summary and not has(ModelSummary):
         callbacks.append(ModelSummary(max_depth=1))

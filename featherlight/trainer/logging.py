@@ -17,11 +17,11 @@ from featherlight.utilities.apply_func import extract_batch_size
 from featherlight.utilities.enums import RunningStage
 from featherlight.utilities.exceptions import MisconfigurationException
 
-# Where `self.log` may be called, and what it may do there: (allowed on_step, allowed on_epoch,
+# Where `self.log` may be called, and what it may do there (Lightning's table): (allowed on_step, allowed on_epoch,
 # default on_step, default on_epoch). Hooks missing from this table forbid logging.
 _STEP_HOOK = ((False, True), (False, True), True, False)
-_EPOCH_HOOK = ((False, True), (False, True), False, True)
-_EPOCH_END_HOOK = ((False,), (True,), False, True)
+_EVAL_STEP_HOOK = ((False, True), (False, True), False, True)
+_EPOCH_HOOK = ((False,), (True,), False, True)
 _LOG_OPTIONS: dict[str, tuple] = {
     "training_step": _STEP_HOOK,
     "on_before_backward": _STEP_HOOK,
@@ -37,36 +37,92 @@ _LOG_OPTIONS: dict[str, tuple] = {
     "clip_gradients": _STEP_HOOK,
     "on_train_start": _EPOCH_HOOK,
     "on_train_epoch_start": _EPOCH_HOOK,
-    "on_train_epoch_end": _EPOCH_END_HOOK,
-    "validation_step": _EPOCH_HOOK,
-    "test_step": _EPOCH_HOOK,
+    "on_train_epoch_end": _EPOCH_HOOK,
+    "validation_step": _EVAL_STEP_HOOK,
+    "test_step": _EVAL_STEP_HOOK,
+    "on_validation_batch_start": _EVAL_STEP_HOOK,
+    "on_test_batch_start": _EVAL_STEP_HOOK,
+    "on_validation_batch_end": _EVAL_STEP_HOOK,
+    "on_test_batch_end": _EVAL_STEP_HOOK,
     "on_validation_start": _EPOCH_HOOK,
     "on_test_start": _EPOCH_HOOK,
     "on_validation_epoch_start": _EPOCH_HOOK,
     "on_test_epoch_start": _EPOCH_HOOK,
-    "on_validation_batch_start": _EPOCH_HOOK,
-    "on_test_batch_start": _EPOCH_HOOK,
-    "on_validation_batch_end": _EPOCH_HOOK,
-    "on_test_batch_end": _EPOCH_HOOK,
-    "on_validation_epoch_end": _EPOCH_END_HOOK,
-    "on_test_epoch_end": _EPOCH_END_HOOK,
+    "on_validation_epoch_end": _EPOCH_HOOK,
+    "on_test_epoch_end": _EPOCH_HOOK,
 }
 
+# `reduce_fx` as Lightning accepts it: the names (any case, "avg" too), torch's functions and Python's builtins
 _REDUCTIONS: dict[Any, str] = {
     "mean": "mean", "avg": "mean", torch.mean: "mean",
-    "sum": "sum", torch.sum: "sum",
-    "max": "max", torch.max: "max",
-    "min": "min", torch.min: "min",
+    "sum": "sum", torch.sum: "sum", sum: "sum",
+    "max": "max", torch.max: "max", max: "max",
+    "min": "min", torch.min: "min", min: "min",
 }
 
 # Pending values are folded into the running total every this many calls, bounding memory while
 # keeping the per-call cost to a list append.
 _FOLD_EVERY = 256
 
+_ANY = object()  # `ResultStore.metrics`: entries of every dataloader
+
+
+def hook_error(fx: Optional[str]) -> str:
+    """Why ``self.log`` cannot be called in ``fx`` (Lightning's sentence first)."""
+    if fx is None:
+        return ("You are trying to `self.log()` but it is not managed by the `Trainer` control flow. (Call it from a"
+                " hook the Trainer runs, e.g. `training_step` or `on_validation_epoch_end`.)")
+    return (f"You can't `self.log()` inside `{fx}`. HINT: You can still log directly to the logger by using"
+            " `self.logger.experiment`. (`self.log` works in the step methods and in the start, batch and epoch hooks"
+            " of training, validation and testing.)")
+
+
+def _float_dtype() -> torch.dtype:
+    """The dtype logged numbers are reported in: torch's default, but no lower than float32 (Lightning's)."""
+    dtype = torch.get_default_dtype()
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _checked_value(name: str, value: Any) -> Any:
+    """``value`` ready to record (a detached scalar tensor, or a number), or Lightning's error for it."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(
+                f"`self.log({name}, {value})` was called, but the tensor must have a single element."
+                f" You can try doing `self.log({name}, {value}.mean())`"
+            )
+        value = value.detach()
+        return value.squeeze() if value.ndim else value
+    if isinstance(value, numbers.Number):
+        return value
+    if isinstance(value, dict) and any(isinstance(v, dict) for v in value.values()):
+        raise ValueError(f"`self.log({name}, {value})` was called, but nested dictionaries cannot be logged")
+    raise ValueError(
+        f"`self.log({name}, {value})` was called, but `{type(value).__name__}` values cannot be logged. Log a Python"
+        " number, a one-element tensor or a torchmetrics Metric (`self.log_dict` takes a dict of them)."
+    )
+
+
+def _check_metric_attribute(trainer: "Trainer", name: str, metric: Any) -> None:
+    """A logged torchmetrics Metric must be an attribute of the module (Lightning restores its state from there)."""
+    module = trainer.lightning_module
+    found = {} if module is None else {id(m): n for n, m in module.named_modules() if _is_metric(m)}
+    if not found:
+        raise MisconfigurationException(
+            "Could not find the `LightningModule` attribute for the `torchmetrics.Metric` logged."
+            " You can fix this by setting an attribute for the metric in your `LightningModule`."
+        )
+    if id(metric) not in found:
+        raise MisconfigurationException(
+            "Could not find the `LightningModule` attribute for the `torchmetrics.Metric` logged."
+            f" You can fix this by calling `self.log({name}, ..., metric_attribute=name)` where `name` is one"
+            f" of {list(found.values())}"
+        )
+
 
 class _Meta(NamedTuple):
     fx: str
-    name: str  # the final key, with the dataloader suffix when there is one
+    name: str  # the key as logged
     prog_bar: bool
     logger: bool
     on_step: bool
@@ -74,12 +130,21 @@ class _Meta(NamedTuple):
     reduce: str
     sync_dist: bool
     sync_dist_group: Any
-    dataloader_idx: Optional[int]
+    dataloader_idx: Optional[int]  # the dataloader it was logged under (None: one dataloader, or an epoch hook)
     rank_zero_only: bool
+    suffix: str = ""  # "/dataloader_idx_N" with several dataloaders and `add_dataloader_idx=True`
 
     @property
     def forked(self) -> bool:
         return self.on_step and self.on_epoch
+
+    def metric_keys(self, on_step: bool) -> tuple[str, str]:
+        """(the plain key, the key of a step or epoch value): ``loss/dataloader_idx_0`` and
+        ``loss_epoch/dataloader_idx_0`` (Lightning puts the suffix last)."""
+        plain = self.name + self.suffix
+        if not self.forked:
+            return plain, plain
+        return plain, self.name + ("_step" if on_step else "_epoch") + self.suffix
 
 
 def _is_metric(value: Any) -> bool:
@@ -90,10 +155,11 @@ def _is_metric(value: Any) -> bool:
 class _Entry:
     """One logged key: its last value, and the pieces of its epoch reduction."""
 
-    __slots__ = ("meta", "last", "pending", "total", "count", "computed", "metric", "fast")
+    __slots__ = ("meta", "args", "last", "pending", "total", "count", "computed", "metric", "fast")
 
     def __init__(self, meta: _Meta) -> None:
         self.meta = meta
+        self.args: Optional[tuple] = None  # `self.log`'s arguments at registration; later calls are checked
         self.last: Any = None
         self.pending: list = []  # (value, weight) pairs not folded yet
         self.total: Optional[Tensor] = None
@@ -197,28 +263,31 @@ class ResultStore:
         add_dataloader_idx: bool,
         batch_size: Optional[int],
         rank_zero_only: bool,
+        metric_attribute: Optional[str] = None,
     ) -> None:
+        """The full path of ``self.log``: checks the value and the arguments, registers the key on its first call
+        in a hook, then records the value (the short path is :meth:`log_again`)."""
+        is_metric = _is_metric(value)
+        if not is_metric:
+            value = _checked_value(name, value)
+        args = (prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist, sync_dist_group, add_dataloader_idx,
+                rank_zero_only)
         entry = self.entries.get((fx, name, self.dataloader_idx))
         if entry is None:
-            entry = self._register(fx, name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist,
-                                   sync_dist_group, add_dataloader_idx, rank_zero_only)
+            if is_metric and metric_attribute is None:
+                _check_metric_attribute(trainer, name, value)
+            entry = self._register(fx, name, value, args)
+        elif args != entry.args:
+            # (an entry restored from a checkpoint has no arguments to compare: it takes these)
+            if entry.args is not None and self._meta(fx, name, args) != entry.meta:
+                raise MisconfigurationException(
+                    f"You called `self.log({name}, ...)` twice in `{fx}` with different arguments. This is not"
+                    " allowed: log the key with the same arguments each time, or the other values under another name."
+                )
+            entry.args = args
         if entry.metric is not None:
             entry.computed = None
             return
-        if isinstance(value, Tensor):
-            if value.numel() != 1:
-                raise ValueError(
-                    f"`self.log({name!r}, value)` got a tensor with shape {tuple(value.shape)}; only scalars can "
-                    f"be logged. Reduce it first, e.g. `value.mean()`, or log its elements under separate names."
-                )
-            value = value.detach()
-            if value.ndim:
-                value = value.squeeze()
-        elif not isinstance(value, numbers.Number) or isinstance(value, bool):
-            raise ValueError(
-                f"`self.log({name!r}, value)` was called with a value of type {type(value).__name__}. "
-                "It accepts a Python number, a scalar tensor or a torchmetrics Metric; use `self.log_dict` for dicts."
-            )
         if entry.meta.on_epoch and entry.meta.reduce == "mean":
             if batch_size is None:
                 batch_size = self.current_batch_size()
@@ -253,59 +322,67 @@ class ResultStore:
             self.batch_size = 1 if self.batch is None else _safe_batch_size(self.batch)
         return self.batch_size
 
-    def _register(self, fx, name, value, prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist,
-                  sync_dist_group, add_dataloader_idx, rank_zero_only) -> _Entry:
+    def _meta(self, fx: str, name: str, args: tuple) -> _Meta:
+        """The key's metadata from ``self.log``'s arguments, checked against Lightning's rules for ``fx``."""
+        prog_bar, logger, on_step, on_epoch, reduce_fx, sync_dist, sync_dist_group, add_dataloader_idx, \
+            rank_zero_only = args
         options = _LOG_OPTIONS.get(fx)
         if options is None:
-            raise MisconfigurationException(
-                f"You can't `self.log()` inside `{fx}`. Log from a step or epoch hook, e.g. `training_step`, "
-                "`validation_step`, `on_train_epoch_end` or `on_validation_epoch_end`."
-            )
+            raise MisconfigurationException(hook_error(fx))
         allowed_step, allowed_epoch, default_step, default_epoch = options
         on_step = default_step if on_step is None else bool(on_step)
         on_epoch = default_epoch if on_epoch is None else bool(on_epoch)
-        if on_step not in allowed_step or on_epoch not in allowed_epoch:
+        for flag, value, allowed in (("on_step", on_step, allowed_step), ("on_epoch", on_epoch, allowed_epoch)):
+            if value not in allowed:
+                raise MisconfigurationException(
+                    f"You can't `self.log({flag}={value})` inside `{fx}`, must be one of {allowed}. (Logging "
+                    f"`{name!r}` there: drop the `{flag}` argument to get the hook's default.)"
+                )
+        if add_dataloader_idx and "/dataloader_idx_" in name:
             raise MisconfigurationException(
-                f"You can't `self.log({name!r}, ..., on_step={on_step}, on_epoch={on_epoch})` inside `{fx}`: "
-                f"there it allows on_step in {allowed_step} and on_epoch in {allowed_epoch}."
+                f"You called `self.log` with the key `{name}` but it should not contain information about "
+                "`dataloader_idx` when `add_dataloader_idx=True`. Log it without the suffix (it is added when there "
+                "are several dataloaders), or pass `add_dataloader_idx=False`."
             )
         if not on_step and not on_epoch:
             raise MisconfigurationException(
-                f"`self.log({name!r}, ..., on_step=False, on_epoch=False)` would log nothing; set one of them to True."
+                f"`self.log(on_step=False, on_epoch=False)` is not useful. (`{name!r}` would be logged nowhere: set "
+                "one of them to True.)"
             )
         reduce = _REDUCTIONS.get(reduce_fx.lower() if isinstance(reduce_fx, str) else reduce_fx)
         if reduce is None:
             raise MisconfigurationException(
-                f"`self.log({name!r}, ..., reduce_fx={reduce_fx!r})` is not supported: use 'mean', 'sum', 'max' or "
-                "'min' (or torch.mean/sum/max/min). For anything else, log a torchmetrics Metric."
+                "Only `self.log(..., reduce_fx={min,max,mean,sum})` are supported. If you need a custom reduction, "
+                f"please log a `torchmetrics.Metric` instance instead. Found: {reduce_fx}"
             )
         dataloader_idx = self.dataloader_idx
-        key_name = name
+        suffix = ""
         if add_dataloader_idx and dataloader_idx is not None and self.num_dataloaders > 1:
-            key_name = f"{name}/dataloader_idx_{dataloader_idx}"
-        meta = _Meta(fx, key_name, bool(prog_bar), True if logger is None else bool(logger), on_step, on_epoch,
-                     reduce, bool(sync_dist), sync_dist_group, dataloader_idx if add_dataloader_idx else None,
-                     bool(rank_zero_only))
-        for other in self.entries.values():
-            if other.meta.name == key_name and other.meta.fx != fx and other.meta.dataloader_idx == meta.dataloader_idx:
-                raise MisconfigurationException(
-                    f"You called `self.log({name!r}, ...)` twice in `{fx}` and `{other.meta.fx}` with the same key. "
-                    "Give each a different name."
-                )
-        entry = _Entry(meta)
-        self.has_step_entries |= on_step
+            suffix = f"/dataloader_idx_{dataloader_idx}"
+        return _Meta(fx, name, bool(prog_bar), True if logger is None else bool(logger), on_step, on_epoch, reduce,
+                     bool(sync_dist), sync_dist_group, dataloader_idx, bool(rank_zero_only), suffix)
+
+    def _register(self, fx: str, name: str, value: Any, args: tuple) -> _Entry:
+        # the same key logged in two hooks (e.g. `training_step` and `on_train_epoch_end`) is two entries; the one
+        # registered later wins in the metric dicts, as in Lightning (the epoch-end value over the step's)
+        entry = _Entry(self._meta(fx, name, args))
+        entry.args = args
+        self.has_step_entries |= entry.meta.on_step
         if _is_metric(value):
             entry.metric = value
         self.entries[(fx, name, self.dataloader_idx)] = entry
         return entry
 
-    def metrics(self, trainer: "Trainer", on_step: bool) -> tuple[dict, dict, dict]:
-        """(callback, log, progress bar) metrics as tensors: step values, or epoch reductions."""
+    def metrics(self, trainer: "Trainer", on_step: bool, dataloader_idx: Any = _ANY) -> tuple[dict, dict, dict]:
+        """(callback, log, progress bar) metrics as tensors: step values, or epoch reductions; only those logged
+        under ``dataloader_idx`` when it is given (None: logged outside any dataloader's batches)."""
         callback: dict[str, Any] = {}
         log: dict[str, Any] = {}
         pbar: dict[str, Any] = {}
         for entry in self.entries.values():
             meta = entry.meta
+            if dataloader_idx is not _ANY and meta.dataloader_idx != dataloader_idx:
+                continue
             if on_step:
                 if not meta.on_step:
                     continue
@@ -316,10 +393,15 @@ class ResultStore:
                 value = entry.compute(trainer)
             if value is None:
                 continue
-            if not isinstance(value, Tensor):
+            if entry.metric is None:
+                # logged numbers and integer tensors are reported as floats, as Lightning does
+                if not isinstance(value, Tensor):
+                    value = torch.tensor(value, dtype=_float_dtype())
+                elif not value.is_floating_point():
+                    value = value.to(_float_dtype())
+            elif not isinstance(value, Tensor):
                 value = torch.tensor(value)
-            name = meta.name
-            forked = name + ("_step" if on_step else "_epoch") if meta.forked else name
+            name, forked = meta.metric_keys(on_step)
             if meta.logger:
                 log[forked] = value
             # callback metrics take the plain name and the forked one; evaluation steps are not callback metrics
@@ -397,9 +479,34 @@ class LogState:
     def switch(self, trainer: "Trainer", store: Optional[ResultStore]) -> None:
         """Make ``store`` the running one. The outgoing store's step values are read first, so the
         metric dicts hold the last batch's values as they would had they been refreshed every batch."""
+        if store is self.store:
+            return
         if self.store is not None and not self.epoch_end_reached:
             self.refresh(trainer)
         self.store, self.epoch_end_reached = store, False
+
+    def open_store(self, trainer: "Trainer", fx: Optional[str]) -> ResultStore:
+        """The store for a ``self.log`` made while no loop runs one, as Lightning logs into the loop of the
+        trainer's stage (e.g. a test that sets ``trainer.state.stage`` and calls ``training_step`` by hand).
+
+        Raises:
+            MisconfigurationException: outside training, validation and testing (e.g. in ``predict_step``).
+        """
+        stage = trainer.state.stage
+        if stage not in (RunningStage.TRAINING, RunningStage.VALIDATING, RunningStage.TESTING,
+                         RunningStage.SANITY_CHECKING):
+            if fx is not None and fx not in _LOG_OPTIONS:
+                raise MisconfigurationException(hook_error(fx))
+            raise MisconfigurationException(
+                "You are trying to `self.log()` but the loop's result collection is not registered yet. This is most"
+                " likely because you are trying to log in a `predict` hook, but it doesn't support logging. (Log from"
+                " a training, validation or test hook.)"
+            )
+        store = ResultStore(training=stage == RunningStage.TRAINING)
+        if store.training:
+            self.train_store = store
+        self.switch(trainer, store)
+        return store
 
     def end_epoch(self, trainer: "Trainer") -> None:
         """From now on the running store reports epoch values (after its last step values are read).
@@ -410,15 +517,23 @@ class LogState:
         if not self.epoch_end_reached:
             self.refresh(trainer)
         self.epoch_end_reached = True
+        if self.store is not None:
+            # epoch hooks log outside any batch and dataloader (no `/dataloader_idx_N` suffix, weight 1)
+            self.store.new_batch(None)
         if self.store is not None and trainer.strategy.world_size > 1:
             for entry in self.store.entries.values():
                 if entry.meta.on_epoch and entry.meta.sync_dist:
                     entry.compute(trainer)
 
-    def reset_results(self) -> None:
+    def reset(self) -> None:
+        """Forget every logged value and the metric dicts: when a run starts (a `validate` after a `fit` starts
+        empty) and after the sanity check (whose values must not reach the training run)."""
         self.callback.clear()
         self.logged.clear()
         self.pbar.clear()
+        self.store = self.train_store = None
+        self.epoch_end_reached = False
+        self.eval_step_counters = {}
 
     # ---------------------------------------------------------------- to the loggers
     def send(self, trainer: "Trainer", metrics: dict[str, Any], step: Optional[int] = None,
@@ -456,14 +571,15 @@ class LogState:
         store = self.store
         if stage == RunningStage.SANITY_CHECKING or not trainer.loggers or not store.has_step_entries:
             return
-        _, log, _ = self.refresh(trainer)
+        # only the running dataloader's step values (another dataloader's are from its last batch)
+        callback, log, pbar = store.metrics(trainer, on_step=True, dataloader_idx=store.dataloader_idx)
+        self.callback.update(callback)
+        self.logged.update(log)
+        self.pbar.update(pbar)
         # step-level evaluation metrics are logged against a per-dataloader batch counter of this loop
         counters = self.eval_step_counters.setdefault(stage, {})
         step = counters.get(dataloader_idx, 0)
         counters[dataloader_idx] = step + 1
-        suffix = f"/dataloader_idx_{dataloader_idx}"
-        if store.num_dataloaders > 1:
-            log = {k: v for k, v in log.items() if k.endswith(suffix) or "/dataloader_idx_" not in k}
         self.send(trainer, log, step=step)
 
     def log_eval_epoch(self, trainer: "Trainer", stage: RunningStage, num_dataloaders: int) -> list[dict[str, float]]:
@@ -474,12 +590,13 @@ class LogState:
         self.send(trainer, dict(log))
         for logger in trainer.loggers:
             logger.save()
-        results: list[dict[str, float]] = []
-        for idx in range(num_dataloaders):
-            suffix = f"/dataloader_idx_{idx}"
-            out = {}
-            for k, v in log.items():
-                if "/dataloader_idx_" not in k or k.endswith(suffix):
-                    out[k] = v.item() if isinstance(v, Tensor) else v
-            results.append(out)
-        return results
+        store = self.store
+        if store is None or num_dataloaders <= 1:
+            per_loader = [log] * num_dataloaders
+        else:
+            # each dataloader's values (by where they were logged, whatever their name), then what the epoch hooks
+            # logged, which every dataloader's dict gets (Lightning's)
+            shared = store.metrics(trainer, on_step=False, dataloader_idx=None)[1]
+            per_loader = [{**store.metrics(trainer, on_step=False, dataloader_idx=idx)[1], **shared}
+                          for idx in range(num_dataloaders)]
+        return [{k: (v.item() if isinstance(v, Tensor) else v) for k, v in d.items()} for d in per_loader]

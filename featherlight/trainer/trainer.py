@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator, Optional, Union
 
 import torch
 
-from featherlight.callbacks.callback import Callback
+from featherlight.callbacks.callback import Callback, bind_logging
 from featherlight.core.datamodule import LightningDataModule
 from featherlight.core.module import LightningModule
 from featherlight.core.optimizer import LRSchedulerConfig
@@ -397,7 +397,7 @@ class Trainer:
             )
         self.state.fn, self.state.status, self.state.stage = fn, TrainerStatus.RUNNING, None
         self.should_stop = False
-        self.results.eval_step_counters = {}
+        self.results.reset()  # a run starts with no logged values (a `validate` after a `fit` too)
         self.warnings = WarningCache()  # each warning fires once per run
         self._attach(model, datamodule)
         try:
@@ -428,6 +428,7 @@ class Trainer:
         hooks, strategy = self.hooks, self.strategy
         stage = fn.value
         run.merge_module_callbacks(self)
+        bind_logging(self.callbacks, self)  # `Callback.log` logs through this run's module
         hooks.rebuild()
         strategy.setup_environment()
         run.prepare_data(self)

@@ -77,8 +77,8 @@ def test_redraws_on_a_timer_not_every_step(capsys):
     bar = CountingBar(interactive=True, min_interval=3600.0)
     trainer = make_trainer(bar, max_epochs=2)
     trainer.fit(NoValModule(), loader(steps))
-    # per epoch: the last batch redraws, and the epoch end sets the final postfix -> 2 reads, not 400
-    assert bar.metric_reads == 4
+    # per epoch: the first and the last batch redraw, and the epoch end sets the final postfix -> 3 reads, not 400
+    assert bar.metric_reads == 6
     train_bar = bar.train_progress_bar
     assert train_bar.n == steps and train_bar.total == steps
     assert "loss" in train_bar.postfix
@@ -248,7 +248,10 @@ def test_leave_keeps_one_bar_per_epoch(capsys):
             return bar
 
     make_trainer(Recording(leave=True, interactive=True), max_epochs=3).fit(NoValModule(), loader(4))
-    assert len(bars) == 3
+    # as in Lightning, `on_train_start` builds a bar and each epoch its own; the unused first one is cleared away
+    assert len(bars) == 4
+    assert [b.n for b in bars] == [0, 4, 4, 4]
+    assert bars[0].leave is False and all(b.leave for b in bars[1:])
 
 
 def test_print_goes_through_the_bar(capsys):
@@ -395,3 +398,96 @@ def test_importing_featherlight_does_not_import_rich():
     code = "import sys, featherlight, featherlight.callbacks; print('rich' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+# ---------------------------------------------------------------------------------------------- Lightning's observable API
+class ReadPoints(TQDMProgressBar):
+    """Records (stage, global step) at every read of the metrics."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reads = []
+
+    def get_metrics(self, trainer, pl_module):
+        self.reads.append((trainer.state.stage.value, trainer.global_step))
+        return super().get_metrics(trainer, pl_module)
+
+
+@pytest.mark.parametrize("interactive", [True, False])
+def test_metrics_are_read_at_the_same_points_on_and_off_a_terminal(capsys, interactive):
+    bar = ReadPoints(interactive=interactive, min_interval=3600.0)
+    make_trainer(bar, max_epochs=2, num_sanity_val_steps=1).fit(TinyModule(), loader(3), loader(2))
+    assert bar.reads == [
+        ("sanity_check", 0),  # the sanity check's validation end
+        ("train", 1), ("train", 3), ("validate", 3), ("train", 3),  # first, last batch; validation end; epoch end
+        ("train", 4), ("train", 6), ("validate", 6), ("train", 6),
+    ]
+
+
+def test_off_a_terminal_the_bars_exist_with_their_totals(capsys):
+    built = []
+
+    class Recording(TQDMProgressBar):
+        def init_train_tqdm(self):
+            built.append("train")
+            return super().init_train_tqdm()
+
+        def init_validation_tqdm(self):
+            built.append("validation")
+            return super().init_validation_tqdm()
+
+    bar = Recording()  # stdout is captured by pytest: not a terminal
+    trainer = make_trainer(bar, num_sanity_val_steps=0)
+    trainer.fit(TinyModule(), loader(5), loader(3))
+    assert built == ["train", "validation"]
+    assert (bar.train_progress_bar.total, bar.train_progress_bar.n) == (5, 5)
+    assert (bar.val_progress_bar.total, bar.val_progress_bar.n) == (3, 3)
+    assert bar.train_progress_bar.disable  # lines are printed instead
+    trainer.test(trainer.lightning_module, loader(4), verbose=False)
+    assert (bar.test_progress_bar.total, bar.test_progress_bar.n) == (4, 4)
+    out = capsys.readouterr().out
+    assert "\r" not in out
+
+
+def test_off_a_terminal_leave_builds_a_bar_per_epoch(capsys):
+    calls = []
+
+    class Recording(TQDMProgressBar):
+        def init_train_tqdm(self):
+            calls.append(1)
+            return super().init_train_tqdm()
+
+    make_trainer(Recording(leave=True), max_epochs=3).fit(NoValModule(), loader(2))
+    assert len(calls) == 4
+
+
+def test_print_goes_through_tqdm_write_off_a_terminal(monkeypatch, capsys):
+    from featherlight.callbacks.progress.tqdm_progress import Tqdm
+
+    written = []
+    monkeypatch.setattr(Tqdm, "write", classmethod(lambda cls, s, **kw: written.append((s, kw))))
+
+    class Printing(NoValModule):
+        def training_step(self, batch, batch_idx):
+            self.print("step", batch_idx, end="", flush=True)
+            return super().training_step(batch, batch_idx)
+
+    make_trainer(TQDMProgressBar()).fit(Printing(), loader(2))
+    assert written == [("step 0", {"end": ""}), ("step 1", {"end": ""})]
+    written.clear()
+    make_trainer(TQDMProgressBar(refresh_rate=0)).fit(Printing(), loader(1))
+    assert written == [] and "step 0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("rate", "env", "expected"), [(0, "1", 1), (1, "0", 1), (2, "1", 2), (1, "3", 3)])
+def test_tqdm_miniters_raises_the_refresh_rate(monkeypatch, rate, env, expected):
+    monkeypatch.setenv("TQDM_MINITERS", env)
+    bar = TQDMProgressBar(refresh_rate=rate)
+    assert bar.refresh_rate == expected and bar.is_enabled
+
+
+def test_one_progress_bar_only():
+    with pytest.raises(MisconfigurationException, match="^You added multiple progress bar callbacks"):
+        L.Trainer(callbacks=[TQDMProgressBar(), TQDMProgressBar()], logger=False)
+    with pytest.raises(MisconfigurationException, match="enable_progress_bar=False` but found `TQDMProgressBar"):
+        L.Trainer(callbacks=[TQDMProgressBar()], enable_progress_bar=False, logger=False)

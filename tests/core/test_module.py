@@ -31,7 +31,7 @@ def test_properties_without_a_trainer():
     assert model.current_epoch == 0 and model.global_step == 0 and model.logger is None
     with pytest.raises(RuntimeError, match="not attached to a `Trainer`"):
         model.trainer
-    with pytest.warns(UserWarning, match="not attached"):
+    with pytest.warns(UserWarning, match="reference is not registered on the model yet"):
         model.log("x", 1.0)
 
 
@@ -53,9 +53,9 @@ def test_log_rejects_non_scalar_and_unsupported_values():
 
         lean(limit_train_batches=1, limit_val_batches=0).fit(Model())
 
-    with pytest.raises(ValueError, match=r"shape \(2,\).*value.mean\(\)"):
+    with pytest.raises(ValueError, match=r"tensor must have a single element.*\.mean\(\)"):
         fit_logging(torch.ones(2))
-    with pytest.raises(ValueError, match="type str"):
+    with pytest.raises(ValueError, match="`str` values cannot be logged"):
         fit_logging("high")
     with pytest.raises(MisconfigurationException, match="reduce_fx"):
         fit_logging(1.0, reduce_fx="median")

@@ -80,6 +80,18 @@ def test_unrepresentable_values_are_skipped_with_warning(tmp_path):
         save_hparams_to_yaml(path, hparams)
 
 
+def test_skipped_values_get_lightnings_warning(tmp_path):
+    with pytest.warns(UserWarning, match="Skipping 'torch_type' parameter because it is not possible to safely dump"):
+        save_hparams_to_yaml(tmp_path / "hparams.yaml", {"torch_type": torch.float32})
+
+
+def test_non_string_keys_are_kept_and_unsafe_ones_skipped(tmp_path):
+    path = tmp_path / "hparams.yaml"
+    with pytest.warns(UserWarning, match=r"Skipping '5j' parameter.*Its key, a complex"):
+        save_hparams_to_yaml(path, {"a": 1, 123: 3, 3.5: 4, 5j: 5, True: 6})
+    assert load_hparams_from_yaml(path, use_omegaconf=False) == {"a": 1, 123: 3, 3.5: 4, True: 6}
+
+
 def test_missing_folder(tmp_path):
     with pytest.raises(RuntimeError, match="Missing folder"):
         save_hparams_to_yaml(tmp_path / "nope" / "hparams.yaml", {"a": 1})

@@ -318,6 +318,59 @@ def test_log_graph_warns_without_input(tmp_path):
         logger.log_graph(torch.nn.Linear(3, 2), input_array=[1, 2, 3])
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
+def test_log_graph_of_a_lightning_module_without_a_trainer(tmp_path):
+    from featherlight.demos.boring_classes import BoringModel
+
+    model = BoringModel()
+    model.example_input_array = None
+    logger = TensorBoardLogger(tmp_path, log_graph=True)
+    logger.log_graph(model, torch.rand(2, 32))
+    logger.finalize("success")
+    assert _events(logger.log_dir).Graph() is not None
+    with pytest.raises(RuntimeError, match="not attached"):
+        model.trainer  # noqa: B018 - tracing's leave to answer None is over
+
+
+def test_log_graph_warnings_are_lightnings(tmp_path):
+    logger = TensorBoardLogger(tmp_path, log_graph=True)
+    match = "Could not log computational graph to TensorBoard: The `model.example_input_array` .* was not given"
+    with pytest.warns(UserWarning, match=match):
+        logger.log_graph(torch.nn.Linear(3, 2))
+    with pytest.warns(UserWarning, match="Could not log computational graph to TensorBoard: .* can't be traced"):
+        logger.log_graph(torch.nn.Linear(3, 2), input_array={"x": 1})
+
+
+def test_overridden_name_version_and_sub_dir_place_the_logs(tmp_path):
+    class Named(TensorBoardLogger):
+        @property
+        def name(self):
+            return "name"
+
+        @property
+        def version(self):
+            return "version"
+
+    assert Named(tmp_path).log_dir == os.path.join(tmp_path, "name", "version")
+    assert Named(tmp_path).root_dir == os.path.join(tmp_path, "name")
+    assert Named(tmp_path, sub_dir="sub").log_dir == os.path.join(tmp_path, "name", "version", "sub")
+
+    class Sub(TensorBoardLogger):
+        @property
+        def sub_dir(self):
+            return "other"
+
+    assert Sub(tmp_path, version=3).log_dir == os.path.join(tmp_path, "lightning_logs", "version_3", "other")
+
+
+def test_hparams_with_non_string_keys(tmp_path):
+    logger = TensorBoardLogger(tmp_path, name="exp", version="v1")
+    with pytest.warns(UserWarning, match="Skipping '5j' parameter"):
+        logger.log_hyperparams({"a": 1, 123: 3, 3.5: 4, 5j: 5})
+    assert os.listdir(tmp_path / "exp") == ["v1"]
+    assert yaml.safe_load((tmp_path / "exp" / "v1" / "hparams.yaml").read_text()) == {"a": 1, 123: 3, 3.5: 4}
+
+
 def test_non_zero_rank_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(rank_zero_only, "rank", 1)
     logger = TensorBoardLogger(tmp_path)

@@ -71,10 +71,11 @@ class TQDMProgressBar(ProgressBar):
 
     **Refresh on a timer.** Unlike Lightning's bar, which redraws (and reads the metrics) after every
     ``refresh_rate``-th batch, this one redraws at most once every ``min_interval`` seconds, and always
-    on the last batch of a loop. Between redraws a batch costs one ``time.monotonic()`` call and a
-    comparison; the ``prog_bar`` metrics (whose reading turns tensors into numbers, a host-device sync)
-    are read only when the bar is redrawn. ``refresh_rate`` keeps its meaning: ``0`` hides the bar,
-    ``k > 1`` additionally limits redraws to every ``k``-th batch.
+    on the first and the last batch of a loop. Between redraws a batch costs one ``time.monotonic()`` call
+    and a comparison; the ``prog_bar`` metrics (whose reading turns tensors into numbers, a host-device
+    sync) are read only when the bar is redrawn, after a validation during ``fit``, and at epoch end.
+    ``refresh_rate`` keeps its meaning: ``0`` hides the bar, ``k > 1`` additionally limits redraws to
+    every ``k``-th batch.
 
     **No animation off a terminal.** When ``stdout`` is not a terminal (CI logs, a file, a pipe; a
     notebook counts as a terminal) no bar is drawn. Instead a short line such as::
@@ -82,8 +83,10 @@ class TQDMProgressBar(ProgressBar):
         Epoch 3/9: 120/500 [00:03<00:09, 40.12it/s] loss=0.1234 v_num=0
 
     is printed at most every ``non_tty_interval`` seconds and at the end of each epoch (and of a
-    ``validate``/``test``/``predict`` run), so logs are not flooded. Pass ``interactive=True`` or
-    ``False`` to override the detection (e.g. ``True`` for an IDE console that handles ``\\r``).
+    ``validate``/``test``/``predict`` run), so logs are not flooded. The bars still exist (built by the
+    ``init_*_tqdm`` methods, but disabled), with their totals and counts, and the metrics are read at the
+    same points as on a terminal. Pass ``interactive=True`` or ``False`` to override the detection (e.g.
+    ``True`` for an IDE console that handles ``\\r``).
 
     Args:
         refresh_rate: redraw at most every this many batches; ``0`` disables the bar.
@@ -125,6 +128,7 @@ class TQDMProgressBar(ProgressBar):
         self._non_tty_interval = float(non_tty_interval)
         self._interactive_arg = interactive
         self._interactive = True
+        self._quiet = False  # building a bar that must not draw (output is not a terminal)
         self._train_progress_bar: Any = None
         self._val_progress_bar: Any = None
         self._test_progress_bar: Any = None
@@ -206,7 +210,8 @@ class TQDMProgressBar(ProgressBar):
 
     @property
     def is_disabled(self) -> bool:
-        return not self.is_enabled
+        # while a bar is built off a terminal, the `init_*_tqdm` methods build it disabled (progress goes out as lines)
+        return not self.is_enabled or self._quiet
 
     @property
     def _drawing(self) -> bool:
@@ -283,10 +288,15 @@ class TQDMProgressBar(ProgressBar):
         )
 
     def _new_bar(self, factory: Any) -> Any:
-        """A real bar when drawing, else a disabled placeholder (so the ``*_progress_bar`` references exist)."""
+        """The bar from ``factory`` (an ``init_*_tqdm`` method): drawing on a terminal, else built disabled, so the
+        ``*_progress_bar`` references, totals and counts are there either way."""
         if self._drawing:
             return factory()
-        return _tqdm_class()(disable=True)
+        self._quiet = True
+        try:
+            return factory()
+        finally:
+            self._quiet = False
 
     # ------------------------------------------------------------------ run set-up
     def setup(self, trainer: "Trainer", pl_module: "LightningModule", stage: str) -> None:
@@ -309,24 +319,29 @@ class TQDMProgressBar(ProgressBar):
         self.train_progress_bar = self._new_bar(self.init_train_tqdm)
 
     def on_train_epoch_start(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
-        if self._leave and self._drawing and (self._train_progress_bar is None or self._train_progress_bar.disable):
-            # the previous epoch's bar was closed and stays on screen: start a new one
-            self.train_progress_bar = self.init_train_tqdm()
+        if self._leave:
+            # each epoch gets its own bar, left on screen when the epoch ends; a bar that never moved (the one from
+            # `on_train_start`) is cleared away instead
+            old = self._train_progress_bar
+            if old is not None and old.n == 0:
+                old.leave = False
+                self._close(old)
+            self.train_progress_bar = self._new_bar(self.init_train_tqdm)
         total = _convert_inf(self.total_train_batches)
+        bar = self.train_progress_bar
+        bar.reset()
+        bar.total = total
+        bar.initial = 0
+        bar.set_description(f"Epoch {trainer.current_epoch}")
         self._train_n = 0
         self._train_total = -1
         self._train_due = math.inf
-        if self._drawing:
-            bar = self.train_progress_bar
-            bar.reset()
-            bar.total = total
-            bar.initial = 0
-            bar.set_description(f"Epoch {trainer.current_epoch}")
+        if self.is_enabled:
+            # the first batch redraws (then the timer decides), and so does the last
             self._train_total = total if total is not None else -1
-            self._train_due = _monotonic() + self._min_interval
-        elif self._lines:
-            self._train_lines.begin(self._epoch_line_description(trainer), total)
-            self._train_due = self._train_lines.next_due
+            self._train_due = 0.0
+            if self._lines:
+                self._train_lines.begin(self._epoch_line_description(trainer), total)
 
     def _epoch_line_description(self, trainer: "Trainer") -> str:
         max_epochs = trainer.max_epochs
@@ -352,33 +367,39 @@ class TQDMProgressBar(ProgressBar):
         if rate > 1 and n % rate and n != self._train_total:
             return
         now = _monotonic()
+        bar = self._train_progress_bar
+        if bar is None or not self.is_enabled:
+            self._train_due, self._train_total = math.inf, -1
+            return
+        bar.n = n
+        metrics = self.get_metrics(trainer, pl_module)
+        bar.set_postfix(metrics, refresh=False)
         if self._drawing:
-            bar = self._train_progress_bar
-            if bar is None:
-                return
-            bar.n = n
-            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
             bar.refresh()
             self._train_due = now + self._min_interval
-        elif self._lines:
-            self._train_lines.n = n
-            self._train_lines.emit(self.get_metrics(trainer, pl_module), now)
-            self._train_due = self._train_lines.next_due
         else:
-            self._train_due, self._train_total = math.inf, -1
+            # off a terminal the metrics are read at the same points, but a line goes out only on its interval
+            lines = self._train_lines
+            lines.n = n
+            if now >= lines.next_due:
+                lines.emit(metrics, now)
+            self._train_due = lines.next_due
 
     def on_train_epoch_end(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
-        if self._drawing and self._train_progress_bar is not None:
-            bar = self._train_progress_bar
+        bar = self._train_progress_bar
+        if bar is not None:
             bar.n = self._train_n
-            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
-            bar.refresh()
-        elif self._lines:
-            self._train_lines.n = self._train_n
-            self._train_lines.emit(self.get_metrics(trainer, pl_module))
+            if self.is_enabled:
+                metrics = self.get_metrics(trainer, pl_module)
+                bar.set_postfix(metrics, refresh=False)
+                if self._drawing:
+                    bar.refresh()
+                else:
+                    self._train_lines.n = self._train_n
+                    self._train_lines.emit(metrics)
         self._train_due, self._train_total = math.inf, -1
-        if self._leave and self._drawing:
-            self._close(self._train_progress_bar)
+        if self._leave:
+            self._close(bar)
 
     def on_train_end(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
         self._close(self._train_progress_bar)
@@ -398,12 +419,13 @@ class TQDMProgressBar(ProgressBar):
         total = _convert_inf(total)
         self._eval_n = 0
         self._eval_due, self._eval_total = math.inf, -1
-        if self._drawing and self._eval_bar is not None:
-            bar = self._eval_bar
+        bar = self._eval_bar
+        if bar is not None:
             bar.reset()
             bar.total = total
             bar.initial = 0
             bar.set_description(f"{desc} DataLoader {dataloader_idx}")
+        if self._drawing and bar is not None:
             self._eval_total = total if total is not None else -1
             self._eval_due = _monotonic() + self._min_interval
         elif self._lines:
@@ -433,10 +455,11 @@ class TQDMProgressBar(ProgressBar):
             self._eval_due, self._eval_total = math.inf, -1
 
     def _end_eval(self, bar: Any, final_line: bool) -> None:
-        if self._drawing and bar is not None and not bar.disable and bar.n != self._eval_n:
+        if bar is not None and bar.n != self._eval_n:
             bar.n = self._eval_n
-            bar.refresh()
-        elif self._lines and (final_line or self._eval_lines.printed) and self._current_eval_dataloader_idx is not None:
+            if self._drawing and not bar.disable:
+                bar.refresh()
+        if self._lines and (final_line or self._eval_lines.printed) and self._current_eval_dataloader_idx is not None:
             self._eval_lines.n = self._eval_n
             self._eval_lines.emit()
         self._close(bar)
@@ -465,9 +488,10 @@ class TQDMProgressBar(ProgressBar):
 
     def on_validation_end(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
         self._end_eval(self._val_progress_bar, final_line=trainer.state.fn == "validate")
-        if trainer.state.fn == "fit" and self._drawing and self._train_progress_bar is not None \
-                and not self._train_progress_bar.disable:
-            self._train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+        bar = self._train_progress_bar
+        if trainer.state.fn == "fit" and self.is_enabled and bar is not None:
+            # the training bar shows the validation's values from now on (drawn when it is on a terminal)
+            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=self._drawing)
 
     # ------------------------------------------------------------------ test
     def on_test_start(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
@@ -525,23 +549,23 @@ class TQDMProgressBar(ProgressBar):
                 pass
 
     def print(self, *args: Any, sep: str = " ", **kwargs: Any) -> None:
-        """Print above the active bar (via ``tqdm.write``), or plainly when no bar is drawn."""
+        """Print through ``tqdm.write`` (above the bars being drawn, which are redrawn below), or plainly when
+        the bar is disabled. ``print``'s ``file`` and ``end`` are passed on."""
+        if not self.is_enabled:
+            print(*args, sep=sep, **kwargs)
+            return
+        kwargs.pop("flush", None)  # tqdm.write flushes
         active = None
         for bar in (self._train_progress_bar, self._val_progress_bar, self._test_progress_bar,
                     self._predict_progress_bar):
             if bar is not None and not bar.disable:
                 active = bar
                 break
-        if active is None:
-            print(*args, sep=sep, **kwargs)
-            return
-        kwargs.pop("flush", None)
-        active.write(sep.join(map(str, args)), **kwargs)
+        (active if active is not None else _tqdm_class()).write(sep.join(map(str, args)), **kwargs)
 
     @staticmethod
     def _resolve_refresh_rate(refresh_rate: int) -> int:
-        if refresh_rate == 0:
-            return 0
+        # (as Lightning: `TQDM_MINITERS` raises the rate, even from 0, which turns the bar on)
         if os.getenv("COLAB_GPU") and refresh_rate == 1:
             rank_zero_debug("Running on Colab: redrawing the progress bar at most every 20 batches.")
             return 20
