@@ -196,9 +196,12 @@ class HookDispatcher:
 
 
 def _declares(cb: Any, name: str) -> bool:
-    """Whether ``cb``'s class replaces the base :class:`Callback`'s declaration method ``name``. Looked up on the
-    class, so a mock standing in for a callback (``Mock(spec=Callback)``) declares nothing and is not called: its
-    recorded calls stay the hooks the trainer calls, as in Lightning."""
+    """Whether ``cb`` replaces the base :class:`Callback`'s declaration method ``name``: in its class, or set on the
+    instance (``LambdaCallback(idle_hooks=...)``). A mock standing in for a callback (``Mock(spec=Callback)``) makes
+    its attributes up on access, in neither place: it declares nothing and is not asked, so its recorded calls
+    stay the hooks the trainer calls, as in Lightning."""
+    if name in getattr(cb, "__dict__", {}):
+        return True
     method = getattr(type(cb), name, None)
     return method is not None and method is not getattr(Callback, name)
 

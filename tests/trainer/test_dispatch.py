@@ -47,6 +47,15 @@ def test_a_declaration_is_asked_when_the_class_makes_it():
     assert "on_train_batch_end" in asked
 
 
+def test_a_declaration_set_on_the_instance_is_asked():
+    asked = []
+    cb = L.callbacks.LambdaCallback(on_train_batch_end=lambda *args: None,
+                                    idle_hooks=lambda trainer: asked.append("idle_hooks") or set(),
+                                    reads_outputs=lambda hook: asked.append(hook) or False)
+    _fit([cb])
+    assert "idle_hooks" in asked and "on_train_batch_end" in asked
+
+
 def test_declarations_order_and_skip_hooks():
     order = []
 
