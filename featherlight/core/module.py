@@ -1,9 +1,9 @@
 """LightningModule: an ``nn.Module`` that also says how to train, validate, test and predict."""
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Generator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
 from typing import IO, Any, Callable, Optional, Sequence, Union
 
 import torch
@@ -293,11 +293,10 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         loss.backward(*args, **kwargs)
 
     def toggle_optimizer(self, optimizer: Union[Optimizer, LightningOptimizer]) -> None:
-        """Freeze the parameters of the trainer's other optimizers so that only ``optimizer``'s get gradients
-        (Lightning's rule: parameters that belong to no optimizer are left as they are). Undo it with
-        :meth:`untoggle_optimizer`, or use :meth:`toggled_optimizer`."""
+        """Make only ``optimizer``'s parameters require gradients: the parameters of the trainer's *other* optimizers
+        are frozen (their ``requires_grad`` is remembered for :meth:`untoggle_optimizer`). Parameters that belong to
+        no optimizer are left alone, as in Lightning."""
         opt = optimizer.optimizer if isinstance(optimizer, LightningOptimizer) else optimizer
-        # every optimizer's parameters, with the `requires_grad` set in `configure_optimizers` (or since)
         state: dict[Tensor, bool] = {}
         for other in self.trainer.optimizers:
             for group in other.param_groups:
@@ -305,20 +304,21 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
                     if p not in state:
                         state[p] = p.requires_grad
                         p.requires_grad = False
-        for group in opt.param_groups:
+        for group in opt.param_groups:  # this optimizer's parameters keep the setting they had
             for p in group["params"]:
                 p.requires_grad = state.get(p, p.requires_grad)
         self._param_requires_grad_state = state
 
     def untoggle_optimizer(self, optimizer: Union[Optimizer, LightningOptimizer]) -> None:
         """Undo :meth:`toggle_optimizer`: the other optimizers' parameters get their ``requires_grad`` back."""
-        for p, requires_grad in self._param_requires_grad_state.items():
+        state = self._param_requires_grad_state
+        for p, requires_grad in state.items():
             p.requires_grad = requires_grad
         self._param_requires_grad_state = {}
 
-    @contextmanager
-    def toggled_optimizer(self, optimizer: Union[Optimizer, LightningOptimizer]) -> Generator[None, None, None]:
-        """:meth:`toggle_optimizer` for the ``with`` block, :meth:`untoggle_optimizer` after it (even on error)."""
+    @contextlib.contextmanager
+    def toggled_optimizer(self, optimizer: Union[Optimizer, LightningOptimizer]) -> Iterator[None]:
+        """:meth:`toggle_optimizer` for the duration of a ``with`` block, then :meth:`untoggle_optimizer`."""
         self.toggle_optimizer(optimizer)
         try:
             yield

@@ -14,6 +14,18 @@ def _do_nothing_closure() -> None:
     return None
 
 
+_WRAPPER_CLASSES: dict[type, type] = {}
+
+
+def _wrapper_class(optimizer_class: type) -> type:
+    """``Lightning<Name>``: a subclass of LightningOptimizer and of the optimizer's class, made once per class."""
+    cls = _WRAPPER_CLASSES.get(optimizer_class)
+    if cls is None:
+        cls = type("Lightning" + optimizer_class.__name__, (LightningOptimizer, optimizer_class), {})
+        _WRAPPER_CLASSES[optimizer_class] = cls
+    return cls
+
+
 class LightningOptimizer:
     """A thin wrapper whose ``step`` runs through the trainer's optimisation step (precision, hooks, clipping).
 
@@ -67,18 +79,6 @@ class LightningOptimizer:
         if step_fn is None:
             return self._optimizer.step(closure=closure, **kwargs) if closure else self._optimizer.step(**kwargs)
         return step_fn(self._optimizer, closure or _do_nothing_closure, kwargs)
-
-
-_WRAPPER_CLASSES: dict[type, type] = {}
-
-
-def _wrapper_class(optimizer_class: type) -> type:
-    """``Lightning<Name>``: a subclass of LightningOptimizer and of the optimizer's class, made once per class."""
-    cls = _WRAPPER_CLASSES.get(optimizer_class)
-    if cls is None:
-        cls = type("Lightning" + optimizer_class.__name__, (LightningOptimizer, optimizer_class), {})
-        _WRAPPER_CLASSES[optimizer_class] = cls
-    return cls
 
 
 @dataclass

@@ -340,29 +340,20 @@ def _restore_module_and_callbacks(trainer: "Trainer", path: str, checkpoint: Opt
         if key in checkpoint:
             dm.load_state_dict(checkpoint[key])
         dm.on_load_checkpoint(checkpoint)
-    states = checkpoint.get("callbacks", {})
-    _warn_missing_callbacks(trainer, states)
     trainer.hooks.call_callbacks("on_load_checkpoint", checkpoint)
+    states = checkpoint.get("callbacks") or {}
+    known = {key for cb in trainer.callbacks for key in (cb.state_key, getattr(cb, "_legacy_state_key", None))}
+    missing = [key for key in states if key not in known]
+    if missing:
+        rank_zero_warn(
+            "Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be provided during "
+            f"`Trainer` instantiation. Please add the following callbacks: {missing}."
+        )
     for cb in trainer.callbacks:
         state = states.get(cb.state_key, states.get(getattr(cb, "_legacy_state_key", None)))
         if state:
             cb.load_state_dict(state)
     return checkpoint
-
-
-def _warn_missing_callbacks(trainer: "Trainer", states: Any) -> None:
-    """Callback states in the checkpoint that no callback of this Trainer takes: Lightning's warning."""
-    if not isinstance(states, dict) or not states:
-        return
-    callbacks = trainer.callbacks
-    known = {cb.state_key for cb in callbacks} | {getattr(cb, "_legacy_state_key", None) for cb in callbacks}
-    missing = [key for key in states if key not in known]
-    if missing:
-        rank_zero_warn(
-            "Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be provided during "
-            f"`Trainer` instantiation. Please add the following callbacks: {missing}. (Their states in the checkpoint "
-            "are not restored.)"
-        )
 
 
 def _restore_training_state(trainer: "Trainer", checkpoint: dict[str, Any], path: str) -> None:
