@@ -184,9 +184,10 @@ class BaseFinetuning(Callback):
                 kept.append(param)
         if skipped:
             rank_zero_warn(
-                f"{skipped} of the parameters to unfreeze are already in a param group of the optimizer and are "
-                "skipped. Hint: build the optimizer from the trainable parameters only, e.g. "
-                f"`{type(optimizer).__name__}(filter(lambda p: p.requires_grad, self.parameters()), ...)`."
+                "The provided params to be frozen already exist within another group of this optimizer. Those "
+                f"parameters will be skipped ({skipped} of them).\nHINT: Did you init your optimizer in "
+                "`configure_optimizer` as such:\n "
+                f"`{type(optimizer).__name__}(filter(lambda p: p.requires_grad, self.parameters()), ...)`"
             )
         return kept
 

@@ -39,11 +39,13 @@ class GradientAccumulationScheduler(Callback):
         values = list(scheduling.values())
         if any(not _is_int(k) or k < 0 for k in keys):
             raise MisconfigurationException(
-                f"The epochs (keys) of `scheduling` must be ints >= 0 (zero-based epochs); got {keys}."
+                f"Epoch should be an int greater than or equal to 0. Got {keys}. The keys of `scheduling` are "
+                "zero-based epochs."
             )
         if any(not _is_int(v) or v < 1 for v in values):
             raise MisconfigurationException(
-                f"The accumulation factors (values) of `scheduling` must be ints >= 1; got {values}."
+                f"Accumulation factor should be an int greater than 0. Got {values}. The values of `scheduling` are "
+                "the number of batches accumulated per optimizer step (1: none)."
             )
         schedule = dict(scheduling)  # the caller's dict is left as it was
         schedule.setdefault(0, 1)
@@ -68,23 +70,24 @@ class GradientAccumulationScheduler(Callback):
     def on_train_start(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
         if not pl_module.automatic_optimization:
             raise RuntimeError(
-                "`GradientAccumulationScheduler` needs automatic optimization: with manual optimization you step "
-                "the optimizers yourself, so there is nothing to accumulate automatically. Remove the callback or "
-                "switch to automatic optimization."
+                "Automatic gradient accumulation and the `GradientAccumulationScheduler` is not supported for manual "
+                "optimization. Please remove the callback or switch to automatic optimization. (With manual "
+                "optimization you step the optimizers yourself: accumulate by stepping every few batches.)"
             )
 
         overrides = any(is_overridden(hook, pl_module) for hook in ("optimizer_step", "optimizer_zero_grad"))
         if overrides and self.going_to_accumulate_grad_batches():
             rank_zero_warn(
-                "`GradientAccumulationScheduler` accumulates gradients and the LightningModule overrides "
-                "`optimizer_step` or `optimizer_zero_grad`: those hooks run once per optimizer step, not once "
-                "per batch."
+                "When using `Trainer(accumulate_grad_batches != 1)` and overriding "
+                "`LightningModule.optimizer_{step,zero_grad}`, the hooks will not be called on every batch "
+                "(rather, they are called on every optimization step)."
             )
         current = trainer.accumulate_grad_batches
         if current != 1 and current != self._applied:
             raise ValueError(
-                f"`Trainer(accumulate_grad_batches={current})` cannot be combined with the "
-                "`GradientAccumulationScheduler` callback, which sets that value every epoch. Remove one of the two."
+                "You have set `accumulate_grad_batches` and are using the `GradientAccumulationScheduler` callback. "
+                f"Either remove `accumulate_grad_batches` from the Trainer (it is {current}) or remove the callback, "
+                "which sets that value every epoch."
             )
 
     def on_train_epoch_start(self, trainer: "Trainer", pl_module: "LightningModule") -> None:

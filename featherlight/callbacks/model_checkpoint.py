@@ -305,9 +305,10 @@ class ModelCheckpoint(Checkpoint):
             self.last_model_path = state_dict.get("last_model_path", self.last_model_path)
         else:
             rank_zero_warn(
-                f"The checkpoint directory changed from {saved_dirpath!r} to {self.dirpath!r}: only "
-                "`best_model_path` is restored; `best_model_score`, `kth_best_model_path`, `kth_value`, "
-                "`last_model_path` and `best_k_models` start afresh."
+                f"The dirpath has changed from {saved_dirpath!r} to {self.dirpath!r}, therefore `best_model_score`, "
+                "`kth_best_model_path`, `kth_value`, `last_model_path` and `best_k_models` won't be reloaded. Only "
+                "`best_model_path` will be reloaded. (Resume with the same `dirpath` to keep tracking the top-k "
+                "checkpoints.)"
             )
         self.best_model_path = state_dict["best_model_path"]
 

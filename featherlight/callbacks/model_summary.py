@@ -5,7 +5,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Optional
 
 from featherlight.callbacks.callback import Callback
-from featherlight.utilities.model_summary import get_human_readable_count
+from featherlight.utilities.model_summary import NOT_APPLICABLE, get_human_readable_count
 
 if TYPE_CHECKING:
     from featherlight.core.module import LightningModule
@@ -36,7 +36,7 @@ class ModelSummary(Callback):
         if not self._max_depth:
             return
         summary = self._summary(trainer, pl_module)
-        data = summary.get_summary_data()
+        data = _lightning_columns(summary.get_summary_data())
         if trainer.is_global_zero:
             self.summarize(
                 data,
@@ -63,11 +63,37 @@ class ModelSummary(Callback):
         total_flops: Optional[int] = None,
         **summarize_kwargs: Any,
     ) -> None:
-        """Log the table built from the summary's columns and totals (override to render it differently)."""
+        """Log the table built from the summary's columns and totals (override to render it differently).
+
+        ``summary_data`` has Lightning's columns: ``" "``, ``Name``, ``Type``, ``Params``, ``Mode``, ``FLOPs`` (``"0"``
+        when nothing was measured, as in Lightning), then ``In sizes``/``Out sizes`` with an ``example_input_array``.
+        ``total_flops`` is None when the module has no ``example_input_array``; the table then has no FLOPs column.
+        """
         table = _format_summary_table(
-            total_parameters, trainable_parameters, model_size, total_training_modes, total_flops, *summary_data
+            total_parameters, trainable_parameters, model_size, total_training_modes, total_flops,
+            *_measured_columns(summary_data, total_flops)
         )
         log.info("\n" + table)
+
+
+def _lightning_columns(columns: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
+    """The summary's columns in Lightning's layout, which overriding ``summarize`` methods index (``summary_data[5]``
+    is FLOPs): without an example input the summary has no FLOPs column, so one is added after ``Mode`` with
+    Lightning's cells ("0" per layer, "n/a" on the row of parameters outside the listed layers)."""
+    headers = [header for header, _ in columns]
+    if "FLOPs" in headers or "Mode" not in headers:
+        return columns
+    index = dict(columns).get(" ", [])
+    flops = ("FLOPs", ["0" if cell else NOT_APPLICABLE for cell in index])
+    at = headers.index("Mode") + 1
+    return [*columns[:at], flops, *columns[at:]]
+
+
+def _measured_columns(columns: Any, total_flops: Optional[int]) -> Any:
+    """The columns to show: without a measurement (``total_flops`` None) the FLOPs column says nothing."""
+    if total_flops is not None:
+        return columns
+    return [column for column in columns if column[0] != "FLOPs"]
 
 
 def _format_summary_table(

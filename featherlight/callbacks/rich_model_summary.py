@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Any, Optional
 
-from featherlight.callbacks.model_summary import ModelSummary
+from featherlight.callbacks.model_summary import ModelSummary, _measured_columns
 from featherlight.utilities.model_summary import get_human_readable_count
 
 
@@ -38,6 +38,7 @@ class RichModelSummary(ModelSummary):
         from rich.table import Table
 
         console = get_console()
+        summary_data = _measured_columns(summary_data, total_flops)
         table = Table(header_style=summarize_kwargs.get("header_style", "bold magenta"))
         right = {"Params", "FLOPs", "In sizes", "Out sizes"}
         for header, _ in summary_data:

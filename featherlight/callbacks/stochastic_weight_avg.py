@@ -59,8 +59,8 @@ class StochasticWeightAveraging(Callback):
         avg_fn: Optional[_AVG_FN] = None,
         device: Optional[Union[torch.device, str]] = torch.device("cpu"),
     ) -> None:
-        bad_start = ("`swa_epoch_start` must be an int >= 1 (an epoch, counted from 1) or a float in [0, 1] "
-                     "(a fraction of `max_epochs`)")
+        bad_start = ("swa_epoch_start should be a >0 integer or a float between 0 and 1: an int is the first SWA "
+                     "epoch counted from 1, a float a fraction of `max_epochs`")
         if isinstance(swa_epoch_start, bool) or not isinstance(swa_epoch_start, (int, float)):
             raise MisconfigurationException(f"{bad_start}; got {swa_epoch_start!r}.")
         if isinstance(swa_epoch_start, int) and swa_epoch_start < 1:
@@ -72,13 +72,15 @@ class StochasticWeightAveraging(Callback):
         )
         if not valid_lrs:
             raise MisconfigurationException(
-                "`swa_lrs` must be a positive float or a list of positive floats (one per param group); got "
+                "The `swa_lrs` should be a positive float, or a list of positive floats (one per param group); got "
                 f"{swa_lrs!r}."
             )
         if avg_fn is not None and not callable(avg_fn):
-            raise MisconfigurationException(f"`avg_fn` must be callable; got {avg_fn!r}.")
+            raise MisconfigurationException(f"The `avg_fn` should be callable; got {avg_fn!r}.")
         if device is not None and not isinstance(device, (torch.device, str)):
-            raise MisconfigurationException(f"`device` must be a `torch.device`, a str or None; got {device!r}.")
+            raise MisconfigurationException(
+                f"device is expected to be a torch.device or a str. Found {device!r} (None: the module's device)."
+            )
         if annealing_strategy not in ("cos", "linear"):
             raise MisconfigurationException(
                 f"`annealing_strategy` must be 'cos' or 'linear'; got {annealing_strategy!r}."
@@ -172,12 +174,11 @@ class StochasticWeightAveraging(Callback):
         self._pending_average_state = None
         if len(trainer.optimizers) != 1:
             raise MisconfigurationException(
-                f"`StochasticWeightAveraging` supports exactly one optimizer; `configure_optimizers` returned "
-                f"{len(trainer.optimizers)}."
+                f"SWA currently works with 1 `optimizer`; `configure_optimizers` returned {len(trainer.optimizers)}."
             )
         if len(trainer.lr_scheduler_configs) > 1:
             raise MisconfigurationException(
-                "`StochasticWeightAveraging` supports at most one LR scheduler (it is replaced by SWALR when SWA "
+                "SWA currently not supported for more than 1 `lr_scheduler` (it is replaced by SWALR when SWA "
                 f"starts); `configure_optimizers` returned {len(trainer.lr_scheduler_configs)}."
             )
         max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
@@ -185,8 +186,9 @@ class StochasticWeightAveraging(Callback):
         if isinstance(start, float):
             if max_epochs == -1:
                 raise MisconfigurationException(
-                    "`StochasticWeightAveraging(swa_epoch_start=<float>)` is a fraction of `max_epochs`, which is not "
-                    "set (`max_epochs=-1`). Pass the first SWA epoch as an int instead."
+                    "SWA with `swa_epoch_start` as a float is not supported when `max_epochs=-1`. Please provide "
+                    "`swa_epoch_start` as an integer (the first SWA epoch, counted from 1): the float is a fraction "
+                    "of `max_epochs`."
                 )
             start = int(max_epochs * start)
         self._start_epoch = start
@@ -260,8 +262,9 @@ class StochasticWeightAveraging(Callback):
             old = trainer.lr_scheduler_configs[0]
             if old.interval != "epoch" or old.frequency != 1:
                 rank_zero_warn(
-                    f"`StochasticWeightAveraging` steps its scheduler once per epoch; the replaced scheduler had "
-                    f"interval={old.interval!r}, frequency={old.frequency}."
+                    f"SWA is currently only supported every epoch. Found interval={old.interval!r}, "
+                    f"frequency={old.frequency}: `StochasticWeightAveraging` replaces that scheduler with SWALR, "
+                    "stepped once per epoch."
                 )
             rank_zero_info(f"Swapping scheduler `{type(old.scheduler).__name__}` for `SWALR`")
             trainer.lr_scheduler_configs[0] = config

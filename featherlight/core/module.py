@@ -50,7 +50,7 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         self._example_input_array: Any = None
         self._device: torch.device = torch.device("cpu")
         self._dtype: torch.dtype = torch.get_default_dtype()
-        self._param_requires_grad_state: dict[str, bool] = {}
+        self._param_requires_grad_state: dict[Tensor, bool] = {}
         self._compiler_ctx: Optional[dict] = None
 
     # ------------------------------------------------------------------ properties
@@ -315,23 +315,37 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         loss.backward(*args, **kwargs)
 
     def toggle_optimizer(self, optimizer: Union[Optimizer, LightningOptimizer]) -> None:
-        """Freeze every parameter not owned by ``optimizer`` so only its parameters get gradients."""
+        """Make only ``optimizer``'s parameters require gradients: the parameters of the trainer's *other* optimizers
+        are frozen (their ``requires_grad`` is remembered for :meth:`untoggle_optimizer`). Parameters that belong to
+        no optimizer are left alone, as in Lightning."""
         opt = optimizer.optimizer if isinstance(optimizer, LightningOptimizer) else optimizer
-        own = {id(p) for g in opt.param_groups for p in g["params"]}
-        state: dict[str, bool] = {}
-        for name, p in self.named_parameters():
-            state[name] = p.requires_grad
-            if id(p) not in own:
-                p.requires_grad = False
+        state: dict[Tensor, bool] = {}
+        for other in self.trainer.optimizers:
+            for group in other.param_groups:
+                for p in group["params"]:
+                    if p not in state:
+                        state[p] = p.requires_grad
+                        p.requires_grad = False
+        for group in opt.param_groups:  # this optimizer's parameters keep the setting they had
+            for p in group["params"]:
+                p.requires_grad = state.get(p, p.requires_grad)
         self._param_requires_grad_state = state
 
     def untoggle_optimizer(self, optimizer: Union[Optimizer, LightningOptimizer]) -> None:
-        """Undo :meth:`toggle_optimizer`."""
+        """Undo :meth:`toggle_optimizer`: the other optimizers' parameters get their ``requires_grad`` back."""
         state = self._param_requires_grad_state
-        for name, p in self.named_parameters():
-            if name in state:
-                p.requires_grad = state[name]
+        for p, requires_grad in state.items():
+            p.requires_grad = requires_grad
         self._param_requires_grad_state = {}
+
+    @contextlib.contextmanager
+    def toggled_optimizer(self, optimizer: Union[Optimizer, LightningOptimizer]) -> Iterator[None]:
+        """:meth:`toggle_optimizer` for the duration of a ``with`` block, then :meth:`untoggle_optimizer`."""
+        self.toggle_optimizer(optimizer)
+        try:
+            yield
+        finally:
+            self.untoggle_optimizer(optimizer)
 
     def clip_gradients(
         self,
@@ -339,22 +353,44 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         gradient_clip_val: Optional[Union[int, float]] = None,
         gradient_clip_algorithm: Optional[str] = None,
     ) -> None:
-        """Clip the gradients of ``optimizer``'s parameters by norm (default) or value. No host sync."""
-        if gradient_clip_val is None or gradient_clip_val == 0:
+        """Clip the gradients of ``optimizer``'s parameters by norm (default) or value. No host sync.
+
+        Unset arguments take the Trainer's ``gradient_clip_val``/``gradient_clip_algorithm``; a value that
+        contradicts one set on the Trainer is an error (Lightning's rule)."""
+        trainer = self.trainer
+        if gradient_clip_val is None:
+            gradient_clip_val = trainer.gradient_clip_val or 0.0
+        elif trainer.gradient_clip_val is not None and trainer.gradient_clip_val != gradient_clip_val:
+            raise MisconfigurationException(
+                f"You have set `Trainer(gradient_clip_val={trainer.gradient_clip_val!r})` and have passed "
+                f"`clip_gradients(gradient_clip_val={gradient_clip_val!r})`. Please use only one of them (the "
+                "Trainer's value reaches `configure_gradient_clipping` as its `gradient_clip_val` argument)."
+            )
+        if gradient_clip_algorithm is None:
+            algorithm = trainer.gradient_clip_algorithm or "norm"
+        else:
+            algorithm = gradient_clip_algorithm.lower()
+            if trainer.gradient_clip_algorithm is not None and trainer.gradient_clip_algorithm != algorithm:
+                raise MisconfigurationException(
+                    f"You have set `Trainer(gradient_clip_algorithm={trainer.gradient_clip_algorithm!r})` and have "
+                    f"passed `clip_gradients(gradient_clip_algorithm={algorithm!r})`. Please use only one of them."
+                )
+        if not isinstance(gradient_clip_val, (int, float)):
+            raise TypeError(f"`gradient_clip_val` should be an int or a float. Got {gradient_clip_val}.")
+        if algorithm not in ("norm", "value"):
+            raise MisconfigurationException(
+                f"`gradient_clip_algorithm` {algorithm} is invalid. Allowed algorithms: ['value', 'norm']."
+            )
+        if gradient_clip_val == 0:
             return
-        algorithm = gradient_clip_algorithm or "norm"
         opt = optimizer.optimizer if isinstance(optimizer, LightningOptimizer) else optimizer
         params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
         if not params:
             return
         if algorithm == "norm":
-            self.trainer.strategy.clip_grad_norm(params, float(gradient_clip_val))
-        elif algorithm == "value":
-            torch.nn.utils.clip_grad_value_(params, float(gradient_clip_val))
+            trainer.strategy.clip_grad_norm(params, float(gradient_clip_val))
         else:
-            raise MisconfigurationException(
-                f"`gradient_clip_algorithm` {algorithm!r} is invalid; use 'norm' or 'value'."
-            )
+            torch.nn.utils.clip_grad_value_(params, float(gradient_clip_val))
 
     def configure_gradient_clipping(
         self,

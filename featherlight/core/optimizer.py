@@ -14,6 +14,18 @@ def _do_nothing_closure() -> None:
     return None
 
 
+_WRAPPER_CLASSES: dict[type, type] = {}
+
+
+def _wrapper_class(optimizer_class: type) -> type:
+    """``Lightning<Name>``: a subclass of LightningOptimizer and of the optimizer's class, made once per class."""
+    cls = _WRAPPER_CLASSES.get(optimizer_class)
+    if cls is None:
+        cls = type("Lightning" + optimizer_class.__name__, (LightningOptimizer, optimizer_class), {})
+        _WRAPPER_CLASSES[optimizer_class] = cls
+    return cls
+
+
 class LightningOptimizer:
     """A thin wrapper whose ``step`` runs through the trainer's optimisation step (precision, hooks, clipping).
 
@@ -21,12 +33,18 @@ class LightningOptimizer:
     work as usual. ``step_fn(optimizer, closure, kwargs)`` is what ``step`` calls; the trainer gives it (its
     ``Optimization.optimizer_step``, which also counts the step into ``trainer.global_step``). Without one,
     ``step`` is the optimizer's own.
+
+    As in Lightning, the wrapper's class derives from the wrapped optimizer's (``LightningSGD`` for an ``SGD``), so
+    ``isinstance(self.optimizers(), torch.optim.SGD)`` holds and ``str()`` reads ``LightningSGD (...)``. The
+    optimizer's own ``__init__`` never runs on the wrapper: its state stays the wrapped optimizer's.
     """
 
     def __init__(self, optimizer: Optimizer,
                  step_fn: Optional[Callable[[Optimizer, Callable, dict], Any]] = None) -> None:
         self._optimizer = optimizer
         self._step_fn = step_fn
+        # imitate the wrapped class so that isinstance checks in user code see the optimizer they returned
+        self.__class__ = _wrapper_class(type(optimizer))
 
     @property
     def optimizer(self) -> Optimizer:
@@ -37,8 +55,9 @@ class LightningOptimizer:
             raise AttributeError(name)
         return getattr(self._optimizer, name)
 
-    def __repr__(self) -> str:
-        return f"LightningOptimizer({self._optimizer!r})"
+    def __reduce__(self) -> tuple:
+        # the class is made at run time: copy and pickle by rebuilding the wrapper around the same optimizer
+        return LightningOptimizer, (self._optimizer, self._step_fn)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self._optimizer.zero_grad(set_to_none=set_to_none)

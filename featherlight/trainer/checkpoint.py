@@ -342,7 +342,14 @@ def _restore_module_and_callbacks(trainer: "Trainer", path: str, checkpoint: Opt
             trainer.hooks.call_datamodule("load_state_dict", checkpoint[key])
         trainer.hooks.call_datamodule("on_load_checkpoint", checkpoint)
     trainer.hooks.call_callbacks("on_load_checkpoint", checkpoint)
-    states = checkpoint.get("callbacks", {})
+    states = checkpoint.get("callbacks") or {}
+    known = {key for cb in trainer.callbacks for key in (cb.state_key, getattr(cb, "_legacy_state_key", None))}
+    missing = [key for key in states if key not in known]
+    if missing:
+        rank_zero_warn(
+            "Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be provided during "
+            f"`Trainer` instantiation. Please add the following callbacks: {missing}."
+        )
     for cb in trainer.callbacks:
         state = states.get(cb.state_key, states.get(getattr(cb, "_legacy_state_key", None)))
         if state:

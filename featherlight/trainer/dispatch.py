@@ -57,8 +57,8 @@ class HookDispatcher:
         self._readers.clear()
         # hooks a callback declares idle in this run (e.g. ModelCheckpoint's per-batch check without a per-step
         # trigger) are skipped; they stay in when profiling, for the report
-        idle = {id(cb): (set() if profiling else _declared_set(cb.idle_hooks(trainer))) for cb in trainer.callbacks
-                if isinstance(cb, Callback)}
+        idle = {id(cb): _declared_set(cb.idle_hooks(trainer)) for cb in trainer.callbacks
+                if not profiling and _declares(cb, "idle_hooks")}
         for hook in SHARED_HOOKS:
             early, late = [], []
             for cb in trainer.callbacks:
@@ -74,7 +74,7 @@ class HookDispatcher:
                 self.late_callbacks[hook] = tuple(fn for _, fn in late)
             else:
                 self.callbacks[hook] = tuple(fn for _, fn in early + late)
-            self._readers[hook] = any(not isinstance(cb, Callback) or cb.reads_outputs(hook) is not False
+            self._readers[hook] = any(not _declares(cb, "reads_outputs") or cb.reads_outputs(hook) is not False
                                       for cb, _ in early + late)
         # per hook: (callbacks before the module, the module's method, callbacks after), or None when nobody
         # overrides it, so an unused hook costs one dict lookup
@@ -199,6 +199,17 @@ class HookDispatcher:
                 yield batch
 
         return gen()
+
+
+def _declares(cb: Any, name: str) -> bool:
+    """Whether ``cb`` replaces the base :class:`Callback`'s declaration method ``name``: in its class, or set on the
+    instance (``LambdaCallback(idle_hooks=...)``). A mock standing in for a callback (``Mock(spec=Callback)``) makes
+    its attributes up on access, in neither place: it declares nothing and is not asked, so its recorded calls
+    stay the hooks the trainer calls, as in Lightning."""
+    if name in getattr(cb, "__dict__", {}):
+        return True
+    method = getattr(type(cb), name, None)
+    return method is not None and method is not getattr(Callback, name)
 
 
 def _declared_set(value: Any) -> set:

@@ -42,6 +42,7 @@ from featherlight.trainer.data import DataConnector
 from featherlight.trainer.dispatch import HookDispatcher
 from featherlight.trainer.interrupt import Interrupts
 from featherlight.trainer.logging import LogState
+from featherlight.trainer.loop_view import FitLoopView
 from featherlight.trainer.progress import LoopState
 from featherlight.trainer.states import RunningStage, TrainerFn, TrainerState, TrainerStatus
 from featherlight.trainer.step import Optimization
@@ -487,6 +488,13 @@ class Trainer:
         _save_checkpoint(self, filepath, weights_only, storage_options)
 
     # ================================================================== properties users read
+    @property
+    def fit_loop(self) -> FitLoopView:
+        """Lightning's ``trainer.fit_loop`` counters (``max_epochs``, ``epoch_progress``, ``epoch_loop.batch_idx``,
+        ``epoch_loop._batches_that_stepped``...) as a read-only view over ``trainer.progress``; see
+        :mod:`featherlight.trainer.loop_view`. (Not the ``fit_loop`` module this file calls ``run_fit`` from.)"""
+        return FitLoopView(self)
+
     @property
     def current_epoch(self) -> int:
         """The current epoch, counted from 0 (the number of completed epochs)."""

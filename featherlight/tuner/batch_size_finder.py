@@ -9,8 +9,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional
 
 from featherlight.callbacks.callback import Callback
-from featherlight.tuner.batch_size_scaling import _PREFIX, _check_batch_size_source, _scale_batch_size
-from featherlight.tuner.trials import _warn_if_ambiguous
+from featherlight.tuner.batch_size_scaling import (
+    _PREFIX,
+    _check_batch_size_attr,
+    _check_loaders_not_given,
+    _scale_batch_size,
+)
+from featherlight.tuner.trials import _reload_dataloaders, _warn_if_ambiguous
 from featherlight.utilities.exceptions import MisconfigurationException, _TunerExitException
 from featherlight.utilities.rank_zero import WarningCache
 
@@ -31,10 +36,10 @@ class BatchSizeFinder(Callback):
             fit; ``"binsearch"`` then bisects between the last size that fit and the first that did not.
         steps_per_trial: optimizer steps (evaluation batches for validate/test/predict) per trial.
         init_val: the first size tried.
-        max_trials: the most trials run.
+        max_trials: the most trials run (``0``: none, the attribute is set to ``init_val``, with a warning).
         batch_arg_name: the attribute holding the batch size.
-        margin: fraction taken off the ``"binsearch"`` result as a safety buffer (default 0: the result
-            is a size that was run; Lightning's default is 0.05).
+        margin: fraction taken off the ``"binsearch"`` result as a safety buffer (``int(size * (1 - margin))``;
+            default 0.05, as in Lightning).
         max_val: the largest size tried.
 
     The search stops at the data: a size at or above the number of samples is the last one tried.
@@ -52,16 +57,18 @@ class BatchSizeFinder(Callback):
         init_val: int = 2,
         max_trials: int = 25,
         batch_arg_name: str = "batch_size",
-        margin: float = 0.0,
+        margin: float = 0.05,
         max_val: int = 8192,
     ) -> None:
         mode = mode.lower()
         if mode not in self.SUPPORTED_MODES:
             raise ValueError(f"`mode` should be either of {self.SUPPORTED_MODES}, got {mode!r}.")
-        for name, value in (("steps_per_trial", steps_per_trial), ("init_val", init_val),
-                            ("max_trials", max_trials), ("max_val", max_val)):
+        for name, value in (("steps_per_trial", steps_per_trial), ("init_val", init_val), ("max_val", max_val)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+        # 0 is accepted as in Lightning (no trial: the result is `init_val`)
+        if not isinstance(max_trials, int) or isinstance(max_trials, bool) or max_trials < 0:
+            raise ValueError(f"`max_trials` must be an int >= 0, got {max_trials!r}.")
         if not 0.0 <= margin < 1.0:
             raise ValueError(f"`margin` must be in [0, 1), got {margin!r}.")
         self.optimal_batch_size: Optional[int] = init_val
@@ -79,8 +86,10 @@ class BatchSizeFinder(Callback):
         if trainer.strategy.world_size > 1:
             raise MisconfigurationException("The batch size finder is not supported with distributed strategies.")
         method = stage if stage in _PREFIX else "fit"
-        given = trainer.data.given.get(_PREFIX[method])
-        _check_batch_size_source(pl_module, self._batch_arg_name, trainer.datamodule, given, method)
+        _check_loaders_not_given(trainer.data.given.get(_PREFIX[method]), method, self._batch_arg_name)
+        if method == "fit":
+            # an evaluation's loaders are checked first, when the search starts (they are loaded by then)
+            _check_batch_size_attr(pl_module, self._batch_arg_name, trainer.datamodule, method)
         _warn_if_ambiguous(pl_module, self._batch_arg_name)
 
     def scale_batch_size(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
@@ -96,6 +105,9 @@ class BatchSizeFinder(Callback):
             self._max_val,
         )
         if self.end_run_when_done:
+            fn = trainer.state.fn.value if trainer.state.fn is not None else "fit"
+            if self.optimal_batch_size is not None:
+                _reload_dataloaders(trainer, fn)
             raise _TunerExitException()
 
     def _scale_for_evaluation(self, trainer: "Trainer", pl_module: "LightningModule") -> None:

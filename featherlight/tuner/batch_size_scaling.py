@@ -9,7 +9,8 @@ evaluation batches) with freshly built dataloaders, run and undone by the sandbo
 The search stops at the data: the dataloader cannot make a batch larger than the dataset, so a size
 at or above the number of samples is the last one tried and the result never exceeds it (without
 this, on a CPU, where running out of memory does not happen in practice, the search would double
-up to ``max_val``). The result is always a size that was run.
+up to ``max_val``). The result is a size that was run, less the ``binsearch`` safety ``margin`` (5% by
+default, as in Lightning).
 """
 from __future__ import annotations
 
@@ -44,24 +45,45 @@ _HOOK = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dat
          "predict": "predict_dataloader"}
 
 
-def _check_batch_size_source(model: Any, batch_arg_name: str, datamodule: Any, given_loaders: Any,
-                             method: str) -> None:
-    """The loaders must come from a hook and the batch size from an attribute the hook reads."""
+def _check_loaders_not_given(given_loaders: Any, method: str, batch_arg_name: str) -> None:
+    """Loaders passed to ``fit`` cannot be resized: Lightning's error. Loaders passed to an evaluation entry
+    point are searched as they are (Lightning does the same), with a warning that the result cannot apply."""
+    if given_loaders is None:
+        return
     prefix = _PREFIX.get(method, "train")
-    if given_loaders is not None:
-        arg = "train_dataloaders" if method == "fit" else "dataloaders"
+    arg = "train_dataloaders" if method == "fit" else "dataloaders"
+    hint = (f"Build the loader in a `{_HOOK[prefix]}()` hook of your LightningModule or LightningDataModule that "
+            f"reads `self.{batch_arg_name}`, e.g. `return DataLoader(dataset, batch_size=self.{batch_arg_name})`, "
+            f"and don't pass `{arg}`.")
+    if method == "fit":
         raise MisconfigurationException(
-            f"The batch size finder cannot resize dataloaders passed directly to `.{method}({arg}=...)`. Build "
-            f"the loader in a `{_HOOK[prefix]}()` hook of your LightningModule or "
-            f"LightningDataModule that reads `self.{batch_arg_name}`, e.g. "
-            f"`return DataLoader(dataset, batch_size=self.{batch_arg_name})`, and don't pass `{arg}`."
+            "The Batch size finder cannot be used with dataloaders passed directly to `.fit()`. Please disable the "
+            "feature or incorporate the dataloader into your LightningModule or LightningDataModule. " + hint
         )
+    rank_zero_warn(
+        f"The batch size finder cannot resize dataloaders passed directly to `.{method}({arg}=...)`: the search "
+        "runs on them as they are, so its result does not measure anything. " + hint
+    )
+
+
+def _check_batch_size_attr(model: Any, batch_arg_name: str, datamodule: Any, method: str) -> None:
+    """The batch size must live in an attribute the dataloader hook can read."""
     if not _has_attr(model, batch_arg_name, datamodule):
+        prefix = _PREFIX.get(method, "train")
         raise MisconfigurationException(
-            f"Field `{batch_arg_name}` not found in `model`, `model.hparams`, the datamodule nor its `hparams`. "
-            f"The batch size finder needs the batch size in one of them (e.g. `self.{batch_arg_name} = 32` in "
-            f"`__init__`, or `save_hyperparameters()` with a `{batch_arg_name}` argument), read by the "
-            f"`{_HOOK[prefix]}()` hook; or pass `batch_arg_name=` with the name of your attribute."
+            f"Field {batch_arg_name} not found in `model`, `datamodule`, nor their `hparams` attributes. The batch "
+            f"size finder needs the batch size in one of them (e.g. `self.{batch_arg_name} = 32` in `__init__`, or "
+            f"`save_hyperparameters()` with a `{batch_arg_name}` argument), read by the `{_HOOK[prefix]}()` hook; "
+            "or pass `batch_arg_name=` with the name of your attribute."
+        )
+
+
+def _check_single_eval_loader(trainer: "Trainer", prefix: str) -> None:
+    """An evaluation search sizes one dataloader (the entry point has loaded them by now)."""
+    if len(getattr(trainer, f"num_{prefix}_batches")) > 1:
+        raise MisconfigurationException(
+            f"The Batch size finder cannot be used with multiple {prefix} dataloaders. Tune with a "
+            f"`{_HOOK[prefix]}()` that returns one dataloader, then use that batch size for all of them."
         )
 
 
@@ -139,6 +161,7 @@ class _BatchSizeTrials(_TrialSandbox):
         self.max_val = max_val
         self.probe = _BatchProbe()
         self.length: Optional[int] = None  # samples per pass, once a load has told us
+        self._warned_fixed_loader = False
         if fn == "fit":
             flags = _trial_flags(trainer, steps_per_trial)
         else:
@@ -166,10 +189,13 @@ class _BatchSizeTrials(_TrialSandbox):
                 )
         for loader in loaders:
             used = _loader_batch_size(loader)
-            if used is not None and used != size:
-                raise MisconfigurationException(
+            if used is not None and used != size and not self._warned_fixed_loader:
+                # Lightning runs such a search silently; it is not an error, but its result means nothing
+                self._warned_fixed_loader = True
+                rank_zero_warn(
                     f"The batch size finder set `{self.batch_arg_name}={size}`, but `{_HOOK[self.prefix]}()` returned "
-                    f"a DataLoader with batch_size={used}. Build the DataLoader from the attribute, e.g. "
+                    f"a DataLoader with batch_size={used}: the search does not change the loader's batch size, so "
+                    "its result measures nothing. Build the DataLoader from the attribute, e.g. "
                     f"`DataLoader(dataset, batch_size=self.{self.batch_arg_name})` (or `self.hparams."
                     f"{self.batch_arg_name}`), so that the finder can change it."
                 )
@@ -223,14 +249,26 @@ class _BatchSizeTrials(_TrialSandbox):
             eval_loop.run_evaluation(trainer, stage, loaders, limits)
 
 
+def _log_end_of_search(trials: _BatchSizeTrials, size: int) -> None:
+    """Why a size that fit is the last one tried (Lightning's INFO lines)."""
+    if trials.length is not None and size >= trials.length:
+        rank_zero_info(f"The batch size {size} is greater or equal than the length of your dataset: {trials.length}.")
+    elif size >= trials.max_val:
+        rank_zero_info(f"Reached the maximum batch size limit of {trials.max_val}. Stopping search.")
+
+
 def _run_power_scaling(trials: _BatchSizeTrials, size: int, max_trials: int) -> Optional[int]:
     """Double after every trial that fits; stop at the first that does not (or at the data's size)."""
     last_fit: Optional[int] = None
-    for _ in range(max_trials):
+    for trial in range(max_trials):
+        last = trial + 1 == max_trials  # no "trying" line for a trial that will not run
         outcome = trials.run(size)
         if outcome.fitted:
             last_fit = outcome.size
             if outcome.at_end:
+                _log_end_of_search(trials, outcome.size)
+                break
+            if last:
                 break
             size = trials.clamp(outcome.size * 2)
             rank_zero_info(f"Batch size {outcome.size} succeeded, trying batch size {size}")
@@ -239,6 +277,8 @@ def _run_power_scaling(trials: _BatchSizeTrials, size: int, max_trials: int) -> 
                 rank_zero_info(f"Batch size {outcome.size} failed ({outcome.reason}); keeping {last_fit}")
                 break
             _raise_if_nothing_fits(outcome, trials)
+            if last:
+                break
             size = max(1, outcome.size // 2)
             rank_zero_info(f"Batch size {outcome.size} failed ({outcome.reason}), trying batch size {size}")
     return last_fit
@@ -248,18 +288,17 @@ def _run_binsearch_scaling(trials: _BatchSizeTrials, size: int, max_trials: int)
     """Double until a trial fails, then bisect between the largest size that fit and the smallest that failed."""
     low: Optional[int] = None  # largest size that fit
     high: Optional[int] = None  # smallest size that failed
-    for _ in range(max_trials):
+    for trial in range(max_trials):
+        last = trial + 1 == max_trials
         outcome = trials.run(size)
         if outcome.fitted:
             low = outcome.size
             if outcome.at_end:
+                _log_end_of_search(trials, outcome.size)
                 break
-            if high is None:
-                size = trials.clamp(low * 2)
-            elif high - low <= 1:
+            if last or (high is not None and high - low <= 1):
                 break
-            else:
-                size = (low + high) // 2
+            size = trials.clamp(low * 2) if high is None else (low + high) // 2
             rank_zero_info(f"Batch size {low} succeeded, trying batch size {size}")
         else:
             high = outcome.size
@@ -267,6 +306,8 @@ def _run_binsearch_scaling(trials: _BatchSizeTrials, size: int, max_trials: int)
             if high - floor <= 1:
                 if low is None:
                     _raise_if_nothing_fits(outcome, trials)
+                break
+            if last:
                 break
             size = (floor + high) // 2
             rank_zero_info(f"Batch size {high} failed ({outcome.reason}), trying batch size {size}")
@@ -288,10 +329,14 @@ def _scale_batch_size(
     init_val: int = 2,
     max_trials: int = 25,
     batch_arg_name: str = "batch_size",
-    margin: float = 0.0,
+    margin: float = 0.05,
     max_val: int = 8192,
 ) -> Optional[int]:
-    """Search the batch size inside the trainer's running fit/validate/test/predict; set and return it."""
+    """Search the batch size inside the trainer's running fit/validate/test/predict; set and return it.
+
+    ``max_trials=0`` runs no trial: the attribute is set to ``init_val`` (Lightning's result), with a warning.
+    ``margin`` is taken off a ``"binsearch"`` result (``int(size * (1 - margin))``, at least 1).
+    """
     if trainer.fast_dev_run:
         rank_zero_warn("Skipping batch size scaler since `fast_dev_run` is enabled.")
         return None
@@ -299,29 +344,40 @@ def _scale_batch_size(
         raise ValueError(f"`mode` should be either 'power' or 'binsearch', got {mode!r}.")
     module = trainer.lightning_module
     fn = trainer.state.fn.value if trainer.state.fn is not None else "fit"
-    original = _get_attr(module, batch_arg_name)
-    trials = _BatchSizeTrials(trainer, fn, steps_per_trial, batch_arg_name, max_val)
-    try:
-        with trials:
-            if mode == "power":
-                found = _run_power_scaling(trials, init_val, max_trials)
-            else:
-                found = _run_binsearch_scaling(trials, init_val, max_trials)
-    except BaseException:
-        if _attr_holders(module, batch_arg_name):
-            _set_attr(module, batch_arg_name, original)
-        raise
-    if found is None:
-        _set_attr(module, batch_arg_name, original)
-        raise RuntimeError(
-            f"The batch size finder found no batch size that fits within {max_trials} trial(s) starting at "
-            f"{init_val}. Lower `init_val` or raise `max_trials`."
+    if fn != "fit":
+        # Lightning's order: one dataloader first, then the attribute
+        _check_single_eval_loader(trainer, _PREFIX[fn])
+        _check_batch_size_attr(module, batch_arg_name, trainer.datamodule, fn)
+    if max_trials == 0:
+        rank_zero_warn(
+            f"`max_trials=0`: the batch size finder runs no trial and sets `{batch_arg_name}` to "
+            f"`init_val={init_val}`. Pass `max_trials` >= 1 to search."
         )
-    if margin > 0 and mode == "binsearch":
-        reduced = max(1, int(found * (1 - margin)))
-        if reduced != found:
-            rank_zero_info(f"Applying a margin of {margin:.1%}: batch size {found} -> {reduced}")
-            found = reduced
+        found: Optional[int] = init_val
+    else:
+        original = _get_attr(module, batch_arg_name)
+        trials = _BatchSizeTrials(trainer, fn, steps_per_trial, batch_arg_name, max_val)
+        try:
+            with trials:
+                if mode == "power":
+                    found = _run_power_scaling(trials, init_val, max_trials)
+                else:
+                    found = _run_binsearch_scaling(trials, init_val, max_trials)
+        except BaseException:
+            if _attr_holders(module, batch_arg_name):
+                _set_attr(module, batch_arg_name, original)
+            raise
+        if found is None:
+            _set_attr(module, batch_arg_name, original)
+            raise RuntimeError(
+                f"The batch size finder found no batch size that fits within {max_trials} trial(s) starting at "
+                f"{init_val}. Lower `init_val` or raise `max_trials`."
+            )
+        if margin > 0 and mode == "binsearch":
+            reduced = max(1, int(found * (1 - margin)))
+            if reduced != found:
+                rank_zero_info(f"Applying margin of {margin:.1%}, reducing batch size from {found} to {reduced}")
+                found = reduced
     _set_attr(module, batch_arg_name, found)
     if fn == "fit":
         # the run goes on with loaders built for the new size

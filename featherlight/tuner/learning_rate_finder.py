@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Optional
 
 from featherlight.callbacks.callback import Callback
 from featherlight.tuner.lr_finder import _lr_find, _LRFinder
+from featherlight.tuner.trials import _reload_dataloaders
 from featherlight.utilities.exceptions import _TunerExitException
 
 if TYPE_CHECKING:
@@ -50,8 +51,9 @@ class LearningRateFinder(Callback):
         mode = mode.lower()
         if mode not in self.SUPPORTED_MODES:
             raise ValueError(f"`mode` should be either of {self.SUPPORTED_MODES}, got {mode!r}.")
-        if not isinstance(num_training_steps, int) or num_training_steps < 1:
-            raise ValueError(f"`num_training_steps` must be a positive int, got {num_training_steps!r}.")
+        # 0 is accepted as in Lightning (no step, no suggestion; warned when the search runs)
+        if not isinstance(num_training_steps, int) or num_training_steps < 0:
+            raise ValueError(f"`num_training_steps` must be an int >= 0, got {num_training_steps!r}.")
         if mode == "exponential" and not 0 < min_lr:
             raise ValueError(f"`min_lr` must be positive in exponential mode, got {min_lr!r}.")
         self._min_lr = min_lr
@@ -79,6 +81,8 @@ class LearningRateFinder(Callback):
             attr_name=self._attr_name,
         )
         if self.end_run_when_done:
+            if self.optimal_lr is not None:
+                _reload_dataloaders(trainer, "fit", validation=False)  # Lightning leaves the train loader loaded
             raise _TunerExitException()
 
     def on_fit_start(self, trainer: "Trainer", pl_module: "LightningModule") -> None:

@@ -36,16 +36,18 @@ def _determine_lr_attr_name(model: "LightningModule", attr_name: str = "") -> st
     if attr_name:
         if not _has_attr(model, attr_name):
             raise AttributeError(
-                f"The attribute name for the learning rate was set to `{attr_name}`, but neither `model` nor "
-                "`model.hparams` (nor the datamodule) has it."
+                f"The attribute name for the learning rate was set to {attr_name}, but could not find this as a field "
+                "in `model` or `model.hparams`. Set it on the module (e.g. `self.lr = 1e-3` in `__init__`) or pass the "
+                "name of your attribute."
             )
         return attr_name
     for name in _LR_ATTRS:
         if _has_attr(model, name):
             return name
     raise AttributeError(
-        f"The learning rate finder needs the learning rate in `model` or `model.hparams` as one of {_LR_ATTRS}. "
-        "If your attribute has another name, pass it with `lr_find(attr_name=...)`, or use `update_attr=False`."
+        "When using the learning rate finder, either `model` or `model.hparams` should have one of these fields: "
+        f"{_LR_ATTRS}. If your model has a different name for the learning rate, set it with "
+        "`.lr_find(attr_name=...)`, or pass `update_attr=False` to only get the suggestion."
     )
 
 
@@ -223,12 +225,16 @@ def _lr_find(
         attr_name = _determine_lr_attr_name(model, attr_name)
     if len(trainer.optimizers) != 1:
         raise MisconfigurationException(
-            f"`model.configure_optimizers()` returned {len(trainer.optimizers)} optimizers, but the learning rate "
-            "finder only works with a single optimizer."
+            f"`model.configure_optimizers()` returned {len(trainer.optimizers)}, but learning rate finder only works "
+            "with single optimizer. Return the one optimizer to tune from `configure_optimizers` while searching."
         )
-    if num_training < 1:
-        raise ValueError(f"`num_training` must be a positive number of steps, got {num_training}.")
+    if num_training < 0:
+        raise ValueError(f"`num_training` must be a number of steps >= 0, got {num_training}.")
     finder = _LRFinder(mode, min_lr, max_lr, num_training)
+    if num_training == 0:
+        # Lightning runs no step either: empty results, and no suggestion
+        rank_zero_warn("`num_training=0`: the learning rate finder runs no step; there is nothing to suggest.")
+        return finder
     recorder = _LRRecorder(finder, early_stop_threshold)
     with _TrialSandbox(trainer, [recorder], _trial_flags(trainer, num_training)) as sandbox:
         sandbox.begin_trial()

@@ -290,6 +290,24 @@ class _TrialSandbox(_Preserved):
         trainer.data.val_loaders = None
 
 
+_EVAL_PREFIX = {"validate": "val", "test": "test", "predict": "predict"}
+
+
+def _reload_dataloaders(trainer: "Trainer", fn: str, validation: bool = True) -> None:
+    """Load the ``fn`` entry point's dataloaders now, built for the batch size just set (the Tuner leaves them
+    on the trainer, as Lightning does)."""
+    data = trainer.data
+    if fn == "fit":
+        trainer.train_dataloader = None
+        data.train_loaded_epoch = None
+        data.load_train()
+        data.val_loaders = None
+        if validation and data.val_enabled():
+            data.ensure_val_loaders()
+    else:
+        data.load_eval(_EVAL_PREFIX[fn])
+
+
 def _trial_flags(trainer: "Trainer", steps: int) -> dict[str, Any]:
     """Trainer flags for a trial of ``steps`` optimizer steps: every training batch, no validation, no
     time/step/epoch constraints from the real run, user schedulers off (automatic optimization)."""
@@ -420,7 +438,7 @@ def _warn_if_ambiguous(model: Any, name: str) -> None:
     hparams = _hparams_of(model)
     if hasattr(model, name) and hparams is not None and name in hparams:
         rank_zero_warn(
-            f"Both `model.{name}` and `model.hparams.{name}` exist; the tuner updates both. Keep only one of them "
-            "to avoid confusion."
+            f"Field `model.{name}` and `model.hparams.{name}` are mutually exclusive! The tuner updates both; keep "
+            "only one of them to avoid confusion."
         )
 

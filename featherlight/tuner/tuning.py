@@ -9,7 +9,9 @@ validate/test/predict for the batch size), as Lightning's do: by then the run ha
 device, so a trial is just the trainer's own loop (``fit_loop.run_fit`` or the evaluation loop) run
 for a few steps. :class:`Tuner` adds such a callback for one call, runs ``trainer.fit`` (or
 ``validate``/``test``/``predict``) and has the callback end that run as soon as the search is over;
-the run is then torn down like a finished one (``teardown`` hooks), not like a failed one.
+the run is then torn down like a finished one (``teardown`` hooks), not like a failed one. As in
+Lightning, the module, the datamodule and that entry point's dataloaders (built with the tuned value)
+stay attached to the trainer afterwards.
 
 We chose this over a fresh internal ``Trainer`` per trial because that would call the user's
 ``prepare_data``/``setup``/``configure_model`` once per trial (downloads, dataset loading), and
@@ -25,7 +27,7 @@ import torch
 
 from featherlight.core.datamodule import LightningDataModule
 from featherlight.tuner.batch_size_finder import BatchSizeFinder
-from featherlight.tuner.batch_size_scaling import _check_batch_size_source
+from featherlight.tuner.batch_size_scaling import _check_loaders_not_given
 from featherlight.tuner.learning_rate_finder import LearningRateFinder
 from featherlight.tuner.lr_finder import _LRFinder
 from featherlight.tuner.trials import _Preserved, quiet_trainer
@@ -49,8 +51,10 @@ class Tuner:
         lr_finder = tuner.lr_find(model)  # sets model.lr / model.learning_rate to the suggestion
         trainer.fit(model)
 
-    Each call leaves the trainer, the module's weights and the RNG states as they were; only the
-    tuned attribute changes.
+    Each call leaves the trainer's flags, callbacks, loggers, counters and metrics, the module's weights and
+    the RNG states as they were; the tuned attribute changes, and the module, the datamodule and the dataloaders
+    of the tuned entry point (built with the new value) are attached to the trainer, as after a Lightning tuner
+    call.
     """
 
     def __init__(self, trainer: "Trainer") -> None:
@@ -69,7 +73,7 @@ class Tuner:
         init_val: int = 2,
         max_trials: int = 25,
         batch_arg_name: str = "batch_size",
-        margin: float = 0.0,
+        margin: float = 0.05,
         max_val: int = 8192,
     ) -> Optional[int]:
         """Find the largest batch size that runs ``steps_per_trial`` steps without running out of memory.
@@ -78,18 +82,19 @@ class Tuner:
             model: the module to tune. Its dataloaders must be built by a ``*_dataloader()`` hook (of the
                 module or the datamodule) that reads the batch-size attribute.
             train_dataloaders, val_dataloaders, dataloaders, datamodule: as for ``trainer.fit`` (or the
-                ``method``'s entry point). Loaders passed directly cannot be resized and are refused.
+                ``method``'s entry point). Loaders passed directly cannot be resized: refused for ``fit``, searched
+                as they are (with a warning) for the other methods, as in Lightning.
             method: the loop to size the batch for: ``"fit"``, ``"validate"``, ``"test"`` or ``"predict"``.
             mode: ``"power"`` doubles the size until a trial runs out of memory and keeps the last one that
                 fit; ``"binsearch"`` doubles the same way, then bisects between the last size that fit and
                 the first that did not.
             steps_per_trial: optimizer steps (or evaluation batches) each trial runs.
             init_val: the first size tried.
-            max_trials: the most trials run.
+            max_trials: the most trials run (``0``: none; the attribute is set to ``init_val``, with a warning).
             batch_arg_name: the attribute holding the batch size, looked up on ``model``, ``model.hparams``,
                 the datamodule and ``datamodule.hparams`` (all the holders found are updated).
-            margin: fraction taken off the ``"binsearch"`` result as a safety buffer (Lightning's default is
-                0.05; ours is 0 so that the result is a size that was actually run).
+            margin: fraction taken off the ``"binsearch"`` result as a safety buffer: ``int(size * (1 - margin))``
+                (default 0.05, as in Lightning; 0 returns the largest size that ran).
             max_val: the largest size tried.
 
         The search never goes beyond the dataset: a size at or above the number of samples is the last
@@ -102,9 +107,9 @@ class Tuner:
             datamodule, train_dataloaders = train_dataloaders, None
         _check_tuner_configuration(train_dataloaders, val_dataloaders, dataloaders, method)
         _check_scale_batch_size_configuration(self._trainer)
-        given = train_dataloaders if method == "fit" else dataloaders
-        dm = datamodule if datamodule is not None else (self._trainer.datamodule if method != "fit" else None)
-        _check_batch_size_source(model, batch_arg_name, dm, given, method)
+        if method == "fit":
+            # before any hook runs (the finder's `setup` checks the attribute, and evaluation loaders when loaded)
+            _check_loaders_not_given(train_dataloaders, method, batch_arg_name)
 
         finder = BatchSizeFinder(mode=mode, steps_per_trial=steps_per_trial, init_val=init_val,
                                  max_trials=max_trials, batch_arg_name=batch_arg_name, margin=margin,
@@ -171,13 +176,13 @@ def _check_tuner_configuration(train_dataloaders: Any, val_dataloaders: Any, dat
     if method == "fit":
         if dataloaders is not None:
             raise MisconfigurationException(
-                "In tuner with method='fit', `dataloaders` must be None: pass `train_dataloaders` and "
-                "`val_dataloaders` instead."
+                "In tuner with method='fit', `dataloaders` argument should be None, please consider setting "
+                "`train_dataloaders` and `val_dataloaders` instead."
             )
     elif train_dataloaders is not None or val_dataloaders is not None:
         raise MisconfigurationException(
-            f"In tuner with method={method!r}, `train_dataloaders` and `val_dataloaders` must be None: pass "
-            "`dataloaders` instead."
+            f"In tuner with `method`={method!r}, `train_dataloaders` and `val_dataloaders` arguments should be None, "
+            "please consider setting `dataloaders` instead."
         )
 
 
@@ -186,16 +191,16 @@ def _check_scale_batch_size_configuration(trainer: "Trainer") -> None:
         raise ValueError("Tuning the batch size is not supported with distributed strategies; use `devices=1`.")
     if any(isinstance(cb, BatchSizeFinder) for cb in trainer.callbacks):
         raise ValueError(
-            "The Trainer already has a `BatchSizeFinder` callback. Remove it from `callbacks` to use "
-            "`Tuner.scale_batch_size`, or let the callback do the search."
+            "Trainer is already configured with a `BatchSizeFinder` callback. Please remove it if you want to use "
+            "the Tuner (or let the callback do the search: `trainer.fit` runs it)."
         )
 
 
 def _check_lr_find_configuration(trainer: "Trainer") -> None:
     if any(isinstance(cb, LearningRateFinder) for cb in trainer.callbacks):
         raise ValueError(
-            "The Trainer already has a `LearningRateFinder` callback. Remove it from `callbacks` to use "
-            "`Tuner.lr_find`, or let the callback do the search."
+            "Trainer is already configured with a `LearningRateFinder` callback. Please remove it if you want to use "
+            "the Tuner (or let the callback do the search: `trainer.fit` runs it)."
         )
 
 
@@ -203,7 +208,8 @@ def _check_lr_find_configuration(trainer: "Trainer") -> None:
 def _run_with_finder(trainer: "Trainer", finder: Any, model: "LightningModule", method: str, train_dataloaders: Any,
                      val_dataloaders: Any, dataloaders: Any, datamodule: Any) -> None:
     """Run the ``method`` entry point with ``finder`` as the only callback; the finder ends the run after
-    its search. The trainer, module and RNGs are put back as they were afterwards."""
+    its search. The trainer, module and RNGs are put back as they were afterwards, except that the run's
+    module, datamodule and dataloaders stay attached (Lightning's state after a tuner call)."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"`model` must be a `LightningModule`, got {type(model).__name__}.")
     dms = [d for d in (datamodule, trainer.datamodule) if isinstance(d, LightningDataModule)]
@@ -221,3 +227,16 @@ def _run_with_finder(trainer: "Trainer", finder: Any, model: "LightningModule", 
                 trainer.predict(model, dataloaders, datamodule=datamodule, return_predictions=False)
         except _TunerExitException:
             pass
+        attached = {name: getattr(trainer, name) for name in _ATTACHED}
+    for name, value in attached.items():
+        setattr(trainer, name, value)
+    trainer.strategy.connect(model)
+    model.trainer = trainer
+    if trainer.datamodule is not None:
+        trainer.datamodule.trainer = trainer
+
+
+# what a tuner call leaves on the trainer, as Lightning's does: the module, the datamodule and the dataloaders
+_ATTACHED = ("lightning_module", "datamodule", "train_dataloader", "val_dataloaders", "test_dataloaders",
+             "predict_dataloaders", "num_training_batches", "num_val_batches", "num_test_batches",
+             "num_predict_batches", "val_check_batch")

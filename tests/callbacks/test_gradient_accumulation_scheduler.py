@@ -96,6 +96,15 @@ def test_invalid_scheduling(scheduling, error):
         GradientAccumulationScheduler(scheduling)
 
 
+def test_invalid_scheduling_messages_start_with_lightnings():
+    with pytest.raises(MisconfigurationException, match=r"^Epoch should be an int greater than or equal to 0. Got "
+                                                        r"\[1, -3\]"):
+        GradientAccumulationScheduler({1: 2, -3: 4})
+    with pytest.raises(MisconfigurationException, match=r"^Accumulation factor should be an int greater than 0. Got "
+                                                        r"\[0, 4\]"):
+        GradientAccumulationScheduler({1: 0, 3: 4})
+
+
 def test_factor_per_epoch_and_caller_dict_untouched():
     given = {4: 2, 8: 4}
     cb = GradientAccumulationScheduler(given)
@@ -129,7 +138,8 @@ def test_matches_lightning():
 
 
 def test_refuses_trainer_accumulation():
-    with pytest.raises(ValueError, match="accumulate_grad_batches=2"):
+    with pytest.raises(ValueError, match="^You have set `accumulate_grad_batches` and are using the "
+                                         "`GradientAccumulationScheduler` callback. Either remove"):
         _fit(L.Trainer, make_module(L.LightningModule), [GradientAccumulationScheduler(SCHEDULE)],
              accumulate_grad_batches=2)
 
@@ -147,7 +157,8 @@ def test_refuses_manual_optimization():
             self.manual_backward(loss)
             opt.step()
 
-    with pytest.raises(RuntimeError, match="manual optimization"):
+    with pytest.raises(RuntimeError, match="^Automatic gradient accumulation and the `GradientAccumulationScheduler` "
+                                           "is not supported for manual optimization"):
         _fit(L.Trainer, Manual, [GradientAccumulationScheduler(SCHEDULE)])
 
 
@@ -159,7 +170,7 @@ def test_warns_when_optimizer_step_is_overridden():
     model = Custom()
     trainer = L.Trainer(max_epochs=1, callbacks=[GradientAccumulationScheduler({0: 2})], logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    with pytest.warns(UserWarning, match="optimizer_step"):
+    with pytest.warns(UserWarning, match="the hooks will not be called on every batch"):
         trainer.fit(model, _loader())
     assert trainer.global_step == 4
 

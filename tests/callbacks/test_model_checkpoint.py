@@ -528,10 +528,29 @@ def test_state_dict_round_trip(tmp_path):
     assert float(fresh.kth_value) == float(cb.kth_value)
 
     moved = ModelCheckpoint(dirpath=tmp_path / "other", monitor="val_loss", save_top_k=2)
-    with pytest.warns(UserWarning, match="only `best_model_path` is restored"):
+    with pytest.warns(UserWarning, match="^The dirpath has changed from .* Only `best_model_path` will be reloaded"):
         moved.load_state_dict(state)
     assert moved.best_model_path == cb.best_model_path
     assert moved.best_k_models == {} and moved.best_model_score is None
+
+
+def test_resume_without_a_callback_of_the_checkpoint_warns_like_lightning(tmp_path):
+    first = ModelCheckpoint(dirpath=tmp_path / "a", monitor="val_loss")
+    _fit(tmp_path, [first, ModelCheckpoint(dirpath=tmp_path / "b", monitor="val_loss", mode="max")], max_epochs=1)
+    path = first.best_model_path
+
+    def resume(callbacks):
+        _trainer(tmp_path, callbacks, max_epochs=2).fit(SeqModule(SEQ), _loader(), _loader(), ckpt_path=path)
+
+    missing = re.escape(f"Please add the following callbacks: [{first.state_key!r}]")
+    with pytest.warns(UserWarning, match="^Be aware that when using `ckpt_path`, callbacks used to create the "
+                                         f"checkpoint need to be provided during `Trainer` instantiation. {missing}"):
+        resume([ModelCheckpoint(dirpath=tmp_path / "b", monitor="val_loss", mode="max")])
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        resume([ModelCheckpoint(dirpath=tmp_path / "b", monitor="val_loss", mode="max"),
+                ModelCheckpoint(dirpath=tmp_path / "a", monitor="val_loss")])
+    assert not any("Please add the following callbacks" in str(w.message) for w in record)
 
 
 def test_resume_continues_the_ranking(tmp_path):

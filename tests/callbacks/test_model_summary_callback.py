@@ -105,6 +105,44 @@ def test_summarize_kwargs_reach_summarize(summary_log):
     assert received["columns"][:5] == [" ", "Name", "Type", "Params", "Mode"]
 
 
+@pytest.mark.parametrize("example", [True, False])
+def test_summarize_gets_lightnings_columns_and_the_log_shows_what_was_measured(summary_log, example):
+    """An overriding ``summarize`` indexes Lightning's columns (``summary_data[5]`` is FLOPs, with or without an
+    example input); the default table still shows a FLOPs column only when FLOPs were measured."""
+    received = {}
+
+    class Custom(ModelSummary):
+        @staticmethod
+        def summarize(summary_data, total_parameters, trainable_parameters, model_size, total_training_modes,
+                      **kwargs):
+            received.update(columns=[h for h, _ in summary_data], flops=summary_data[5][1],
+                            total_flops=kwargs.get("total_flops"))
+            ModelSummary.summarize(summary_data, total_parameters, trainable_parameters, model_size,
+                                   total_training_modes, **kwargs)
+
+    class Model(Net):
+        def __init__(self):
+            super().__init__()
+            self.extra = torch.nn.Parameter(torch.zeros(3))  # a row of parameters outside the listed layers
+            if not example:
+                self.example_input_array = None
+
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        callbacks=[Custom()])
+    model = Model()
+    trainer.fit(model, loader())
+    assert received["columns"][:6] == [" ", "Name", "Type", "Params", "Mode", "FLOPs"]
+    assert len(received["flops"]) == 3 and received["flops"][-1] == "n/a"
+    if example:
+        assert received["total_flops"] > 0 and received["flops"][0] != "0"
+        assert received["columns"][6:] == ["In sizes", "Out sizes"]
+    else:
+        assert received["total_flops"] is None and received["flops"][:2] == ["0", "0"]
+        assert received["columns"][6:] == []
+    assert summary_log == ["\n" + str(summarize(model, max_depth=1))]
+    assert ("FLOPs" in summary_log[0]) == example
+
+
 def test_rich_model_summary():
     pytest.importorskip("rich")
     from rich import get_console

@@ -85,6 +85,28 @@ def test_invalid_arguments(kwargs):
         StochasticWeightAveraging(**kwargs)
 
 
+def test_messages_start_with_lightnings():
+    with pytest.raises(MisconfigurationException, match="^swa_epoch_start should be a >0 integer or a float between "
+                                                        "0 and 1"):
+        StochasticWeightAveraging(swa_epoch_start=0, swa_lrs=0.1)
+    with pytest.raises(MisconfigurationException, match="^The `swa_lrs` should be a positive float, or a list of "
+                                                        "positive floats"):
+        StochasticWeightAveraging(swa_epoch_start=5, swa_lrs=[0.2, 1])
+
+
+def test_step_interval_scheduler_warns_like_lightning():
+    class StepScheduler(make_module(L.LightningModule, bn=False)):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.StepLR(opt, 1),
+                                                       "interval": "step"}}
+
+    trainer = L.Trainer(max_epochs=2, callbacks=[StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=1)],
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    with pytest.warns(UserWarning, match="^SWA is currently only supported every epoch. Found interval='step'"):
+        trainer.fit(StepScheduler())
+
+
 def test_start_and_end_epochs():
     cb = StochasticWeightAveraging(swa_lrs=0.1, swa_epoch_start=0.5)
     model = make_module(L.LightningModule, bn=False)()
@@ -195,7 +217,7 @@ def test_one_optimizer_and_scheduler_only():
             opt = torch.optim.SGD(self.parameters(), lr=0.1)
             return [opt], [torch.optim.lr_scheduler.StepLR(opt, 1), torch.optim.lr_scheduler.StepLR(opt, 2)]
 
-    with pytest.raises(MisconfigurationException, match="at most one LR scheduler"):
+    with pytest.raises(MisconfigurationException, match="^SWA currently not supported for more than 1 `lr_scheduler`"):
         _fit(L.Trainer, TwoSchedulers(), [StochasticWeightAveraging(**SWA_KW)])
 
     class TwoOptimizers(make_module(L.LightningModule, bn=False)):
@@ -210,7 +232,7 @@ def test_one_optimizer_and_scheduler_only():
             return [torch.optim.SGD(self.net[0].parameters(), lr=0.1),
                     torch.optim.SGD(self.net[3].parameters(), lr=0.1)]
 
-    with pytest.raises(MisconfigurationException, match="exactly one optimizer"):
+    with pytest.raises(MisconfigurationException, match="^SWA currently works with 1 `optimizer`"):
         _fit(L.Trainer, TwoOptimizers(), [StochasticWeightAveraging(**SWA_KW)])
 
 

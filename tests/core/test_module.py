@@ -280,3 +280,102 @@ def test_checkpoint_hyper_params_constants(tmp_path):
     for name in ("CHECKPOINT_HYPER_PARAMS_KEY", "CHECKPOINT_HYPER_PARAMS_NAME", "CHECKPOINT_HYPER_PARAMS_TYPE"):
         assert getattr(L.LightningModule, name) == getattr(lightning.LightningModule, name)
         assert getattr(L.LightningDataModule, name) == getattr(lightning.LightningDataModule, name)
+
+
+# ---------------------------------------------------------------------------------------------- toggling optimizers
+class _ThreeParts(L.LightningModule):
+    """``shared`` belongs to no optimizer and carries the loss; ``a`` and ``b`` have one optimizer each."""
+
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+        self.shared = torch.nn.Linear(4, 4)
+        self.a = torch.nn.Linear(4, 4)
+        self.b = torch.nn.Linear(4, 4)
+        self.b.bias.requires_grad = False  # frozen on purpose: must stay frozen
+        self.seen = []
+
+    def training_step(self, batch, batch_idx):
+        opt_a, opt_b = self.optimizers()
+        self.toggle_optimizer(opt_a)
+        self.seen.append(("a", self.shared.weight.requires_grad, self.a.weight.requires_grad,
+                          self.b.weight.requires_grad, self.b.bias.requires_grad))
+        loss = self.shared(batch[0]).sum()  # only parameters of no optimizer: still trainable
+        opt_a.zero_grad()
+        self.manual_backward(loss)
+        opt_a.step()
+        self.untoggle_optimizer(opt_a)
+        with self.toggled_optimizer(opt_b):
+            self.seen.append(("b", self.shared.weight.requires_grad, self.a.weight.requires_grad,
+                              self.b.weight.requires_grad, self.b.bias.requires_grad))
+        self.seen.append(("after", self.shared.weight.requires_grad, self.a.weight.requires_grad,
+                          self.b.weight.requires_grad, self.b.bias.requires_grad))
+
+    def configure_optimizers(self):
+        return [torch.optim.SGD(self.a.parameters(), lr=0.1), torch.optim.SGD(self.b.parameters(), lr=0.1)]
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(2, 4)), batch_size=2)
+
+
+def test_toggle_freezes_only_the_other_optimizers_parameters():
+    model = _ThreeParts()
+    lean().fit(model)
+    assert model.seen == [
+        ("a", True, True, False, False),  # parameters of no optimizer stay trainable (Lightning's rule)
+        ("b", True, False, True, False),  # a frozen parameter of the toggled optimizer stays frozen
+        ("after", True, True, True, False),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- clip_gradients
+class _Clips(BoringModel):
+    def __init__(self, **clip_kwargs):
+        super().__init__()
+        self.clip_kwargs = clip_kwargs
+        self.norms = []
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        self.clip_gradients(optimizer, **self.clip_kwargs)
+        self.norms.append(max(p.grad.abs().max().item() for p in self.parameters() if p.grad is not None))
+
+
+def test_clip_gradients_takes_the_trainers_values_when_unset():
+    model = _Clips(gradient_clip_algorithm="value")
+    lean(max_steps=2, gradient_clip_val=1e-4).fit(model)
+    assert model.norms and max(model.norms) <= 1e-4 + 1e-12
+
+
+@pytest.mark.parametrize(("trainer_kwargs", "clip_kwargs", "message"), [
+    (dict(gradient_clip_val=1e-4), dict(gradient_clip_val=1e-2),
+     r"^You have set `Trainer\(gradient_clip_val=0.0001\)` and have passed `clip_gradients\(gradient_clip_val=0.01\)`"),
+    (dict(gradient_clip_algorithm="norm"), dict(gradient_clip_algorithm="value"),
+     r"^You have set `Trainer\(gradient_clip_algorithm='norm'\)` and have passed "
+     r"`clip_gradients\(gradient_clip_algorithm='value'\)`"),
+    (dict(), dict(gradient_clip_val=1.0, gradient_clip_algorithm="l3"), "`gradient_clip_algorithm` l3 is invalid"),
+])
+def test_clip_gradients_contradicting_the_trainer_is_an_error(trainer_kwargs, clip_kwargs, message):
+    with pytest.raises(MisconfigurationException, match=message):
+        lean(max_steps=1, **trainer_kwargs).fit(_Clips(**clip_kwargs))
+
+
+# ---------------------------------------------------------------------------------------------- LightningOptimizer
+def test_lightning_optimizer_is_an_instance_of_the_wrapped_class():
+    from featherlight.core.optimizer import LightningOptimizer
+
+    model = BoringModel()
+    optimizer = torch.optim.Adam(model.parameters())
+    wrapped = LightningOptimizer(optimizer)
+    assert isinstance(wrapped, LightningOptimizer) and isinstance(wrapped, torch.optim.Adam)
+    assert type(wrapped).__name__ == "LightningAdam"
+    assert type(LightningOptimizer(torch.optim.Adam(model.parameters()))) is type(wrapped)  # one class per class
+    assert str(wrapped) == "Lightning" + str(optimizer)
+    assert wrapped.param_groups is optimizer.param_groups and wrapped.state is optimizer.state
+    assert wrapped.state_dict() == optimizer.state_dict()
+    copied = copy.deepcopy(wrapped)
+    assert type(copied).__name__ == "LightningAdam" and copied.optimizer is not optimizer
+    assert type(pickle.loads(pickle.dumps(wrapped))).__name__ == "LightningAdam"
+
+    trainer = lean(max_steps=1)
+    trainer.fit(model)
+    assert isinstance(model.optimizers(), torch.optim.SGD)

@@ -22,6 +22,40 @@ def test_a_mock_callback_is_called_and_declares_nothing():
     assert trainer.hooks.late_callbacks["on_train_epoch_end"] == ()
 
 
+def test_a_mock_callback_records_only_the_hooks_the_trainer_calls():
+    """Lightning's tests compare a mock's recorded calls with another's: asking the mock for its declarations
+    (``idle_hooks``, ``reads_outputs``) would record calls Lightning never makes."""
+    cb = mock.Mock(spec=Callback)
+    _fit([cb])
+    names = [name for name, _, _ in cb.method_calls]
+    assert "idle_hooks" not in names and "reads_outputs" not in names
+    assert names[:3] == ["setup", "on_fit_start", "on_train_start"]
+
+
+def test_a_declaration_is_asked_when_the_class_makes_it():
+    asked = []
+
+    class Declares(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            pass
+
+        def reads_outputs(self, hook):
+            asked.append(hook)
+            return False
+
+    _fit([Declares()])
+    assert "on_train_batch_end" in asked
+
+
+def test_a_declaration_set_on_the_instance_is_asked():
+    asked = []
+    cb = L.callbacks.LambdaCallback(on_train_batch_end=lambda *args: None,
+                                    idle_hooks=lambda trainer: asked.append("idle_hooks") or set(),
+                                    reads_outputs=lambda hook: asked.append(hook) or False)
+    _fit([cb])
+    assert "idle_hooks" in asked and "on_train_batch_end" in asked
+
+
 def test_declarations_order_and_skip_hooks():
     order = []
 

@@ -1,5 +1,6 @@
-"""Batch-size finder: the search (power/binsearch, OOM, data-size cap), where the attribute lives, and
-that the search leaves the trainer, the weights and the RNGs exactly as they were."""
+"""Batch-size finder: the search (power/binsearch, OOM, data-size cap, margin), where the attribute lives, and
+that the search leaves the trainer, the weights and the RNGs exactly as they were (except the module, datamodule
+and dataloaders it attaches, as Lightning does)."""
 import copy
 import random
 
@@ -60,6 +61,9 @@ class HparamsModel(BatchSizeModel):
 
     def train_dataloader(self):
         return DataLoader(self.data, batch_size=self.hparams.batch_size)
+
+    def val_dataloader(self):
+        return DataLoader(self.val_data, batch_size=self.hparams.batch_size)
 
 
 class NoAttrModel(BoringModel):
@@ -125,12 +129,20 @@ def _equal(a, b):
     return a == b
 
 
+# what a tuner call attaches to the trainer, as Lightning's does (checked by the tests that say so)
+ATTACHED = {"lightning_module", "datamodule", "train_dataloader", "val_dataloaders", "test_dataloaders",
+            "predict_dataloaders", "num_training_batches", "num_val_batches", "num_test_batches",
+            "num_predict_batches", "val_check_batch"}
+
+
 def _trainer_view(trainer):
-    """Every attribute of the trainer (identity), the contents of its containers and the run state."""
+    """Every attribute of the trainer (identity), the contents of its containers and the run state, except what a
+    tuner call attaches."""
+    attrs = {k: v for k, v in vars(trainer).items() if k not in ATTACHED}
     return {
-        "ids": {k: id(v) for k, v in vars(trainer).items()},
-        "lists": {k: list(v) for k, v in vars(trainer).items() if type(v) is list},
-        "dicts": {k: dict(v) for k, v in vars(trainer).items() if type(v) is dict},
+        "ids": {k: id(v) for k, v in attrs.items()},
+        "lists": {k: list(v) for k, v in attrs.items() if type(v) is list},
+        "dicts": {k: dict(v) for k, v in attrs.items() if type(v) is dict},
         "loop": copy.deepcopy(vars(trainer.progress)),
         "state": (trainer.state.fn, trainer.state.status, trainer.state.stage),
         "flags": (trainer.max_steps, trainer.max_epochs, trainer.limit_train_batches, trainer.limit_val_batches,
@@ -141,7 +153,8 @@ def _trainer_view(trainer):
         "callbacks": list(trainer.callbacks),
         "loggers": list(trainer.loggers),
         "optimizers": [copy.deepcopy(o.state_dict()) for o in trainer.optimizers],
-        "strategy": dict(vars(trainer.strategy)),
+        # the strategy holds the attached module too
+        "strategy": {k: v for k, v in vars(trainer.strategy).items() if k not in ("model", "_lightning_module")},
     }
 
 
@@ -168,7 +181,7 @@ def _assert_same_view(before, after):
 @pytest.mark.parametrize(("data_len", "expected"), [(64, 64), (100, 100), (1000, 1000)])
 def test_cpu_search_stops_at_the_dataset_size(mode, data_len, expected):
     model = BatchSizeModel(data_len=data_len)
-    result = Tuner(_trainer()).scale_batch_size(model, mode=mode)
+    result = Tuner(_trainer()).scale_batch_size(model, mode=mode, margin=0.0)
     assert result == expected
     assert model.batch_size == expected
     assert result <= data_len
@@ -179,7 +192,7 @@ def test_cpu_search_stops_at_the_dataset_size(mode, data_len, expected):
 @pytest.mark.parametrize("mode", ["power", "binsearch"])
 def test_init_val_larger_than_the_data_is_capped(mode):
     model = BatchSizeModel(data_len=50)
-    assert Tuner(_trainer()).scale_batch_size(model, mode=mode, init_val=128) == 50
+    assert Tuner(_trainer()).scale_batch_size(model, mode=mode, init_val=128, margin=0.0) == 50
     assert set(model.sizes) == {50}
 
 
@@ -192,7 +205,7 @@ def test_power_oom_gives_the_largest_power_of_two_that_fits():
 
 def test_binsearch_oom_bisects():
     model = BatchSizeModel(data_len=1000, oom_above=20)
-    assert Tuner(_trainer()).scale_batch_size(model, mode="binsearch") == 20
+    assert Tuner(_trainer()).scale_batch_size(model, mode="binsearch", margin=0.0) == 20
     assert model.batch_size == 20
     tried = list(dict.fromkeys(model.sizes))
     assert tried == [2, 4, 8, 16, 32, 24, 20, 22, 21]
@@ -200,13 +213,14 @@ def test_binsearch_oom_bisects():
 
 def test_binsearch_oom_between_powers_of_two_near_the_data_size():
     model = BatchSizeModel(data_len=1000, oom_above=700)
-    assert Tuner(_trainer()).scale_batch_size(model, mode="binsearch") == 700
+    assert Tuner(_trainer()).scale_batch_size(model, mode="binsearch", margin=0.0) == 700
 
 
 @pytest.mark.parametrize("mode", ["power", "binsearch"])
 def test_oom_at_the_first_trial_goes_down(mode):
     model = BatchSizeModel(data_len=64, oom_above=3)
-    assert Tuner(_trainer()).scale_batch_size(model, mode=mode, init_val=16) == (2 if mode == "power" else 3)
+    expected = 2 if mode == "power" else 3
+    assert Tuner(_trainer()).scale_batch_size(model, mode=mode, init_val=16, margin=0.0) == expected
     assert model.batch_size in model.sizes
 
 
@@ -285,10 +299,12 @@ def test_datamodule_attribute_is_updated():
     dm = DataModule(data_len=32)
     model = DataModuleModel()
     trainer = _trainer()
-    assert Tuner(trainer).scale_batch_size(model, datamodule=dm, mode="binsearch") == 32
+    assert Tuner(trainer).scale_batch_size(model, datamodule=dm, mode="binsearch", margin=0.0) == 32
     assert dm.batch_size == 32
     assert 32 in model.sizes
-    assert trainer.datamodule is None and dm.trainer is None
+    # left attached, as after Lightning's tuner
+    assert trainer.datamodule is dm and dm.trainer is trainer
+    assert trainer.train_dataloader.batch_size == 32
 
 
 def test_datamodule_passed_as_train_dataloaders():
@@ -307,15 +323,18 @@ def test_custom_batch_arg_name():
         def train_dataloader(self):
             return DataLoader(self.data, batch_size=self.bs)
 
+        def val_dataloader(self):
+            return DataLoader(self.val_data, batch_size=self.bs)
+
     model = Custom()
     assert Tuner(_trainer()).scale_batch_size(model, batch_arg_name="bs") == 32
     assert model.bs == 32
 
 
 def test_missing_attribute_error_names_it():
-    with pytest.raises(MisconfigurationException, match="`batch_size` not found"):
+    with pytest.raises(MisconfigurationException, match="Field batch_size not found"):
         Tuner(_trainer()).scale_batch_size(NoAttrModel())
-    with pytest.raises(MisconfigurationException, match="`my_bs` not found"):
+    with pytest.raises(MisconfigurationException, match="Field my_bs not found"):
         Tuner(_trainer()).scale_batch_size(BatchSizeModel(), batch_arg_name="my_bs")
 
 
@@ -325,29 +344,33 @@ def test_loaders_passed_directly_are_refused():
         Tuner(_trainer()).scale_batch_size(model, train_dataloaders=DataLoader(RandomDataset(32, 64)))
 
 
-def test_a_hook_that_ignores_the_attribute_is_an_error():
+def test_a_hook_that_ignores_the_attribute_is_warned_about_once_and_the_search_runs():
+    """Lightning runs such a search silently; featherlight warns (once) that its result means nothing."""
     class Fixed(BatchSizeModel):
         def train_dataloader(self):
             return DataLoader(self.data, batch_size=4)
 
     model = Fixed(batch_size=3)
-    with pytest.raises(MisconfigurationException, match=r"batch_size=self.batch_size"):
-        Tuner(_trainer()).scale_batch_size(model)
-    assert model.batch_size == 3
+    with pytest.warns(UserWarning, match=r"batch_size=self.batch_size") as record:
+        assert Tuner(_trainer()).scale_batch_size(model, max_trials=3) == 8
+    assert sum("measures nothing" in str(w.message) for w in record) == 1
+    assert model.batch_size == 8
 
 
 def test_configuration_errors():
     trainer = _trainer(callbacks=[BatchSizeFinder()])
-    with pytest.raises(ValueError, match="already has a `BatchSizeFinder`"):
+    with pytest.raises(ValueError, match="Trainer is already configured with a `BatchSizeFinder`"):
         Tuner(trainer).scale_batch_size(BatchSizeModel())
     with pytest.raises(ValueError, match="method"):
         Tuner(_trainer()).scale_batch_size(BatchSizeModel(), method="tune")
-    with pytest.raises(MisconfigurationException, match="`dataloaders` must be None"):
+    with pytest.raises(MisconfigurationException, match="`dataloaders` argument should be None"):
         Tuner(_trainer()).scale_batch_size(BatchSizeModel(), dataloaders=DataLoader(RandomDataset(32, 4)))
     with pytest.raises(ValueError, match="mode"):
         BatchSizeFinder(mode="linear")
     with pytest.raises(ValueError, match="steps_per_trial"):
         BatchSizeFinder(steps_per_trial=0)
+    with pytest.raises(ValueError, match="max_trials"):
+        BatchSizeFinder(max_trials=-1)
 
 
 def test_fast_dev_run_skips_the_search():
@@ -373,7 +396,7 @@ def test_weights_trainer_and_rng_are_exactly_as_before(tmp_path):
 
     for mode in ("power", "binsearch"):
         model.batch_size = 4
-        assert Tuner(trainer).scale_batch_size(model, mode=mode) == (16 if mode == "power" else 20)
+        assert Tuner(trainer).scale_batch_size(model, mode=mode, margin=0.0) == (16 if mode == "power" else 20)
         assert _same_bits(weights, _bits(model.state_dict()))
         assert _same_rng(rng, _rng())
         _assert_same_view(view, _trainer_view(trainer))
@@ -383,16 +406,20 @@ def test_weights_trainer_and_rng_are_exactly_as_before(tmp_path):
     assert model.trainer is trainer
 
 
-def test_a_fresh_trainer_stays_fresh():
+def test_a_fresh_trainer_stays_fresh_but_for_the_attached_module_and_loaders():
     trainer = _trainer()
     model = BatchSizeModel()
     before = _trainer_view(trainer)
     keys = set(vars(trainer))
-    Tuner(trainer).scale_batch_size(model)
+    found = Tuner(trainer).scale_batch_size(model)
     assert set(vars(trainer)) == keys
     _assert_same_view(before, _trainer_view(trainer))
-    assert trainer.lightning_module is None
-    assert model._trainer is None
+    # Lightning leaves the module and the fit's loaders (built with the result) attached
+    assert trainer.lightning_module is model and model.trainer is trainer
+    assert trainer.train_dataloader.batch_size == found == 64
+    assert trainer.val_dataloaders.batch_size == found
+    assert trainer.num_training_batches == 1 and trainer.num_val_batches == [1]
+    assert trainer.datamodule is None
 
 
 def test_tuner_runs_setup_and_teardown_but_not_the_training_hooks():
@@ -437,7 +464,7 @@ def test_fit_after_scale_batch_size_uses_the_new_size():
 def test_callback_searches_then_trains_exactly_like_a_plain_run():
     torch.manual_seed(3)
     model = BatchSizeModel(data_len=64, oom_above=20)
-    finder = BatchSizeFinder(mode="binsearch")
+    finder = BatchSizeFinder(mode="binsearch", margin=0.0)
     trainer = _trainer(max_epochs=2, callbacks=[finder])
     assert trainer.callbacks[0] is finder  # tuner callbacks run first
     trainer.fit(model)
@@ -454,9 +481,11 @@ def test_callback_searches_then_trains_exactly_like_a_plain_run():
 
 def test_tuner_with_validate():
     model = BatchSizeModel(data_len=48, oom_above=10)
-    Tuner(_trainer()).scale_batch_size(model, method="validate", mode="binsearch")
+    trainer = _trainer()
+    Tuner(trainer).scale_batch_size(model, method="validate", mode="binsearch", margin=0.0)
     assert model.batch_size == 10
     assert model.sizes == []  # no training step ran
+    assert trainer.val_dataloaders.batch_size == 10 and trainer.train_dataloader is None
 
 
 def test_tuner_with_predict():
@@ -471,12 +500,12 @@ def test_tuner_with_predict():
 
     model = Predictor(data_len=100)
     assert Tuner(_trainer()).scale_batch_size(model, method="predict") == 8
-    assert Tuner(_trainer()).scale_batch_size(model, method="predict", mode="binsearch") == 12
+    assert Tuner(_trainer()).scale_batch_size(model, method="predict", mode="binsearch", margin=0.0) == 12
 
 
 def test_callback_in_validate_searches_and_warns_the_run_keeps_its_loaders():
     model = BatchSizeModel(data_len=48, oom_above=10)
-    trainer = _trainer(callbacks=[BatchSizeFinder(mode="binsearch", init_val=4)])
+    trainer = _trainer(callbacks=[BatchSizeFinder(mode="binsearch", init_val=4, margin=0.0)])
     with pytest.warns(UserWarning, match="keeps them"):
         trainer.validate(model, verbose=False)
     assert model.batch_size == 10
@@ -492,7 +521,7 @@ def test_callback_with_datamodule_and_hparams_in_fit():
 
 
 # ----------------------------------------------------------------------------------------------- Lightning parity
-@pytest.mark.parametrize(("mode", "oom_above", "expected"), [("power", 20, 16), ("binsearch", 20, 20)])
+@pytest.mark.parametrize(("mode", "oom_above", "expected"), [("power", 20, 16), ("binsearch", 20, 19)])
 def test_same_result_as_lightning_when_memory_runs_out(mode, oom_above, expected):
     pl = pytest.importorskip("lightning.pytorch")
     from lightning.pytorch.demos.boring_classes import BoringModel as LBoringModel
@@ -518,7 +547,7 @@ def test_same_result_as_lightning_when_memory_runs_out(mode, oom_above, expected
     lmodel = LModel()
     ltrainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                           enable_model_summary=False, accelerator="cpu")
-    assert LTuner(ltrainer).scale_batch_size(lmodel, mode=mode, margin=0.0) == expected
+    assert LTuner(ltrainer).scale_batch_size(lmodel, mode=mode) == expected  # both with the default margin
 
     model = BatchSizeModel(data_len=1000, oom_above=oom_above)
     assert Tuner(_trainer()).scale_batch_size(model, mode=mode) == expected
@@ -559,3 +588,83 @@ def test_with_progress_bar_and_model_summary(capsys):
     trainer.fit(model)
     assert model.batch_size == 32
     assert trainer.global_step == 1
+
+
+# ----------------------------------------------------------------------------------------------- Lightning's contract
+def test_binsearch_takes_the_default_margin_off_the_result():
+    """Lightning's default ``margin=0.05``: ``int(8 * 0.95) == 7``; the loaders left attached use it."""
+    model = BatchSizeModel(batch_size=2, data_len=64)
+    trainer = _trainer(limit_train_batches=1, limit_val_batches=0)
+    assert Tuner(trainer).scale_batch_size(model, mode="binsearch", init_val=4, max_trials=2) == 7
+    assert model.batch_size == 7
+    assert sorted(set(model.sizes)) == [4, 8]  # the sizes that ran
+    assert trainer.train_dataloader.batch_size == 7
+    # power mode keeps the size that ran
+    assert Tuner(_trainer()).scale_batch_size(BatchSizeModel(data_len=64), mode="power", max_trials=3) == 8
+
+
+def test_max_trials_zero_runs_nothing_and_sets_init_val():
+    model = BatchSizeModel(batch_size=5, data_len=64)
+    with pytest.warns(UserWarning, match="max_trials=0"):
+        assert Tuner(_trainer()).scale_batch_size(model, max_trials=0, init_val=3) == 3
+    assert model.batch_size == 3
+    assert model.sizes == []
+    trainer = _trainer(callbacks=[BatchSizeFinder(max_trials=0, init_val=4)], max_steps=1)
+    with pytest.warns(UserWarning, match="max_trials=0"):
+        trainer.fit(model)
+    assert model.batch_size == 4 and trainer.train_dataloader.batch_size == 4
+
+
+@pytest.mark.parametrize("mode", ["power", "binsearch"])
+@pytest.mark.parametrize(("init_val", "tries", "at_data_end"), [(8, 1, 0), (64, 0, 1)])
+def test_info_lines_like_lightnings(caplog, mode, init_val, tries, at_data_end):
+    """One "trying batch size" line per trial that follows (none after the last one), and Lightning's line when
+    the data's length is reached."""
+    import logging
+
+    model = BatchSizeModel(batch_size=16, data_len=64)
+    with caplog.at_level(logging.INFO, logger="featherlight"):
+        Tuner(_trainer()).scale_batch_size(model, mode=mode, init_val=init_val, max_trials=2, steps_per_trial=2)
+    assert caplog.text.count("trying batch size") == tries
+    assert caplog.text.count("greater or equal than the length of your dataset: 64") == at_data_end
+
+
+def test_eval_loaders_passed_directly_warn_and_the_search_runs():
+    model = BatchSizeModel(batch_size=2, data_len=16)
+    loader = DataLoader(RandomDataset(32, 16), batch_size=4)
+    with pytest.warns(UserWarning) as record:
+        Tuner(_trainer()).scale_batch_size(model, method="validate", dataloaders=loader, max_trials=2)
+    messages = [str(w.message) for w in record]
+    assert any("cannot resize dataloaders passed directly to `.validate(dataloaders=...)`" in m for m in messages)
+
+
+def test_multiple_eval_loaders_are_refused_before_the_attribute_is_looked_for():
+    class TwoVal(NoAttrModel):
+        def val_dataloader(self):
+            return [DataLoader(RandomDataset(32, 8)), DataLoader(RandomDataset(32, 8))]
+
+    with pytest.raises(MisconfigurationException, match="The Batch size finder cannot be used with multiple val"):
+        Tuner(_trainer()).scale_batch_size(TwoVal(), method="validate")
+    with pytest.raises(MisconfigurationException, match="Field batch_size not found"):
+        Tuner(_trainer()).scale_batch_size(NoAttrModel(), method="test")
+
+
+def test_lightning_sentences_start_the_messages():
+    with pytest.raises(MisconfigurationException, match="^The Batch size finder cannot be used with dataloaders "
+                                                        r"passed directly to `.fit\(\)`"):
+        Tuner(_trainer()).scale_batch_size(BatchSizeModel(), train_dataloaders=DataLoader(RandomDataset(32, 8)))
+    with pytest.raises(MisconfigurationException, match="^Field batch_size not found in `model`, `datamodule`, nor "
+                                                        "their `hparams` attributes."):
+        Tuner(_trainer()).scale_batch_size(NoAttrModel())
+    with pytest.raises(MisconfigurationException, match="please consider setting `dataloaders` instead"):
+        Tuner(_trainer()).scale_batch_size(BatchSizeModel(), train_dataloaders=DataLoader(RandomDataset(32, 8)),
+                                           method="test")
+
+    class Both(BatchSizeModel):
+        def __init__(self, batch_size=2):
+            super().__init__(batch_size=batch_size, data_len=8)
+            self.save_hyperparameters()
+
+    with pytest.warns(UserWarning, match="Field `model.batch_size` and `model.hparams.batch_size` are mutually "
+                                         "exclusive!"):
+        Tuner(_trainer()).scale_batch_size(Both())

@@ -51,6 +51,12 @@ class HparamsLRModel(LRModel):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.learning_rate)
 
 
+# what a tuner call attaches to the trainer, as Lightning's does
+ATTACHED = {"lightning_module", "datamodule", "train_dataloader", "val_dataloaders", "test_dataloaders",
+            "predict_dataloaders", "num_training_batches", "num_val_batches", "num_test_batches",
+            "num_predict_batches", "val_check_batch"}
+
+
 def _trainer(**kwargs):
     defaults = dict(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                     enable_model_summary=False, accelerator="cpu")
@@ -180,7 +186,7 @@ def test_suggestion_ignores_non_finite_losses():
 def test_configuration_errors():
     with pytest.raises(MisconfigurationException, match="method='fit'"):
         Tuner(_trainer()).lr_find(LRModel(), method="validate")
-    with pytest.raises(ValueError, match="already has a `LearningRateFinder`"):
+    with pytest.raises(ValueError, match="Trainer is already configured with a `LearningRateFinder`"):
         Tuner(_trainer(callbacks=[LearningRateFinder()])).lr_find(LRModel())
     with pytest.raises(ValueError, match="mode"):
         LearningRateFinder(mode="cosine")
@@ -196,8 +202,22 @@ def test_configuration_errors():
         def configure_optimizers(self):
             return [torch.optim.SGD(self.parameters(), lr=self.lr), torch.optim.SGD(self.parameters(), lr=self.lr)]
 
-    with pytest.raises(MisconfigurationException, match="single optimizer"):
+    with pytest.raises(MisconfigurationException, match=r"^`model.configure_optimizers\(\)` returned 2, but learning "
+                                                        "rate finder only works with single optimizer"):
         Tuner(_trainer()).lr_find(TwoOptimizers())
+    with pytest.raises(AttributeError, match="^When using the learning rate finder, either `model` or `model.hparams` "
+                                             "should have one of these fields"):
+        Tuner(_trainer()).lr_find(BoringModel(), update_attr=True)
+    with pytest.raises(ValueError, match="num_training_steps"):
+        LearningRateFinder(num_training_steps=-1)
+
+
+def test_zero_steps_warn_and_suggest_nothing_as_in_lightning():
+    model = LRModel(lr=0.3)
+    with pytest.warns(UserWarning, match="num_training=0"):
+        finder = Tuner(_trainer()).lr_find(model, num_training=0)
+    assert finder.results == {}
+    assert model.lr == 0.3 and model.lrs_used == []
 
 
 def test_fast_dev_run_skips_the_search():
@@ -216,7 +236,7 @@ def test_weights_trainer_and_rng_are_restored(tmp_path):
     weights = _bits(model.state_dict())
     optimizer_state = copy.deepcopy(trainer.optimizers[0].state_dict())
     scheduler_state = copy.deepcopy(trainer.lr_scheduler_configs[0].scheduler.state_dict())
-    ids = {k: id(v) for k, v in vars(trainer).items()}
+    ids = {k: id(v) for k, v in vars(trainer).items() if k not in ATTACHED}
     flags = (trainer.max_steps, trainer.max_epochs, trainer.global_step, trainer.current_epoch, trainer.should_stop,
              trainer.limit_val_batches, list(trainer.callbacks), list(trainer.loggers), trainer.state.status)
     metrics = {k: v.clone() for k, v in trainer.callback_metrics.items()}
@@ -226,7 +246,7 @@ def test_weights_trainer_and_rng_are_restored(tmp_path):
 
     assert _same_bits(weights, _bits(model.state_dict()))
     assert _same_rng(rng, _rng())
-    assert {k: id(v) for k, v in vars(trainer).items()} == ids
+    assert {k: id(v) for k, v in vars(trainer).items() if k not in ATTACHED} == ids
     assert (trainer.max_steps, trainer.max_epochs, trainer.global_step, trainer.current_epoch, trainer.should_stop,
             trainer.limit_val_batches, list(trainer.callbacks), list(trainer.loggers), trainer.state.status) == flags
     assert trainer.callback_metrics.keys() == metrics.keys()
@@ -238,14 +258,16 @@ def test_weights_trainer_and_rng_are_restored(tmp_path):
     assert trainer.lr_scheduler_configs[0].scheduler.state_dict() == scheduler_state
 
 
-def test_fresh_model_and_trainer_stay_fresh():
+def test_fresh_model_and_trainer_stay_fresh_but_for_the_attached_module_and_loader():
     model = LRModel()
     trainer = _trainer()
     keys = set(vars(trainer))
     weights = _bits(model.state_dict())
     Tuner(trainer).lr_find(model, num_training=20)
     assert set(vars(trainer)) == keys
-    assert trainer.lightning_module is None and model._trainer is None
+    # as after Lightning's lr_find: the module and the training loader stay attached
+    assert trainer.lightning_module is model and model.trainer is trainer
+    assert trainer.train_dataloader.batch_size == 4 and trainer.num_training_batches == 64
     assert trainer.global_step == 0 and trainer.optimizers == []
     assert _same_bits(weights, _bits(model.state_dict()))
 
