@@ -1,8 +1,9 @@
 """LightningModule: an ``nn.Module`` that also says how to train, validate, test and predict."""
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import IO, Any, Callable, Optional, Sequence, Union
 
 import torch
@@ -13,7 +14,7 @@ from featherlight.core.hooks import CheckpointHooks, DataHooks, ModelHooks
 from featherlight.core.mixins.hparams_mixin import HyperparametersMixin
 from featherlight.core.optimizer import LightningOptimizer
 from featherlight.utilities.exceptions import MisconfigurationException
-from featherlight.utilities.rank_zero import WarningCache
+from featherlight.utilities.rank_zero import WarningCache, rank_zero_warn
 
 _warnings = WarningCache()
 
@@ -42,7 +43,7 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         self._example_input_array: Any = None
         self._device: torch.device = torch.device("cpu")
         self._dtype: torch.dtype = torch.get_default_dtype()
-        self._param_requires_grad_state: dict[str, bool] = {}
+        self._param_requires_grad_state: dict[Tensor, bool] = {}
         self._compiler_ctx: Optional[dict] = None
 
     # ------------------------------------------------------------------ properties
@@ -214,7 +215,9 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         if store is not None and batch_size is None and store.log_again(fx, name, value):
             return
         if trainer.barebones:
-            _warnings.warn(
+            # not cached: Python's warning filter already shows it once per call site, and `pytest.warns`/`log_dict`
+            # callers see every one, as with Lightning
+            rank_zero_warn(
                 "You are trying to `self.log()` but `Trainer(barebones=True)` is configured. Logging can "
                 "impact raw speed so it is disabled under this setting."
             )
@@ -292,23 +295,37 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         loss.backward(*args, **kwargs)
 
     def toggle_optimizer(self, optimizer: Union[Optimizer, LightningOptimizer]) -> None:
-        """Freeze every parameter not owned by ``optimizer`` so only its parameters get gradients."""
+        """Make only ``optimizer``'s parameters require gradients: the parameters of the trainer's *other* optimizers
+        are frozen (their ``requires_grad`` is remembered for :meth:`untoggle_optimizer`). Parameters that belong to
+        no optimizer are left alone, as in Lightning."""
         opt = optimizer.optimizer if isinstance(optimizer, LightningOptimizer) else optimizer
-        own = {id(p) for g in opt.param_groups for p in g["params"]}
-        state: dict[str, bool] = {}
-        for name, p in self.named_parameters():
-            state[name] = p.requires_grad
-            if id(p) not in own:
-                p.requires_grad = False
+        state: dict[Tensor, bool] = {}
+        for other in self.trainer.optimizers:
+            for group in other.param_groups:
+                for p in group["params"]:
+                    if p not in state:
+                        state[p] = p.requires_grad
+                        p.requires_grad = False
+        for group in opt.param_groups:  # this optimizer's parameters keep the setting they had
+            for p in group["params"]:
+                p.requires_grad = state.get(p, p.requires_grad)
         self._param_requires_grad_state = state
 
     def untoggle_optimizer(self, optimizer: Union[Optimizer, LightningOptimizer]) -> None:
-        """Undo :meth:`toggle_optimizer`."""
+        """Undo :meth:`toggle_optimizer`: the other optimizers' parameters get their ``requires_grad`` back."""
         state = self._param_requires_grad_state
-        for name, p in self.named_parameters():
-            if name in state:
-                p.requires_grad = state[name]
+        for p, requires_grad in state.items():
+            p.requires_grad = requires_grad
         self._param_requires_grad_state = {}
+
+    @contextlib.contextmanager
+    def toggled_optimizer(self, optimizer: Union[Optimizer, LightningOptimizer]) -> Iterator[None]:
+        """:meth:`toggle_optimizer` for the duration of a ``with`` block, then :meth:`untoggle_optimizer`."""
+        self.toggle_optimizer(optimizer)
+        try:
+            yield
+        finally:
+            self.untoggle_optimizer(optimizer)
 
     def clip_gradients(
         self,
@@ -373,17 +390,17 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         return apply_to_collection(data, Tensor, strategy.all_gather, group=group, sync_grads=sync_grads)
 
     # ------------------------------------------------------------------ misc
-    def freeze(self) -> None:
-        """Freeze all parameters and switch to eval mode."""
+    def freeze(self) -> "LightningModule":
+        """Freeze all parameters and switch to eval mode; returns the module."""
         for p in self.parameters():
             p.requires_grad = False
-        self.eval()
+        return self.eval()
 
-    def unfreeze(self) -> None:
-        """Unfreeze all parameters and switch to train mode."""
+    def unfreeze(self) -> "LightningModule":
+        """Unfreeze all parameters and switch to train mode; returns the module."""
         for p in self.parameters():
             p.requires_grad = True
-        self.train()
+        return self.train()
 
     @torch.no_grad()
     def to_torchscript(

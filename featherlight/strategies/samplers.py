@@ -297,6 +297,23 @@ class _ResumableSampler(ResumableSampler):
         self._continuation = continuation
 
 
+class _ResumableSequentialSampler(_ResumableSampler, SequentialSampler):
+    """A :class:`_ResumableSampler` in ``SequentialSampler``'s order that also *is* one for ``isinstance`` (code
+    that asks whether a loader shuffles sees what it replaced)."""
+
+    def __init__(self, data_source: Any) -> None:
+        _ResumableSampler.__init__(self, len(data_source), False)
+        self.data_source = data_source
+
+
+class _ResumableRandomSampler(_ResumableSampler, RandomSampler):
+    """A :class:`_ResumableSampler` making ``RandomSampler``'s draws that also *is* one for ``isinstance``."""
+
+    def __init__(self, data_source: Any, generator: Optional[torch.Generator] = None) -> None:
+        _ResumableSampler.__init__(self, len(data_source), True, generator)
+        self.data_source, self.replacement, self._num_samples = data_source, False, None
+
+
 def resumable_sampler(loader: Any) -> Optional[ResumableSampler]:
     """The sampler of ``loader`` that can skip samples on resume, if it has one."""
     for sampler in (getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):

@@ -273,11 +273,28 @@ def _resolve_ckpt_path(trainer: "Trainer", ckpt_path: Any, fn: Any,
     Returns ``(path, checkpoint)``: for ``"last"`` the checkpoint is already read (each candidate is read to
     verify it), and the restore uses that copy; otherwise it is None."""
     if ckpt_path == "best":
+        fn_name = fn.value
+        if len(trainer.checkpoint_callbacks) > 1:
+            rank_zero_warn(
+                f'`.{fn_name}(ckpt_path="best")` is called with Trainer configured with multiple `ModelCheckpoint` '
+                "callbacks. It will use the best checkpoint path from first checkpoint callback."
+            )
         cb = trainer.checkpoint_callback
-        if cb is None or not getattr(cb, "best_model_path", ""):
+        if cb is None:
             raise ValueError(
-                f'`.{fn.value}(ckpt_path="best")` is set but there is no best checkpoint: no `ModelCheckpoint` '
-                "has saved one yet (set `monitor=` to track the best model, or pass a path)."
+                f'`.{fn_name}(ckpt_path="best")` is set but `ModelCheckpoint` is not configured. Add a '
+                "`ModelCheckpoint` callback (or `enable_checkpointing=True`), or pass a checkpoint path."
+            )
+        if not getattr(cb, "best_model_path", ""):
+            if trainer.fast_dev_run:
+                raise ValueError(
+                    f'You cannot execute `.{fn_name}(ckpt_path="best")` with `fast_dev_run=True`. Please pass an '
+                    f"exact checkpoint path to `.{fn_name}(ckpt_path=...)`"
+                )
+            raise ValueError(
+                f'`.{fn_name}(ckpt_path="best")` is set but `ModelCheckpoint` is not configured to save the best '
+                "model. No checkpoint has been saved yet: set `ModelCheckpoint(monitor=..., save_top_k>0)` and fit "
+                "first, or pass a checkpoint path."
             )
         return cb.best_model_path, None
     if ckpt_path == "last":
@@ -312,8 +329,8 @@ def _resolve_ckpt_path(trainer: "Trainer", ckpt_path: Any, fn: Any,
                 f'`.{fn.value}(ckpt_path="last")`: every checkpoint found is unreadable ({unreadable}). Move them '
                 "away (or pass `ckpt_path=None`) to start a new run.", reason="corrupt",
             )
-        rank_zero_warn(f'`.{fn.value}(ckpt_path="last")` is set, but there is no last checkpoint available. '
-                       "No checkpoint will be loaded.")
+        rank_zero_warn(f'.{fn.value}(ckpt_path="last") is set, but there is no last checkpoint available. No '
+                       "checkpoint will be loaded. HINT: Set `ModelCheckpoint(..., save_last=True)`.")
         return None, None
     path = os.fspath(ckpt_path)
     if not is_remote(path) and not os.path.exists(path):

@@ -34,7 +34,8 @@ def run_fit(trainer: "Trainer") -> None:
     module = trainer.lightning_module
 
     data.load_train()
-    if data.val_enabled():
+    if data.val_enabled() and validates_epoch(trainer):
+        # loaded before training starts (for the progress bar) only if this epoch validates, as in Lightning
         data.ensure_val_loaders()
     call("on_train_start")
     resume, progress.resume = progress.resume, None
@@ -78,9 +79,11 @@ def run_fit(trainer: "Trainer") -> None:
             if transfer is not None:
                 batch = transfer(batch, 0)
             store.new_batch(batch)
-            if batch_start is not None and batch_start(batch, batch_idx) == -1:
+            if batch is None:  # the collate function skipped this batch: no hooks, no step (Lightning's rule)
+                outputs, stepped = _skipped_batch(trainer)
+            elif batch_start is not None and batch_start(batch, batch_idx) == -1:
                 break
-            if profiling:
+            elif profiling:
                 with hooks.profile("run_training_batch"):
                     outputs, stepped = step(batch, batch_idx, is_last)
             else:
@@ -104,6 +107,12 @@ def run_fit(trainer: "Trainer") -> None:
     call("on_train_end")
 
 
+def _skipped_batch(trainer: "Trainer") -> tuple[None, bool]:
+    """A ``None`` batch from the training dataloader: ``on_train_batch_end`` sees ``outputs=None``, nothing steps."""
+    trainer.warnings.warn("train_dataloader yielded None. If this was on purpose, ignore this warning...")
+    return None, False
+
+
 def run_sanity_check(trainer: "Trainer") -> None:
     """A few validation batches before training (``num_sanity_val_steps``), whose values are then forgotten."""
     data = trainer.data
@@ -112,7 +121,7 @@ def run_sanity_check(trainer: "Trainer") -> None:
     with isolate_rng():  # the sanity check must not change what the training run draws
         trainer.state.stage = RunningStage.SANITY_CHECKING
         trainer.hooks.call("on_sanity_check_start")
-        if data.ensure_val_loaders():
+        if data.ensure_val_loaders(counts_as_reload=validates_epoch(trainer)):
             steps = trainer.num_sanity_val_steps
             limits = [n if steps == -1 else min(n, steps) for n in data.val_limits]
             trainer.num_sanity_val_batches = limits
@@ -127,7 +136,9 @@ def _end_epoch(trainer: "Trainer", store: ResultStore) -> None:
     """After ``on_train_epoch_end``: log the epoch's values, step plateau schedulers, count the epoch."""
     progress = trainer.progress
     trainer.results.log_train_epoch(trainer)
-    if trainer.lightning_module.automatic_optimization:
+    if trainer.lightning_module.automatic_optimization and progress.batch_is_last:
+        # only after an epoch that ran all its batches (not one `max_steps` or a -1 from on_train_batch_start cut
+        # short), as in Lightning
         trainer.optimization.step_schedulers("epoch", None, plateau=True)
     progress.epoch += 1
     # a checkpoint taken from here on (e.g. after fit) resumes at the start of the next epoch
@@ -211,6 +222,12 @@ def _look_ahead(fetch: Iterator, batch_idx: int) -> Iterator:
         batch, batch_idx = nxt, batch_idx + 1
 
 
+def validates_epoch(trainer: "Trainer") -> bool:
+    """Whether the current epoch validates at all (``check_val_every_n_epoch``)."""
+    every = trainer.check_val_every_n_epoch
+    return every is None or (trainer.current_epoch + 1) % every == 0
+
+
 def _should_validate(trainer: "Trainer", batch_idx: int, is_last: bool) -> bool:
     """Lightning's rule: every ``val_check_interval`` batches (or on the last batch), in due epochs."""
     every = trainer.check_val_every_n_epoch
@@ -235,10 +252,22 @@ def can_stop_early(trainer: "Trainer") -> bool:
     return met_epochs and met_steps
 
 
+def _stop_allowed(trainer: "Trainer") -> bool:
+    """A requested stop (``should_stop``) takes effect unless ``min_epochs``/``min_steps`` are not met yet; then
+    training continues, said once per run (Lightning's INFO line)."""
+    if can_stop_early(trainer):
+        return True
+    trainer.warnings.info(
+        f"Trainer was signaled to stop but the required `min_epochs={trainer.min_epochs!r}` or "
+        f"`min_steps={trainer.min_steps!r}` has not been met. Training will continue..."
+    )
+    return False
+
+
 def _epoch_done(trainer: "Trainer") -> bool:
     if trainer.max_steps != -1 and trainer.progress.global_step >= trainer.max_steps:
         return True
-    return trainer.should_stop and can_stop_early(trainer)
+    return trainer.should_stop and _stop_allowed(trainer)
 
 
 def _fit_done(trainer: "Trainer") -> bool:
@@ -249,7 +278,7 @@ def _fit_done(trainer: "Trainer") -> bool:
         return True
     if trainer.max_epochs is not None and trainer.max_epochs != -1 and progress.epoch >= trainer.max_epochs:
         return True
-    return trainer.should_stop and can_stop_early(trainer)
+    return trainer.should_stop and _stop_allowed(trainer)
 
 
 def _set_sampler_epoch(loader: Any, epoch: int) -> None:

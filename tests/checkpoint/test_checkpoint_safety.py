@@ -444,7 +444,7 @@ def test_best_without_a_monitored_checkpoint(tmp_path):
         _trainer(tmp_path).fit(BoringModel(), ckpt_path="best")
     trainer = _trainer(tmp_path, callbacks=[ModelCheckpoint(dirpath=tmp_path / "c", monitor="val_loss")],
                        enable_checkpointing=True)
-    with pytest.raises(ValueError, match="no best checkpoint"):
+    with pytest.raises(ValueError, match="not configured to save the best model"):
         trainer.test(BoringModel(), ckpt_path="best")
 
 
