@@ -11,9 +11,12 @@ module, with errors that list the keys that did not match.
 """
 from __future__ import annotations
 
+import ast
+import csv
 import enum
 import importlib.util
 import inspect
+import io
 import os
 import warnings
 from argparse import Namespace
@@ -190,6 +193,47 @@ def load_hparams_from_yaml(config_yaml: _PATH, use_omegaconf: bool = True) -> di
     return hparams
 
 
+def _literal(value: str) -> Any:
+    """A CSV cell back as the Python literal it was written from (``32``, ``0.1``, ``True``), else the string.
+    ``ast.literal_eval`` only parses literals: no code runs."""
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return value
+
+
+def save_hparams_to_tags_csv(tags_csv: _PATH, hparams: dict | Namespace) -> None:
+    """Write ``hparams`` to the legacy ``key,value`` CSV file ``tags_csv`` (atomically).
+
+    Raises:
+        RuntimeError: if the destination directory does not exist.
+    """
+    directory = os.path.dirname(os.fspath(tags_csv)) or "."
+    if not os.path.isdir(directory):
+        raise RuntimeError(f"Missing folder: {directory}. Create it before saving the tags file {tags_csv}.")
+    if isinstance(hparams, Namespace):
+        hparams = vars(hparams)
+    out = io.StringIO(newline="")
+    writer = csv.writer(out)
+    writer.writerow(["key", "value"])
+    for key, value in hparams.items():
+        writer.writerow([key, value])
+    text = out.getvalue()
+    atomic_write(tags_csv, lambda f: f.write(text.encode("utf-8")))
+
+
+def load_hparams_from_tags_csv(tags_csv: _PATH) -> dict[str, Any]:
+    """Read a legacy ``key,value`` CSV file of hyperparameters (values parsed as Python literals, never executed).
+
+    Returns ``{}`` with a ``RuntimeWarning`` if the file does not exist."""
+    if not os.path.isfile(tags_csv):
+        warnings.warn(f"Missing Tags: {os.fspath(tags_csv)}.", RuntimeWarning, stacklevel=2)
+        return {}
+    with open(tags_csv, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter=","))
+    return {row[0]: _literal(row[1]) for row in rows[1:] if len(row) >= 2}
+
+
 # ------------------------------------------------------------------------------------------- module state
 def plain_hparams(hparams: Any) -> Any:
     """hparams as a plain dict (AttributeDict is a dict subclass; plain dicts load with weights_only)."""
@@ -220,9 +264,14 @@ def _init_kwargs(cls: type, checkpoint: dict[str, Any], hparams_key: str, name_k
     hparams: dict[str, Any] = dict(saved) if isinstance(saved, Mapping) else {}
     if hparams_file is not None:
         ext = os.fspath(hparams_file).rsplit(".", 1)[-1].lower()
-        if ext not in ("yaml", "yml"):
-            raise ValueError(f"`hparams_file` must be a .yaml or .yml file, got {os.fspath(hparams_file)!r}.")
-        hparams = dict(load_hparams_from_yaml(hparams_file))
+        if ext == "csv":
+            hparams = load_hparams_from_tags_csv(hparams_file)
+        elif ext in ("yaml", "yml"):
+            hparams = dict(load_hparams_from_yaml(hparams_file))
+        else:
+            raise ValueError(
+                f".csv, .yml or .yaml is required for `hparams_file`, got {os.fspath(hparams_file)!r}."
+            )
     hparams.update(overrides)
     for key in _INSTANTIATOR_KEYS:
         hparams.pop(key, None)

@@ -82,9 +82,8 @@ def _dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> dict[str
         for cb in trainer.callbacks:
             if getattr(cb, "edits_weights_only_checkpoints", False) is True:
                 cb.on_save_checkpoint(trainer, module, checkpoint)
+    # a datamodule saves through `state_dict()` only: Lightning 2.x no longer calls its `on_save_checkpoint`
     trainer.hooks.call_module("on_save_checkpoint", checkpoint)
-    if dm is not None:
-        dm.on_save_checkpoint(checkpoint)
     return checkpoint
 
 
@@ -354,11 +353,17 @@ def _restore_module_and_callbacks(trainer: "Trainer", path: str, checkpoint: Opt
     dm = trainer.datamodule
     if dm is not None:
         key = type(dm).__qualname__
-        if key in checkpoint:
+        if key in checkpoint:  # through `load_state_dict` only, as in Lightning 2.x (no `on_load_checkpoint`)
             dm.load_state_dict(checkpoint[key])
-        dm.on_load_checkpoint(checkpoint)
     trainer.hooks.call_callbacks("on_load_checkpoint", checkpoint)
-    states = checkpoint.get("callbacks", {})
+    states = checkpoint.get("callbacks") or {}
+    known = {key for cb in trainer.callbacks for key in (cb.state_key, getattr(cb, "_legacy_state_key", None))}
+    missing = [key for key in states if key not in known]
+    if missing:
+        rank_zero_warn(
+            "Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be provided during "
+            f"`Trainer` instantiation. Please add the following callbacks: {missing}."
+        )
     for cb in trainer.callbacks:
         state = states.get(cb.state_key, states.get(getattr(cb, "_legacy_state_key", None)))
         if state:

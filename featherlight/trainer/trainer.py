@@ -457,6 +457,9 @@ class Trainer:
         self._run_log_dir = strategy.broadcast(self._local_log_dir())  # every rank sees rank zero's
         self.profiler.setup(stage=stage, local_rank=self.local_rank, log_dir=self.log_dir)
         run.setup(self, stage)
+        # each run starts with empty metric dicts (the previous run's values are gone), as in Lightning
+        self.results.switch(self, None)
+        self.results.reset_results()
         run.check_module(self, fn)
         strategy.setup(self.lightning_module)
         hooks.rebuild()  # the module may have been replaced by a wrapper's conversion
