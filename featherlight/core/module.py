@@ -476,8 +476,8 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
                                            **kwargs)
         if model._strict_loading is not None and strict is not None and strict != model.strict_loading:
             raise ValueError(
-                f"You set `.load_from_checkpoint(..., strict={strict!r})`, which conflicts with "
-                f"`{cls.__name__}.strict_loading={model.strict_loading!r}`. Set the same value for both."
+                f"You set `.load_from_checkpoint(..., strict={strict!r})` which is in conflict with "
+                f"`{cls.__name__}.strict_loading={model.strict_loading!r}. Please set the same value for both of them."
             )
         return load_weights(model, checkpoint, model.strict_loading if strict is None else strict, checkpoint_path)
 

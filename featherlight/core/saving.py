@@ -28,6 +28,7 @@ import torch
 
 from featherlight.io.atomic import atomic_write
 from featherlight.io.load import load_checkpoint
+from featherlight.io.safe import unloaded_objects
 from featherlight.io.state import load_module_state
 from featherlight.utilities.exceptions import CheckpointError
 from featherlight.utilities.model_helpers import is_overridden
@@ -136,8 +137,8 @@ def save_hparams_to_yaml(config_yaml: _PATH, hparams: dict | Namespace, use_omeg
             yaml.dump(value, Dumper=dumper)
         except (yaml.YAMLError, TypeError, ValueError, RecursionError):
             _warning_cache.warn(
-                f"Skipping hyperparameter {key!r} ({type(value).__name__}) in {os.fspath(config_yaml)}: it cannot be"
-                " written to YAML safely.",
+                f"Skipping '{key}' parameter because it is not possible to safely dump to YAML. ({type(value).__name__}"
+                f" values are left out of {os.fspath(config_yaml)}; convert it to a plain value to keep it.)",
                 stacklevel=3,
             )
             continue
@@ -247,6 +248,11 @@ def plain_hparams(hparams: Any) -> Any:
 # ------------------------------------------------------------------------------------------- load_from_checkpoint
 # keys LightningCLI adds to hparams to rebuild a class by import path; we never import from a checkpoint
 _INSTANTIATOR_KEYS = ("_instantiator", "_class_path")
+# nn.Module hyperparameters left out of a checkpoint: {argument name: class}, for load_from_checkpoint to ask for
+HPARAMS_LEFT_OUT_KEY = "featherlight_hparams_left_out"
+DM_HPARAMS_LEFT_OUT_KEY = "featherlight_datamodule_hparams_left_out"
+# where Lightning < 1.0 saved a module's hyperparameters (read before the current key, which wins)
+_PAST_HPARAMS_KEYS = ("hparams", "module_arguments")
 
 
 def _init_kwargs(cls: type, checkpoint: dict[str, Any], hparams_key: str, name_key: str, hparams_file: Any,
@@ -260,8 +266,14 @@ def _init_kwargs(cls: type, checkpoint: dict[str, Any], hparams_key: str, name_k
     """
     from featherlight.utilities.parsing import AttributeDict
 
+    hparams: dict[str, Any] = {}
+    if hparams_key == "hyper_parameters":
+        for past in _PAST_HPARAMS_KEYS:
+            if isinstance(checkpoint.get(past), Mapping):
+                hparams.update(checkpoint[past])
     saved = checkpoint.get(hparams_key)
-    hparams: dict[str, Any] = dict(saved) if isinstance(saved, Mapping) else {}
+    if isinstance(saved, Mapping):
+        hparams.update(saved)
     if hparams_file is not None:
         ext = os.fspath(hparams_file).rsplit(".", 1)[-1].lower()
         if ext == "csv":
@@ -285,6 +297,47 @@ def _init_kwargs(cls: type, checkpoint: dict[str, Any], hparams_key: str, name_k
     if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
         kwargs = {k: v for k, v in kwargs.items() if k in names}
     return kwargs, hparams
+
+
+def _check_rebuildable(cls: type, kwargs: dict[str, Any], overrides: dict[str, Any], left_out: Any,
+                       path: Any) -> None:
+    """Before ``cls(**kwargs)``: every argument ``__init__`` needs is there as plain data.
+
+    * An ``nn.Module`` hyperparameter is not in the checkpoint (``left_out``): it must be passed, unless
+      ``__init__``'s default is a module of the same class (the weights then come from the state dict).
+    * A hyperparameter only code from the file could rebuild (an :class:`~featherlight.io.safe.UnloadedObject`,
+      read under ``weights_only=True``) must be passed, or the file trusted with ``weights_only=False``.
+    """
+    name = cls.__name__
+    params = inspect.signature(cls.__init__).parameters
+    if isinstance(left_out, Mapping):
+        for arg, saved_class in left_out.items():
+            if arg in overrides or arg not in params:
+                continue
+            default = params[arg].default
+            if default is not params[arg].empty and \
+                    f"{type(default).__module__}.{type(default).__qualname__}" == saved_class:
+                continue
+            what = "has no default" if default is params[arg].empty else \
+                f"defaults to a {type(default).__qualname__}"
+            raise TypeError(
+                f"`{name}.load_from_checkpoint` needs the argument `{arg}`: it was an `nn.Module` "
+                f"({saved_class}), which is not stored with the hyperparameters in {_describe(path)} (its weights "
+                f"are in the state dict), and `{name}.__init__` {what}. Pass it: "
+                f"`{name}.load_from_checkpoint(path, {arg}=...)`."
+            )
+    unloaded = {k: unloaded_objects(v) for k, v in kwargs.items() if k not in overrides}
+    unloaded = {k: v for k, v in unloaded.items() if v}
+    if unloaded:
+        listed = ", ".join(f"`{k}` ({', '.join(sorted(set(v)))})" for k, v in unloaded.items())
+        example = ", ".join(f"{k}=..." for k in unloaded)
+        raise CheckpointError(
+            f"Cannot rebuild {name} from the hyperparameters in {_describe(path)}: {listed} can only be restored by "
+            f"executing code from the file, which loading does not do. Pass them: `{name}.load_from_checkpoint(path, "
+            f"{example})`, or, if you trust the file, opt in with `weights_only=False`. (Resuming with "
+            "`trainer.fit(ckpt_path=...)` and `trainer.test(ckpt_path=...)` need neither: the weights and training "
+            "state load as they are.)", reason="unsafe",
+        )
 
 
 def _instantiate(cls: type, kwargs: dict[str, Any], hparams: dict[str, Any], path: Any) -> Any:
@@ -328,6 +381,7 @@ def rebuild_module(cls: type, path: Any, map_location: Any, hparams_file: Any, w
     if "state_dict" not in checkpoint:
         raise CheckpointError(f"{_describe(path)} has no 'state_dict': it is not a model checkpoint.", reason="corrupt")
     init_kwargs, hparams = _init_kwargs(cls, checkpoint, "hyper_parameters", "hparams_name", hparams_file, kwargs)
+    _check_rebuildable(cls, init_kwargs, kwargs, checkpoint.get(HPARAMS_LEFT_OUT_KEY), path)
     return _instantiate(cls, init_kwargs, hparams, path), checkpoint
 
 
@@ -352,6 +406,7 @@ def load_datamodule_from_checkpoint(cls: type, path: Any, map_location: Any, hpa
                                        weights_only=weights_only)
     init_kwargs, hparams = _init_kwargs(cls, checkpoint, "datamodule_hyper_parameters", "datamodule_hparams_name",
                                         hparams_file, kwargs)
+    _check_rebuildable(cls, init_kwargs, kwargs, checkpoint.get(DM_HPARAMS_LEFT_OUT_KEY), path)
     dm = _instantiate(cls, init_kwargs, hparams, path)
     key = cls.__qualname__
     if key in checkpoint:

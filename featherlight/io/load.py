@@ -19,9 +19,18 @@ from featherlight.io.safe import load_file
 from featherlight.utilities.exceptions import CheckpointError
 
 
+# The saved hyperparameters (current and legacy keys): objects in them that only code could rebuild are read as
+# inert stand-ins instead of refusing the whole file (see `featherlight.io.safe`)
+HPARAM_KEYS = ("hyper_parameters", "datamodule_hyper_parameters", "hparams", "module_arguments")
+
+
 def load_checkpoint(path: Union[str, os.PathLike, IO[bytes]], map_location: Any = None,
-                    weights_only: bool = True) -> dict[str, Any]:
+                    weights_only: bool = True, tolerate: tuple[str, ...] = HPARAM_KEYS) -> dict[str, Any]:
     """Read a checkpoint. With ``weights_only=True`` (default) no code from the file can run.
+
+    Python objects the allow-list does not cover are refused, except under the top-level keys ``tolerate`` (the
+    hyperparameters), where they are read as :class:`~featherlight.io.safe.UnloadedObject` stand-ins: the weights
+    and training state still load.
 
     ``path`` is a local file, a sharded checkpoint directory, an open binary stream, or a URL (``http(s)://``
     or any fsspec protocol; read into memory, then loaded the same way).
@@ -45,7 +54,7 @@ def load_checkpoint(path: Union[str, os.PathLike, IO[bytes]], map_location: Any 
             raise CheckpointError(
                 f"Checkpoint path {name!r} is a directory, not a checkpoint file (nor a sharded checkpoint "
                 "directory written by `FSDPStrategy`, which holds a meta.pt).", reason="corrupt")
-    return load_file(path, map_location, weights_only)
+    return load_file(path, map_location, weights_only, tolerate)
 
 
 def map_tensors(checkpoint: dict[str, Any], map_location: Any) -> dict[str, Any]:

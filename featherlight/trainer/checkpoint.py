@@ -10,8 +10,8 @@ import glob
 import os
 from typing import Any, Optional, Union
 
-from featherlight.core.mixins.hparams_mixin import saved_hparams
-from featherlight.core.saving import plain_hparams
+from featherlight.core.mixins.hparams_mixin import checkpoint_hparams, saved_hparams
+from featherlight.core.saving import DM_HPARAMS_LEFT_OUT_KEY, HPARAMS_LEFT_OUT_KEY, plain_hparams
 from featherlight.io.load import checkpoint_mtime, is_checkpoint_path, load_checkpoint
 from featherlight.io.paths import is_remote
 from featherlight.io.state import load_module_state, strip_compile_prefix
@@ -65,13 +65,19 @@ def _dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> dict[str
         checkpoint[RNG_KEY] = rng_states_to_tensors(_collect_rng_states())
     saved = saved_hparams(module)
     if saved is not None:
-        checkpoint["hparams_name"], checkpoint["hyper_parameters"] = saved[0], plain_hparams(saved[1])
+        hparams, left_out = checkpoint_hparams(saved[1])
+        checkpoint["hparams_name"], checkpoint["hyper_parameters"] = saved[0], plain_hparams(hparams)
+        if left_out:  # nn.Module hyperparameters: `load_from_checkpoint` asks for them by name
+            checkpoint[HPARAMS_LEFT_OUT_KEY] = left_out
     dm = trainer.datamodule
     if dm is not None:
         saved = saved_hparams(dm)
         if saved is not None and saved[1]:
+            hparams, left_out = checkpoint_hparams(saved[1])
             checkpoint["datamodule_hparams_name"] = saved[0]
-            checkpoint["datamodule_hyper_parameters"] = plain_hparams(saved[1])
+            checkpoint["datamodule_hyper_parameters"] = plain_hparams(hparams)
+            if left_out:
+                checkpoint[DM_HPARAMS_LEFT_OUT_KEY] = left_out
         dm_state = dm.state_dict()
         if dm_state:
             checkpoint[type(dm).__qualname__] = dm_state

@@ -183,7 +183,7 @@ def log_hyperparams(trainer: "Trainer") -> None:
         overlap = set(params) & set(dm_params)
         clash = [k for k in overlap if params[k] is not dm_params[k] and params[k] != dm_params[k]]
         if clash:
-            raise MisconfigurationException(
+            raise RuntimeError(
                 f"Error while merging hparams: the keys {clash} are present in both the LightningModule's and "
                 "LightningDataModule's hparams but have different values. Rename one of them."
             )

@@ -25,6 +25,7 @@ import torch
 
 from featherlight.callbacks.callback import Callback
 from featherlight.core.datamodule import LightningDataModule
+from featherlight.core.mixins.hparams_mixin import drop_unpicklable_hparams
 from featherlight.core.module import LightningModule
 from featherlight.core.optimizer import LRSchedulerConfig
 from featherlight.precision.precision import _select_precision
@@ -448,6 +449,7 @@ class Trainer:
         stage = fn.value
         if fn == TrainerFn.FITTING:
             run.resolve_epoch_limit(self)
+        drop_unpicklable_hparams(self.lightning_module)  # they could not go into a checkpoint (Lightning's rule)
         run.merge_module_callbacks(self)
         hooks.rebuild()
         strategy.setup_environment()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 _NAMES = {
     "AttributeDict": "featherlight.utilities.parsing",
     "MisconfigurationException": "featherlight.utilities.exceptions",
+    "is_picklable": "featherlight.utilities.parsing",
     "isolate_rng": "featherlight.utilities.seed",
     "rank_zero_debug": "featherlight.utilities.rank_zero",
     "rank_zero_deprecation": "featherlight.utilities.rank_zero",
@@ -21,7 +22,7 @@ __all__ = sorted(_NAMES)
 
 if TYPE_CHECKING:
     from featherlight.utilities.exceptions import MisconfigurationException
-    from featherlight.utilities.parsing import AttributeDict
+    from featherlight.utilities.parsing import AttributeDict, is_picklable
     from featherlight.utilities.rank_zero import (
         rank_zero_debug,
         rank_zero_deprecation,
