@@ -152,20 +152,57 @@ class BoringDataModule(LightningDataModule):
         return DataLoader(self.random_predict)
 
 
-class BoringDataModuleNoLen(BoringDataModule):
-    """:class:`BoringDataModule` whose loaders have no length (iterable datasets)."""
+class BoringDataModuleNoLen(LightningDataModule):
+    """Loaders without a length (iterable datasets), each available once ``setup`` ran for its stage."""
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.random_train = RandomIterableDataset(32, 512)
+        if stage in ("fit", "validate"):
+            self.random_val = RandomIterableDataset(32, 128)
+        if stage == "test":
+            self.random_test = RandomIterableDataset(32, 256)
+        if stage == "predict":
+            self.random_predict = RandomIterableDataset(32, 64)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(RandomIterableDataset(32, 64))
+        return DataLoader(self.random_train)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(RandomIterableDataset(32, 64))
+        return DataLoader(self.random_val)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(RandomIterableDataset(32, 64))
+        return DataLoader(self.random_test)
 
     def predict_dataloader(self) -> DataLoader:
-        return DataLoader(RandomIterableDataset(32, 64))
+        return DataLoader(self.random_predict)
+
+
+class IterableBoringDataModule(LightningDataModule):
+    """Two loaders per stage, a map-style and an iterable one, each available once ``setup`` ran for its stage."""
+
+    _SIZES = {"train": 16, "val": 32, "test": 64, "predict": 128}
+
+    def setup(self, stage: str) -> None:
+        prefixes = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+        for prefix in prefixes.get(stage, ()):
+            n = self._SIZES[prefix]
+            setattr(self, f"{prefix}_datasets", [RandomDataset(4, n), RandomIterableDataset(4, n)])
+
+    def _loaders(self, prefix: str) -> list[DataLoader]:
+        return [DataLoader(ds) for ds in getattr(self, f"{prefix}_datasets")]
+
+    def train_dataloader(self) -> list[DataLoader]:
+        return self._loaders("train")
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._loaders("val")
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._loaders("test")
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        return self._loaders("predict")
 
 
 class ManualOptimBoringModel(BoringModel):
