@@ -34,11 +34,21 @@ def run_fit(trainer: "Trainer") -> None:
     module = trainer.lightning_module
 
     data.load_train()
+    resume, progress.resume = progress.resume, None
+    if resume is not None and resume.phase == Phase.EPOCH_END:
+        # checkpointed during on_train_epoch_end: only what followed the hooks is left to do (no user hook runs);
+        # done before on_train_start, which then sees the next epoch, as in Lightning
+        store = results.train_store = ResultStore(training=True)
+        results.switch(trainer, store)
+        trainer.state.stage = RunningStage.TRAINING
+        resume.restore_epoch(trainer, store)
+        resume = None
+        results.end_epoch(trainer)
+        _end_epoch(trainer, store)
     if data.val_enabled() and validates_epoch(trainer):
         # loaded before training starts (for the progress bar) only if this epoch validates, as in Lightning
         data.ensure_val_loaders()
     call("on_train_start")
-    resume, progress.resume = progress.resume, None
     while not _fit_done(trainer):
         if data.should_reload_train():
             data.load_train()
@@ -46,13 +56,6 @@ def run_fit(trainer: "Trainer") -> None:
         store = results.train_store = ResultStore(training=True)
         results.switch(trainer, store)
         trainer.state.stage = RunningStage.TRAINING
-        if resume is not None and resume.phase == Phase.EPOCH_END:
-            # checkpointed during on_train_epoch_end: only what followed the hooks is left to do
-            resume.restore_epoch(trainer, store)
-            resume = None
-            results.end_epoch(trainer)
-            _end_epoch(trainer, store)
-            continue
         progress.phase = Phase.EPOCH_START
         call("on_train_epoch_start")
         start = 0
