@@ -211,6 +211,10 @@ def process_dataloader(loader: Any, prefix: str, trainer: Any) -> Any:
             f"`trainer.world_size`) and pass `Trainer(use_distributed_sampler=False)` to silence this warning.",
         )
         return loader
+    if prefix == "train":
+        # Lightning's rule: the training DistributedSampler always shuffles (seeded from `seed_everything`), unless
+        # overfitting, whatever order the loader itself reads in
+        shuffle = not getattr(trainer, "overfit_batches", 0)
     kwargs = strategy.distributed_sampler_kwargs or {}
     num_replicas = kwargs.get("num_replicas", strategy.world_size)
     rank = kwargs.get("rank", strategy.global_rank)
