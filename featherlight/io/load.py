@@ -18,7 +18,6 @@ from featherlight.io.paths import is_remote, read_bytes
 from featherlight.io.safe import load_file
 from featherlight.utilities.exceptions import CheckpointError
 
-
 # The saved hyperparameters (current and legacy keys): objects in them that only code could rebuild are read as
 # inert stand-ins instead of refusing the whole file (see `featherlight.io.safe`)
 HPARAM_KEYS = ("hyper_parameters", "datamodule_hyper_parameters", "hparams", "module_arguments")

@@ -1,4 +1,5 @@
 import enum
+import functools
 import os
 import stat
 import warnings
@@ -10,8 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from featherlight import Trainer
 from featherlight.core.saving import load_hparams_from_yaml, save_hparams_to_yaml
+from featherlight.demos.boring_classes import BoringModel
 from featherlight.io.atomic import atomic_write
+from featherlight.utilities.exceptions import CheckpointError
 from featherlight.utilities.parsing import AttributeDict
 
 
@@ -179,11 +183,6 @@ def test_tags_csv_roundtrip_parses_literals_without_running_code(tmp_path):
 
 
 # ------------------------------------------------------------------ hyperparameters a checkpoint cannot hold as data
-import functools  # noqa: E402
-
-from featherlight import Trainer  # noqa: E402
-from featherlight.demos.boring_classes import BoringModel  # noqa: E402
-from featherlight.utilities.exceptions import CheckpointError  # noqa: E402
 
 
 def _fit_and_save(tmp_path, model):

@@ -1,6 +1,5 @@
 """Trainer flags, loop rules and messages that follow Lightning's behaviour (each pinned down from it)."""
 import logging
-import os
 from pathlib import Path
 
 import pytest
