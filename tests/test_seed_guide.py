@@ -155,10 +155,11 @@ def test_datamodule_device_agnostic_buffers_and_hparams(tmp_path):
     for a, b in zip(loaded.state_dict().values(), model.state_dict().values()):
         assert torch.equal(a, b)
     assert os.path.isfile(os.path.join(trainer.log_dir, "hparams.yaml"))
-    test = trainer.test(model, datamodule=dm, verbose=False)
-    assert "test_loss" in test[0]
     assert {"train_loss", "train_loss_step", "train_loss_epoch", "train/loss", "val_loss", "val/loss"} <= set(
         trainer.callback_metrics)
+    test = trainer.test(model, datamodule=dm, verbose=False)
+    assert "test_loss" in test[0]
+    assert "test_loss" in trainer.callback_metrics and "train_loss" not in trainer.callback_metrics  # a new run
 
 
 def test_ignore_specific_arguments():

@@ -45,7 +45,8 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         self._automatic_optimization: bool = True
         self._strict_loading: Optional[bool] = None
         self._example_input_array: Any = None
-        self._device: torch.device = torch.device("cpu")
+        # where new tensors go now: the device of `trainer.init_module()` (or of a `with torch.device(...)`)
+        self._device: torch.device = torch.get_default_device()
         self._dtype: torch.dtype = torch.get_default_dtype()
         self._param_requires_grad_state: dict[Tensor, bool] = {}
         self._compiler_ctx: Optional[dict] = None
@@ -66,7 +67,10 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
     @property
     def device(self) -> torch.device:
         """The device the module's parameters live on (kept up to date by ``.to()``/``.cuda()``/``.cpu()``)."""
-        return self._device
+        device = self._device
+        if device.type == "cuda" and device.index is None:  # always with its index, as in Lightning
+            return torch.device(f"cuda:{torch.cuda.current_device()}")
+        return device
 
     @property
     def dtype(self) -> torch.dtype:

@@ -42,6 +42,7 @@ from featherlight.trainer.states import RunningStage, TrainerFn, TrainerState, T
 from featherlight.trainer.step import Optimization
 from featherlight.utilities.exceptions import MisconfigurationException, _TunerExitException
 from featherlight.utilities.rank_zero import WarningCache, rank_zero_info, rank_zero_warn
+from featherlight.utilities.warnings import PossibleUserWarning
 
 _warnings = WarningCache()
 _PATH = Union[str, "os.PathLike[str]"]
@@ -608,7 +609,16 @@ class Trainer:
         ``empty_init`` is accepted for Lightning compatibility; parameters are always initialised (featherlight's
         strategies load or shard weights after ``configure_model``, not into uninitialised memory)."""
         from featherlight.precision.precision import DoublePrecision
+        from featherlight.strategies.fsdp import FSDPStrategy
 
+        if isinstance(self.strategy, FSDPStrategy):
+            rank_zero_warn(
+                f"`trainer.init_module` cannot fully support proper instantiation of your model with the "
+                f"`{type(self.strategy).__name__}` strategy. Please instantiate your model inside the "
+                "`LightningModule.configure_model` hook instead (it runs once the processes exist, and the "
+                "strategy shards what it creates).",
+                category=PossibleUserWarning,
+            )
         precision = self.strategy.precision
         # the "-true" precisions create floating tensors in their dtype (their forward context sets the default)
         dtype = precision.forward_context() if isinstance(precision, DoublePrecision) else contextlib.nullcontext()

@@ -277,8 +277,9 @@ def test_last_falls_back_to_newest_intact_checkpoint(tmp_path):
     messages = " ".join(str(w.message) for w in record)
     assert "epoch=2.ckpt" in messages and "unreadable" in messages
     assert trainer.ckpt_path == str(previous)
-    # epoch=1.ckpt was taken at the end of epoch 1: that epoch's end finishes, then epoch 2 trains
-    assert seen == {"epoch": 1, "step": 8}
+    # epoch=1.ckpt was taken at the end of epoch 1: that epoch's end finishes before on_train_start (which sees
+    # epoch 2, as in Lightning), then epoch 2 trains
+    assert seen == {"epoch": 2, "step": 8}
     assert trainer.global_step == 12 and trainer.current_epoch == 3
 
 

@@ -319,3 +319,17 @@ def test_missing_callbacks_on_resume_are_named(tmp_path):
     trainer.save_checkpoint(tmp_path / "c.ckpt")
     with pytest.warns(UserWarning, match=r"Please add the following callbacks: \[.*Stateful'\]"):
         L.Trainer(max_epochs=2, **flags).fit(BoringModel(), ckpt_path=tmp_path / "c.ckpt")
+
+
+def test_module_created_under_init_module_reports_that_device():
+    with L.Trainer(accelerator="cpu").init_module():
+        assert BoringModel().device == torch.device("cpu")
+    with torch.device("meta"):
+        assert BoringModel().device == torch.device("meta")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_init_module_on_the_gpu():
+    with L.Trainer(accelerator="gpu", devices=1).init_module():
+        model = BoringModel()
+    assert model.device == torch.device("cuda:0") and model.layer.weight.device.type == "cuda"
