@@ -238,9 +238,9 @@ class _MaxSizeCycle:
 
 
 def _combine_train(loaders: Any) -> Any:
+    """What the loop iterates: one loader as it is; a list/tuple/dict (even of one) as batches of that shape,
+    as Lightning's ``max_size_cycle`` gives them (``[loader]`` yields ``[batch]``)."""
     if isinstance(loaders, (dict, list, tuple)):
-        if len(loaders) == 1:
-            return next(iter(loaders.values())) if isinstance(loaders, dict) else loaders[0]
         return _MaxSizeCycle(loaders)
     return loaders
 
@@ -270,6 +270,7 @@ class DataConnector:
         self.train_loaded_epoch: Optional[int] = None
         self.val_loaded_epoch: Optional[int] = None
         self.train_len: Union[int, float] = float("inf")  # the training loader's own length (before limits)
+        self.train_iterable: Any = None  # what the fit loop iterates (several loaders combined)
         self.val_loaders: Optional[list] = None
         self.val_limits: list = []
         self._val_on: Optional[bool] = None  # decided once per run
@@ -301,11 +302,12 @@ class DataConnector:
                 if isinstance(loaders, dict) else [_prepare_loader(trainer, v, "train") for v in loaders])
         else:
             loaders = _prepare_loader(trainer, loaders, "train")
-        trainer.train_dataloader = _combine_train(loaders)
+        # the public one keeps the shape returned (a loader, or a list/dict of them), as in Lightning
+        trainer.train_dataloader = loaders
+        self.train_iterable = combined = _combine_train(loaders)
         self.train_loaded_epoch = trainer.progress.epoch
-        self.train_len = len(trainer.train_dataloader) if _has_len(trainer.train_dataloader) else float("inf")
-        trainer.num_training_batches = _num_batches(trainer.train_dataloader, trainer.limit_train_batches,
-                                                    "limit_train_batches")
+        self.train_len = len(combined) if _has_len(combined) else float("inf")
+        trainer.num_training_batches = _num_batches(combined, trainer.limit_train_batches, "limit_train_batches")
         n = trainer.num_training_batches
         if trainer.loggers and n < trainer.log_every_n_steps and not trainer.fast_dev_run:
             rank_zero_warn(

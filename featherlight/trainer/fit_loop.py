@@ -52,7 +52,7 @@ def run_fit(trainer: "Trainer") -> None:
     while not _fit_done(trainer):
         if data.should_reload_train():
             data.load_train()
-        _set_sampler_epoch(trainer.train_dataloader, progress.epoch)
+        _set_sampler_epoch(data.train_iterable, progress.epoch)
         store = results.train_store = ResultStore(training=True)
         results.switch(trainer, store)
         trainer.state.stage = RunningStage.TRAINING
@@ -75,7 +75,7 @@ def run_fit(trainer: "Trainer") -> None:
         epoch_profile = hooks.profile("run_training_epoch")
         epoch_profile.__enter__()
         batches = () if resume is not None and _epoch_done(trainer) else \
-            _batches(trainer, trainer.train_dataloader, num_batches, start, resume)
+            _batches(trainer, data.train_iterable, num_batches, start, resume)
         resume = None
         for batch_idx, batch, is_last in batches:
             progress.batch_idx, progress.phase = batch_idx, _BATCH

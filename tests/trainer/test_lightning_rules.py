@@ -333,3 +333,26 @@ def test_init_module_on_the_gpu():
     with L.Trainer(accelerator="gpu", devices=1).init_module():
         model = BoringModel()
     assert model.device == torch.device("cuda:0") and model.layer.weight.device.type == "cuda"
+
+
+@pytest.mark.parametrize("shape", ["list1", "list2", "dict"])
+def test_several_training_loaders_keep_their_shape(shape):
+    seen = []
+
+    def loader():
+        return DataLoader(RandomDataset(32, 8), batch_size=4)
+
+    class Model(BoringModel):
+        def train_dataloader(self):
+            return {"a": loader(), "b": loader()} if shape == "dict" else [loader() for _ in range(int(shape[-1]))]
+
+        def training_step(self, batch, batch_idx):
+            seen.append(type(batch).__name__ if shape == "dict" else len(batch))
+            first = batch["a"] if shape == "dict" else batch[0]
+            return super().training_step(first, batch_idx)
+
+    trainer = lean(limit_val_batches=0)
+    trainer.fit(Model())
+    # the public attribute is what the hook returned (prepared loaders), each batch has the same shape
+    assert isinstance(trainer.train_dataloader, dict if shape == "dict" else list)
+    assert seen == (["dict"] * 2 if shape == "dict" else [int(shape[-1])] * 2)
