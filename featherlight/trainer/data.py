@@ -362,6 +362,13 @@ class DataConnector:
             trainer.predict_dataloaders, trainer.num_predict_batches = public, limits
         return loaders, limits
 
+    def has_source(self, prefix: str) -> bool:
+        """Whether ``prefix``'s loaders come from somewhere: passed to the entry point, or a hook the datamodule or
+        the module overrides."""
+        trainer, hook = self.trainer, _HOOK[prefix]
+        return self.given.get(prefix) is not None or _overrides(trainer.datamodule, hook) or \
+            _overrides(trainer.lightning_module, hook)
+
     def val_enabled(self) -> bool:
         """Validation runs if the module has a ``validation_step`` and ``limit_val_batches`` allows it
         (decided once per run: this is asked after every training batch)."""

@@ -595,11 +595,12 @@ class Trainer:
 
     @property
     def enable_validation(self) -> bool:
-        """Whether ``fit`` validates: the module defines ``validation_step`` and ``limit_val_batches`` is not 0."""
+        """Whether ``fit`` validates: there are validation loaders, the module defines ``validation_step`` and
+        ``limit_val_batches`` is not 0."""
         from featherlight.utilities.model_helpers import is_overridden
 
         module = self.lightning_module
-        return module is not None and self.limit_val_batches != 0 and \
+        return module is not None and self.limit_val_batches != 0 and self.data.has_source("val") and \
             is_overridden("validation_step", module, LightningModule)
 
     @contextlib.contextmanager

@@ -98,9 +98,14 @@ def test_fast_dev_run_one_reads_as_true_and_enable_validation(tmp_path):
     assert trainer.fast_dev_run is True and trainer.max_epochs == 1 and trainer.limit_val_batches == 1
     trainer.fit(BoringModel())
     assert trainer.enable_validation
-    model = BoringModel()
-    model.validation_step = None
-    assert not lean(limit_val_batches=0).enable_validation
+    no_loader = BoringModel()
+    no_loader.val_dataloader = None  # no validation data: nothing to validate on
+    trainer = lean(limit_train_batches=1)
+    trainer.fit(no_loader)
+    assert not trainer.enable_validation
+    trainer = lean(limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(BoringModel())
+    assert not trainer.enable_validation
 
 
 def test_init_module_creates_parameters_on_the_trainers_device_and_dtype():
