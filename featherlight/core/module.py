@@ -14,7 +14,7 @@ from featherlight.core.hooks import CheckpointHooks, DataHooks, ModelHooks
 from featherlight.core.mixins.hparams_mixin import HyperparametersMixin
 from featherlight.core.optimizer import LightningOptimizer
 from featherlight.utilities.exceptions import MisconfigurationException
-from featherlight.utilities.rank_zero import WarningCache, rank_zero_warn
+from featherlight.utilities.rank_zero import WarningCache
 
 _warnings = WarningCache()
 
@@ -222,10 +222,8 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         # the common case, a scalar tensor logged again under a known key, takes the store's short path
         if store is not None and batch_size is None and store.log_again(fx, name, value):
             return
-        if trainer.barebones:
-            # not cached: Python's warning filter already shows it once per call site, and `pytest.warns`/`log_dict`
-            # callers see every one, as with Lightning
-            rank_zero_warn(
+        if trainer.barebones:  # once per run: barebones is the speed mode, a warning per call would cost
+            trainer.warnings.warn(
                 "You are trying to `self.log()` but `Trainer(barebones=True)` is configured. Logging can "
                 "impact raw speed so it is disabled under this setting."
             )
@@ -254,6 +252,13 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         rank_zero_only: bool = False,
     ) -> None:
         """Log every ``name: value`` pair of ``dictionary`` (or of a torchmetrics MetricCollection)."""
+        trainer = self._trainer
+        if trainer is not None and trainer.barebones:
+            trainer.warnings.warn(
+                "You are trying to `self.log_dict()` but `Trainer(barebones=True)` is configured. Logging can "
+                "impact raw speed so it is disabled under this setting."
+            )
+            return
         items = dictionary.items() if hasattr(dictionary, "items") else dictionary
         for k, v in items:
             self.log(k, v, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,

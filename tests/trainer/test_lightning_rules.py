@@ -361,3 +361,17 @@ def test_several_training_loaders_keep_their_shape(shape):
     # the public attribute is what the hook returned (prepared loaders), each batch has the same shape
     assert isinstance(trainer.train_dataloader, dict if shape == "dict" else list)
     assert seen == (["dict"] * 2 if shape == "dict" else [int(shape[-1])] * 2)
+
+
+def test_barebones_log_and_log_dict_warn_once_per_run():
+    model = BoringModel()
+    model.trainer = L.Trainer(barebones=True)
+    with pytest.warns(UserWarning, match=r"`self.log\(\)` but `Trainer\(barebones=True\)` is configured"):
+        model.log("foo", 1.0)
+    with pytest.warns(UserWarning, match=r"`self.log_dict\(\)` but `Trainer\(barebones=True\)` is configured"):
+        model.log_dict({"foo": 1.0})
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.log("foo", 1.0)  # said once per run already
