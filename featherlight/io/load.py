@@ -15,12 +15,9 @@ import torch
 
 from featherlight.io.dcp import META_NAME, is_sharded_checkpoint, read_sharded_checkpoint
 from featherlight.io.paths import is_remote, read_bytes
-from featherlight.io.safe import load_file
+from featherlight.io.safe import HPARAM_KEYS, load_file
 from featherlight.utilities.exceptions import CheckpointError
 
-# The saved hyperparameters (current and legacy keys): objects in them that only code could rebuild are read as
-# inert stand-ins instead of refusing the whole file (see `featherlight.io.safe`)
-HPARAM_KEYS = ("hyper_parameters", "datamodule_hyper_parameters", "hparams", "module_arguments")
 
 
 def load_checkpoint(path: Union[str, os.PathLike, IO[bytes]], map_location: Any = None,

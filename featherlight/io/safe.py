@@ -68,6 +68,11 @@ def _weights_only_detail(message: str) -> str:
     return (informative or lines or [message])[0][:300]
 
 
+# The saved hyperparameters (current and legacy keys): objects in them that only code could rebuild are read as
+# inert stand-ins instead of refusing the whole file
+HPARAM_KEYS = ("hyper_parameters", "datamodule_hyper_parameters", "hparams", "module_arguments")
+
+
 class UnloadedObject:
     """Stands in for a Python object in a checkpoint that only executing code from the file could rebuild.
 
