@@ -1,6 +1,7 @@
 """LightningDataModule: the data side of an experiment, shareable between models."""
 from __future__ import annotations
 
+import inspect
 import os
 from typing import IO, Any, Optional, Union
 
@@ -39,7 +40,9 @@ class LightningDataModule(DataHooks, HyperparametersMixin):
     ) -> "LightningDataModule":
         """A datamodule serving the given datasets (or lists/dicts of them) with plain DataLoaders.
 
-        The training loader shuffles map-style datasets; the others don't.
+        The training loader shuffles map-style datasets; the others don't. ``batch_size`` and ``num_workers`` are
+        also passed to ``__init__`` when it takes them (or ``**kwargs``), as in Lightning; ``datamodule_kwargs``
+        always are.
         """
 
         def loader(ds: Any, shuffle: bool = False) -> Any:
@@ -51,7 +54,11 @@ class LightningDataModule(DataHooks, HyperparametersMixin):
             return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                               persistent_workers=num_workers > 0)
 
-        datamodule = cls(**datamodule_kwargs)
+        params = inspect.signature(cls.__init__).parameters
+        takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+        special = {k: v for k, v in (("batch_size", batch_size), ("num_workers", num_workers))
+                   if takes_any or (k in params and k != "self")}
+        datamodule = cls(**datamodule_kwargs, **special)
         if train_dataset is not None:
             datamodule.train_dataloader = lambda: loader(train_dataset, shuffle=True)  # type: ignore[method-assign]
         if val_dataset is not None:
@@ -61,6 +68,32 @@ class LightningDataModule(DataHooks, HyperparametersMixin):
         if predict_dataset is not None:
             datamodule.predict_dataloader = lambda: loader(predict_dataset)  # type: ignore[method-assign]
         return datamodule
+
+    def __str__(self) -> str:
+        """The datasets each dataloader hook serves, one line per hook: ``{Train dataloader: size=64}``; ``None``
+        where the hook is not available (not implemented or not set up); ``1. size=16 ; 2. size=NA`` for several."""
+        def size(loader: Any) -> str:
+            dataset = getattr(loader, "dataset", None)
+            try:
+                return str(len(dataset))  # type: ignore[arg-type]
+            except TypeError:  # an iterable dataset
+                return "NA"
+
+        lines = []
+        for label, hook in (("Train dataloader", "train_dataloader"), ("Validation dataloader", "val_dataloader"),
+                            ("Test dataloader", "test_dataloader"), ("Predict dataloader", "predict_dataloader")):
+            try:
+                loaders = getattr(self, hook)()
+            except Exception:  # not implemented, or its data not set up yet
+                lines.append(f"{{{label}: None}}")
+                continue
+            if isinstance(loaders, DataLoader):
+                text = f"size={size(loaders)}"
+            else:
+                items = list(loaders.values()) if isinstance(loaders, dict) else list(loaders)
+                text = " ; ".join(f"{i}. size={size(dl)}" for i, dl in enumerate(items, start=1))
+            lines.append(f"{{{label}: {text}}}")
+        return os.linesep.join(lines)
 
     def state_dict(self) -> dict[str, Any]:
         """State to save in checkpoints (``checkpoint[qualname]``)."""

@@ -48,7 +48,8 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         self._automatic_optimization: bool = True
         self._strict_loading: Optional[bool] = None
         self._example_input_array: Any = None
-        self._device: torch.device = torch.device("cpu")
+        # where new tensors go now: the device of `trainer.init_module()` (or of a `with torch.device(...)`)
+        self._device: torch.device = torch.get_default_device()
         self._dtype: torch.dtype = torch.get_default_dtype()
         self._param_requires_grad_state: dict[Tensor, bool] = {}
         self._compiler_ctx: Optional[dict] = None
@@ -69,7 +70,10 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
     @property
     def device(self) -> torch.device:
         """The device the module's parameters live on (kept up to date by ``.to()``/``.cuda()``/``.cpu()``)."""
-        return self._device
+        device = self._device
+        if device.type == "cuda" and device.index is None:  # always with its index, as in Lightning
+            return torch.device(f"cuda:{torch.cuda.current_device()}")
+        return device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -232,8 +236,8 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         # the common case, a scalar tensor logged again under a known key, takes the store's short path
         if store is not None and batch_size is None and store.log_again(fx, name, value):
             return
-        if trainer.barebones:
-            _warnings.warn(
+        if trainer.barebones:  # once per run: barebones is the speed mode, a warning per call would cost
+            trainer.warnings.warn(
                 "You are trying to `self.log()` but `Trainer(barebones=True)` is configured. Logging can "
                 "impact raw speed so it is disabled under this setting."
             )
@@ -266,6 +270,13 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         rank_zero_only: bool = False,
     ) -> None:
         """Log every ``name: value`` pair of ``dictionary`` (or of a torchmetrics MetricCollection)."""
+        trainer = self._trainer
+        if trainer is not None and trainer.barebones:
+            trainer.warnings.warn(
+                "You are trying to `self.log_dict()` but `Trainer(barebones=True)` is configured. Logging can "
+                "impact raw speed so it is disabled under this setting."
+            )
+            return
         items = dictionary.items() if hasattr(dictionary, "items") else dictionary
         for k, v in items:
             self.log(k, v, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
@@ -432,17 +443,17 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         return apply_to_collection(data, Tensor, strategy.all_gather, group=group, sync_grads=sync_grads)
 
     # ------------------------------------------------------------------ misc
-    def freeze(self) -> None:
-        """Freeze all parameters and switch to eval mode."""
+    def freeze(self) -> "LightningModule":
+        """Freeze all parameters and switch to eval mode; returns the module."""
         for p in self.parameters():
             p.requires_grad = False
-        self.eval()
+        return self.eval()
 
-    def unfreeze(self) -> None:
-        """Unfreeze all parameters and switch to train mode."""
+    def unfreeze(self) -> "LightningModule":
+        """Unfreeze all parameters and switch to train mode; returns the module."""
         for p in self.parameters():
             p.requires_grad = True
-        self.train()
+        return self.train()
 
     @torch.no_grad()
     def to_torchscript(
@@ -514,8 +525,8 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
                                            **kwargs)
         if model._strict_loading is not None and strict is not None and strict != model.strict_loading:
             raise ValueError(
-                f"You set `.load_from_checkpoint(..., strict={strict!r})`, which conflicts with "
-                f"`{cls.__name__}.strict_loading={model.strict_loading!r}`. Set the same value for both."
+                f"You set `.load_from_checkpoint(..., strict={strict!r})` which is in conflict with "
+                f"`{cls.__name__}.strict_loading={model.strict_loading!r}. Please set the same value for both of them."
             )
         return load_weights(model, checkpoint, model.strict_loading if strict is None else strict, checkpoint_path)
 

@@ -1,13 +1,14 @@
 """Optimizers as the user's step sees them, and ``configure_optimizers`` in every Lightning form."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import fields
 from typing import Any, Callable, Optional
 
 import torch
 from torch.optim import Optimizer
 
 from featherlight.utilities.exceptions import MisconfigurationException
+from featherlight.utilities.types import LRSchedulerConfig
 
 
 def _do_nothing_closure() -> None:
@@ -81,21 +82,35 @@ class LightningOptimizer:
         return step_fn(self._optimizer, closure or _do_nothing_closure, kwargs)
 
 
-@dataclass
-class LRSchedulerConfig:
-    """One scheduler and when it steps (Lightning's ``lr_scheduler`` dict as a dataclass)."""
-
-    scheduler: Any
-    name: Optional[str] = None
-    interval: str = "epoch"
-    frequency: int = 1
-    reduce_on_plateau: bool = False
-    monitor: Optional[str] = None
-    strict: bool = True
-    opt_idx: Optional[int] = None
+_SCHEDULER_KEYS = {f.name for f in fields(LRSchedulerConfig)}
+# keys that only mean something when the trainer steps the scheduler (automatic optimization)
+_AUTOMATIC_ONLY_KEYS = ("reduce_on_plateau", "monitor", "strict")
 
 
-_SCHEDULER_KEYS = {"scheduler", "name", "interval", "frequency", "monitor", "strict", "reduce_on_plateau", "opt_idx"}
+class _MockOptimizer(Optimizer):
+    """What the trainer uses when ``configure_optimizers`` returns None (as Lightning does): ``step`` runs the
+    closure (so ``training_step`` and backward still run) and changes nothing."""
+
+    def __init__(self) -> None:
+        super().__init__([torch.zeros(1)], {})
+
+    def add_param_group(self, param_group: dict[Any, Any]) -> None:
+        pass
+
+    def load_state_dict(self, state_dict: dict[Any, Any]) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:  # type: ignore[override]
+        return closure() if closure is not None else None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return "No Optimizer"
 
 
 def _is_scheduler(obj: Any) -> bool:
@@ -104,37 +119,43 @@ def _is_scheduler(obj: Any) -> bool:
     )
 
 
-def optimizers_and_schedulers(out: Any) -> tuple[list[Optimizer], list[LRSchedulerConfig]]:
+def optimizers_and_schedulers(out: Any, automatic: bool = True) -> tuple[list[Optimizer], list[LRSchedulerConfig]]:
     """Normalise what ``configure_optimizers`` returned, in every form Lightning accepts.
 
     Accepted: an optimizer; a list/tuple of optimizers; ``([optimizers], [schedulers])``; a dict
     with ``"optimizer"`` and optional ``"lr_scheduler"`` (a scheduler or a config dict) and
-    ``"monitor"``; a list/tuple of such dicts. Anything else raises naming the accepted forms.
+    ``"monitor"``; a list/tuple of such dicts. ``None`` means no optimizer (a no-op one, with a warning, as in
+    Lightning). With manual optimization (``automatic=False``) the trainer never steps the schedulers, so their
+    ``monitor``/``strict`` keys are ignored with a warning. Anything else raises naming the accepted forms.
     """
     if out is None:
         from featherlight.utilities.rank_zero import rank_zero_warn
 
         rank_zero_warn(
-            "`LightningModule.configure_optimizers` returned `None`, this fit will run with no optimizer. "
-            "Return an optimizer to train (or use manual optimization)."
+            "`LightningModule.configure_optimizers` returned `None`, this fit will run with no optimizer. Return an "
+            "optimizer to train (or use manual optimization)."
         )
-        return [], []
+        out = _MockOptimizer()
     optimizers, scheduler_items, monitor = _split(out)
-    configs = [_scheduler_config(item, monitor) for item in scheduler_items]
+    configs = [_scheduler_config(item, monitor) if automatic else _manual_scheduler_config(item)
+               for item in scheduler_items]
     for cfg in configs:
         opt = cfg.scheduler.optimizer
         if not any(opt is o for o in optimizers):
             raise MisconfigurationException(
-                "`configure_optimizers` returned a scheduler whose optimizer is not among the returned optimizers; "
-                "return the optimizer that the scheduler was built with."
+                "Some schedulers are attached with an optimizer that wasn't returned from `configure_optimizers`. "
+                "Return the optimizer each scheduler was built with."
             )
     return optimizers, configs
 
 
 _FORMS = (
-    "`configure_optimizers` must return one of: an optimizer; a list of optimizers; "
-    "`([optimizers], [schedulers])`; a dict `{'optimizer': opt, 'lr_scheduler': scheduler_or_config, "
-    "'monitor': name}`; or a list of such dicts."
+    "Unknown configuration for model optimizers. Output from `model.configure_optimizers()` should be one of:\n"
+    " * `Optimizer`\n"
+    " * [`Optimizer`]\n"
+    " * ([`Optimizer`], [`LRScheduler`])\n"
+    ' * {"optimizer": `Optimizer`, (optional) "lr_scheduler": `LRScheduler`}\n'
+    " * a list of such dicts\n"
 )
 
 
@@ -167,47 +188,113 @@ def _split(out: Any) -> tuple[list[Optimizer], list[Any], Optional[str]]:
         opts = list(out)
         _check_optimizers(opts)
         return opts, [], None
-    raise MisconfigurationException(f"{_FORMS} It returned {type(out).__name__}.")
+    raise MisconfigurationException(f"{_FORMS}It returned a {type(out).__name__}.")
 
 
 def _check_optimizers(opts: list) -> None:
     for o in opts:
         if not isinstance(o, Optimizer):
-            raise MisconfigurationException(f"{_FORMS} The returned list holds a {type(o).__name__}.")
+            raise MisconfigurationException(f"{_FORMS}The returned list holds a {type(o).__name__}.")
 
 
 def _check_dict(d: dict) -> None:
+    from featherlight.utilities.rank_zero import rank_zero_warn
+
     if "optimizer" not in d:
-        raise MisconfigurationException(f"{_FORMS} The returned dict has no 'optimizer' key (keys: {sorted(d)}).")
+        raise MisconfigurationException(f"{_FORMS}The returned dict has no 'optimizer' key (keys: {sorted(d)}).")
     extra = set(d) - {"optimizer", "lr_scheduler", "monitor"}
     if extra:
-        raise MisconfigurationException(
-            f"`configure_optimizers` returned a dict with unknown keys {sorted(extra)}; allowed keys are "
-            "'optimizer', 'lr_scheduler' and 'monitor'."
+        rank_zero_warn(
+            f"Found unsupported keys in the optimizer configuration: {extra}. They are ignored: the keys are "
+            "'optimizer', 'lr_scheduler' and 'monitor'.", category=RuntimeWarning,
         )
     if not isinstance(d["optimizer"], Optimizer):
-        raise MisconfigurationException(f"{_FORMS} The dict's 'optimizer' is a {type(d['optimizer']).__name__}.")
+        raise MisconfigurationException(f"{_FORMS}The dict's 'optimizer' is a {type(d['optimizer']).__name__}.")
+
+
+def _known_keys(item: dict) -> dict:
+    """The ``lr_scheduler`` dict without the keys it cannot have (Lightning warns and drops them)."""
+    unknown = set(item) - _SCHEDULER_KEYS
+    if not unknown:
+        return item
+    from featherlight.utilities.rank_zero import rank_zero_warn
+
+    rank_zero_warn(
+        f"Found unsupported keys in the lr scheduler dict: {unknown}. HINT: remove them from the output of "
+        f"`configure_optimizers`. The keys are {sorted(_SCHEDULER_KEYS)}.", category=RuntimeWarning,
+    )
+    return {k: v for k, v in item.items() if k in _SCHEDULER_KEYS}
 
 
 def _scheduler_config(item: Any, monitor: Optional[str]) -> LRSchedulerConfig:
+    """One scheduler (or ``lr_scheduler`` dict) for automatic optimization, checked as Lightning does."""
     if isinstance(item, dict):
+        item = _known_keys(item)
         if "scheduler" not in item:
             raise MisconfigurationException(
-                'The `lr_scheduler` dict returned by `configure_optimizers` must hold the scheduler under "scheduler".'
+                'The lr scheduler dict must have the key "scheduler" with its item being an lr scheduler, e.g. '
+                '`{"scheduler": StepLR(optimizer, 1), "interval": "epoch"}`.'
             )
-        unknown = set(item) - _SCHEDULER_KEYS
-        if unknown:
+        if "interval" in item and item["interval"] not in ("step", "epoch"):
             raise MisconfigurationException(
-                f"Unknown key(s) {sorted(unknown)} in the `lr_scheduler` dict; allowed: {sorted(_SCHEDULER_KEYS)}."
+                f'The "interval" key in lr scheduler dict must be "step" or "epoch" but is "{item["interval"]}"'
             )
+        plateau = item.get("reduce_on_plateau")
         cfg = LRSchedulerConfig(**{k: v for k, v in item.items() if k != "reduce_on_plateau"})
         if monitor is not None and cfg.monitor is None:
-            cfg.monitor = monitor
+            cfg.monitor = monitor  # the top-level "monitor" of the returned dict applies to its scheduler too
     else:
+        plateau = None
         cfg = LRSchedulerConfig(scheduler=item, monitor=monitor)
+    _check_config(cfg)
+    cfg.reduce_on_plateau = bool(plateau) if plateau is not None else _is_plateau(cfg.scheduler)
+    if cfg.reduce_on_plateau and cfg.monitor is None:
+        if isinstance(item, dict):
+            raise MisconfigurationException(
+                "The lr scheduler dict must include a monitor when a `ReduceLROnPlateau` scheduler is used. For "
+                'example: {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "your_loss"}}'
+            )
+        raise MisconfigurationException(
+            "`configure_optimizers` must include a monitor when a `ReduceLROnPlateau` scheduler is used. For "
+            'example: {"optimizer": optimizer, "lr_scheduler": scheduler, "monitor": "metric_to_track"}'
+        )
+    if isinstance(cfg.scheduler, torch.optim.lr_scheduler.OneCycleLR) and cfg.interval == "epoch":
+        from featherlight.utilities.rank_zero import rank_zero_warn
+
+        rank_zero_warn(
+            "A `OneCycleLR` scheduler is using 'interval': 'epoch'. Are you sure you didn't mean 'interval': 'step'?",
+            category=RuntimeWarning,
+        )
+    return cfg
+
+
+def _manual_scheduler_config(item: Any) -> LRSchedulerConfig:
+    """One scheduler for manual optimization: the user steps it, so plateau/monitor settings do not apply."""
+    if not isinstance(item, dict):
+        cfg = LRSchedulerConfig(scheduler=item)
+    else:
+        item = _known_keys(item)
+        ignored = [k for k in item if k in _AUTOMATIC_ONLY_KEYS]
+        if ignored:
+            from featherlight.utilities.rank_zero import rank_zero_warn
+
+            rank_zero_warn(
+                f"The lr scheduler dict contains the key(s) {ignored}, but the keys will be ignored. You need to call "
+                "`lr_scheduler.step()` manually in manual optimization.", category=RuntimeWarning,
+            )
+        if "scheduler" not in item:
+            raise MisconfigurationException(
+                'The lr scheduler dict must have the key "scheduler" with its item being an lr scheduler.'
+            )
+        cfg = LRSchedulerConfig(**{k: v for k, v in item.items() if k not in _AUTOMATIC_ONLY_KEYS})
+    _check_config(cfg)
+    return cfg
+
+
+def _check_config(cfg: LRSchedulerConfig) -> None:
     if cfg.interval not in ("step", "epoch"):
         raise MisconfigurationException(
-            f'The `lr_scheduler` "interval" must be "step" or "epoch", got {cfg.interval!r}.'
+            f'The "interval" key in lr scheduler dict must be "step" or "epoch" but is "{cfg.interval}"'
         )
     if not isinstance(cfg.frequency, int) or cfg.frequency < 1:
         raise MisconfigurationException(f'The `lr_scheduler` "frequency" must be a positive int, got {cfg.frequency!r}.')
@@ -215,12 +302,9 @@ def _scheduler_config(item: Any, monitor: Optional[str]) -> LRSchedulerConfig:
         raise MisconfigurationException(
             f"`configure_optimizers` returned {type(cfg.scheduler).__name__} where a learning-rate scheduler was expected."
         )
-    cfg.reduce_on_plateau = isinstance(cfg.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) or bool(
-        getattr(cfg.scheduler, "_is_reduce_on_plateau", False)
+
+
+def _is_plateau(scheduler: Any) -> bool:
+    return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) or bool(
+        getattr(scheduler, "_is_reduce_on_plateau", False)
     )
-    if cfg.reduce_on_plateau and cfg.monitor is None:
-        raise MisconfigurationException(
-            "`configure_optimizers` must include a monitor when a `ReduceLROnPlateau` scheduler is used, e.g. "
-            '`{"optimizer": optimizer, "lr_scheduler": scheduler, "monitor": "val_loss"}`.'
-        )
-    return cfg

@@ -11,9 +11,12 @@ module, with errors that list the keys that did not match.
 """
 from __future__ import annotations
 
+import ast
+import csv
 import enum
 import importlib.util
 import inspect
+import io
 import os
 import warnings
 from argparse import Namespace
@@ -26,6 +29,7 @@ import torch
 from featherlight.io.atomic import atomic_write, write_bytes
 from featherlight.io.load import load_checkpoint
 from featherlight.io.paths import is_remote, read_bytes
+from featherlight.io.safe import unloaded_objects
 from featherlight.io.state import load_module_state
 from featherlight.utilities.exceptions import CheckpointError
 from featherlight.utilities.model_helpers import is_overridden
@@ -208,6 +212,47 @@ def load_hparams_from_yaml(config_yaml: _PATH, use_omegaconf: bool = True) -> di
     return hparams
 
 
+def _literal(value: str) -> Any:
+    """A CSV cell back as the Python literal it was written from (``32``, ``0.1``, ``True``), else the string.
+    ``ast.literal_eval`` only parses literals: no code runs."""
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return value
+
+
+def save_hparams_to_tags_csv(tags_csv: _PATH, hparams: dict | Namespace) -> None:
+    """Write ``hparams`` to the legacy ``key,value`` CSV file ``tags_csv`` (atomically).
+
+    Raises:
+        RuntimeError: if the destination directory does not exist.
+    """
+    directory = os.path.dirname(os.fspath(tags_csv)) or "."
+    if not os.path.isdir(directory):
+        raise RuntimeError(f"Missing folder: {directory}. Create it before saving the tags file {tags_csv}.")
+    if isinstance(hparams, Namespace):
+        hparams = vars(hparams)
+    out = io.StringIO(newline="")
+    writer = csv.writer(out)
+    writer.writerow(["key", "value"])
+    for key, value in hparams.items():
+        writer.writerow([key, value])
+    text = out.getvalue()
+    atomic_write(tags_csv, lambda f: f.write(text.encode("utf-8")))
+
+
+def load_hparams_from_tags_csv(tags_csv: _PATH) -> dict[str, Any]:
+    """Read a legacy ``key,value`` CSV file of hyperparameters (values parsed as Python literals, never executed).
+
+    Returns ``{}`` with a ``RuntimeWarning`` if the file does not exist."""
+    if not os.path.isfile(tags_csv):
+        warnings.warn(f"Missing Tags: {os.fspath(tags_csv)}.", RuntimeWarning, stacklevel=2)
+        return {}
+    with open(tags_csv, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter=","))
+    return {row[0]: _literal(row[1]) for row in rows[1:] if len(row) >= 2}
+
+
 # ------------------------------------------------------------------------------------------- module state
 def plain_hparams(hparams: Any) -> Any:
     """hparams as a plain dict (AttributeDict is a dict subclass; plain dicts load with weights_only)."""
@@ -221,6 +266,11 @@ def plain_hparams(hparams: Any) -> Any:
 # ------------------------------------------------------------------------------------------- load_from_checkpoint
 # keys LightningCLI adds to hparams to rebuild a class by import path; we never import from a checkpoint
 _INSTANTIATOR_KEYS = ("_instantiator", "_class_path")
+# nn.Module hyperparameters left out of a checkpoint: {argument name: class}, for load_from_checkpoint to ask for
+HPARAMS_LEFT_OUT_KEY = "featherlight_hparams_left_out"
+DM_HPARAMS_LEFT_OUT_KEY = "featherlight_datamodule_hparams_left_out"
+# where Lightning < 1.0 saved a module's hyperparameters (read before the current key, which wins)
+_PAST_HPARAMS_KEYS = ("hparams", "module_arguments")
 
 
 def _init_kwargs(cls: type, checkpoint: dict[str, Any], hparams_key: str, name_key: str, hparams_file: Any,
@@ -234,13 +284,24 @@ def _init_kwargs(cls: type, checkpoint: dict[str, Any], hparams_key: str, name_k
     """
     from featherlight.utilities.parsing import AttributeDict
 
+    hparams: dict[str, Any] = {}
+    if hparams_key == "hyper_parameters":
+        for past in _PAST_HPARAMS_KEYS:
+            if isinstance(checkpoint.get(past), Mapping):
+                hparams.update(checkpoint[past])
     saved = checkpoint.get(hparams_key)
-    hparams: dict[str, Any] = dict(saved) if isinstance(saved, Mapping) else {}
+    if isinstance(saved, Mapping):
+        hparams.update(saved)
     if hparams_file is not None:
         ext = os.fspath(hparams_file).rsplit(".", 1)[-1].lower()
-        if ext not in ("yaml", "yml"):
-            raise ValueError(f"`hparams_file` must be a .yaml or .yml file, got {os.fspath(hparams_file)!r}.")
-        hparams = dict(load_hparams_from_yaml(hparams_file))
+        if ext == "csv":
+            hparams = load_hparams_from_tags_csv(hparams_file)
+        elif ext in ("yaml", "yml"):
+            hparams = dict(load_hparams_from_yaml(hparams_file))
+        else:
+            raise ValueError(
+                f".csv, .yml or .yaml is required for `hparams_file`, got {os.fspath(hparams_file)!r}."
+            )
     hparams.update(overrides)
     for key in _INSTANTIATOR_KEYS:
         hparams.pop(key, None)
@@ -278,6 +339,47 @@ def _rebuild_with_cli(cls: type, saved: Any, hparams_file: Any, overrides: dict[
     config = {k: v for k, v in saved.items() if k != "_instantiator"}
     config.update(overrides)
     return instantiate_module(cls, config)
+
+
+def _check_rebuildable(cls: type, kwargs: dict[str, Any], overrides: dict[str, Any], left_out: Any,
+                       path: Any) -> None:
+    """Before ``cls(**kwargs)``: every argument ``__init__`` needs is there as plain data.
+
+    * An ``nn.Module`` hyperparameter is not in the checkpoint (``left_out``): it must be passed, unless
+      ``__init__``'s default is a module of the same class (the weights then come from the state dict).
+    * A hyperparameter only code from the file could rebuild (an :class:`~featherlight.io.safe.UnloadedObject`,
+      read under ``weights_only=True``) must be passed, or the file trusted with ``weights_only=False``.
+    """
+    name = cls.__name__
+    params = inspect.signature(cls.__init__).parameters
+    if isinstance(left_out, Mapping):
+        for arg, saved_class in left_out.items():
+            if arg in overrides or arg not in params:
+                continue
+            default = params[arg].default
+            if default is not params[arg].empty and \
+                    f"{type(default).__module__}.{type(default).__qualname__}" == saved_class:
+                continue
+            what = "has no default" if default is params[arg].empty else \
+                f"defaults to a {type(default).__qualname__}"
+            raise TypeError(
+                f"`{name}.load_from_checkpoint` needs the argument `{arg}`: it was an `nn.Module` "
+                f"({saved_class}), which is not stored with the hyperparameters in {_describe(path)} (its weights "
+                f"are in the state dict), and `{name}.__init__` {what}. Pass it: "
+                f"`{name}.load_from_checkpoint(path, {arg}=...)`."
+            )
+    unloaded = {k: unloaded_objects(v) for k, v in kwargs.items() if k not in overrides}
+    unloaded = {k: v for k, v in unloaded.items() if v}
+    if unloaded:
+        listed = ", ".join(f"`{k}` ({', '.join(sorted(set(v)))})" for k, v in unloaded.items())
+        example = ", ".join(f"{k}=..." for k in unloaded)
+        raise CheckpointError(
+            f"Cannot rebuild {name} from the hyperparameters in {_describe(path)}: {listed} can only be restored by "
+            f"executing code from the file, which loading does not do. Pass them: `{name}.load_from_checkpoint(path, "
+            f"{example})`, or, if you trust the file, opt in with `weights_only=False`. (Resuming with "
+            "`trainer.fit(ckpt_path=...)` and `trainer.test(ckpt_path=...)` need neither: the weights and training "
+            "state load as they are.)", reason="unsafe",
+        )
 
 
 def _instantiate(cls: type, kwargs: dict[str, Any], hparams: dict[str, Any], path: Any) -> Any:
@@ -323,6 +425,7 @@ def rebuild_module(cls: type, path: Any, map_location: Any, hparams_file: Any, w
     model = _rebuild_with_cli(cls, checkpoint.get("hyper_parameters"), hparams_file, kwargs)
     if model is None:
         init_kwargs, hparams = _init_kwargs(cls, checkpoint, "hyper_parameters", "hparams_name", hparams_file, kwargs)
+        _check_rebuildable(cls, init_kwargs, kwargs, checkpoint.get(HPARAMS_LEFT_OUT_KEY), path)
         model = _instantiate(cls, init_kwargs, hparams, path)
     return model, checkpoint
 
@@ -350,6 +453,7 @@ def load_datamodule_from_checkpoint(cls: type, path: Any, map_location: Any, hpa
     if dm is None:
         init_kwargs, hparams = _init_kwargs(cls, checkpoint, "datamodule_hyper_parameters", "datamodule_hparams_name",
                                             hparams_file, kwargs)
+        _check_rebuildable(cls, init_kwargs, kwargs, checkpoint.get(DM_HPARAMS_LEFT_OUT_KEY), path)
         dm = _instantiate(cls, init_kwargs, hparams, path)
     key = cls.__qualname__
     if key in checkpoint:

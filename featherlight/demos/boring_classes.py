@@ -152,47 +152,57 @@ class BoringDataModule(LightningDataModule):
         return DataLoader(self.random_predict)
 
 
-class BoringDataModuleNoLen(BoringDataModule):
-    """:class:`BoringDataModule` whose loaders have no length (iterable datasets)."""
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(RandomIterableDataset(32, 64))
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(RandomIterableDataset(32, 64))
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(RandomIterableDataset(32, 64))
-
-    def predict_dataloader(self) -> DataLoader:
-        return DataLoader(RandomIterableDataset(32, 64))
-
-
-class IterableBoringDataModule(LightningDataModule):
-    """One map-style and one iterable dataset per stage, each loader a list of two (16 train, 32 val, 64 test and
-    128 predict samples of size 4 in each)."""
+class BoringDataModuleNoLen(LightningDataModule):
+    """Loaders without a length (iterable datasets), each available once ``setup`` ran for its stage."""
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
-            self.train_datasets = [RandomDataset(4, 16), RandomIterableDataset(4, 16)]
+            self.random_train = RandomIterableDataset(32, 512)
         if stage in ("fit", "validate"):
-            self.val_datasets = [RandomDataset(4, 32), RandomIterableDataset(4, 32)]
+            self.random_val = RandomIterableDataset(32, 128)
         if stage == "test":
-            self.test_datasets = [RandomDataset(4, 64), RandomIterableDataset(4, 64)]
+            self.random_test = RandomIterableDataset(32, 256)
         if stage == "predict":
-            self.predict_datasets = [RandomDataset(4, 128), RandomIterableDataset(4, 128)]
+            self.random_predict = RandomIterableDataset(32, 64)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.random_train)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.random_val)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.random_test)
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(self.random_predict)
+
+
+class IterableBoringDataModule(LightningDataModule):
+    """Two loaders per stage, a map-style and an iterable one, each available once ``setup`` ran for its stage."""
+
+    _SIZES = {"train": 16, "val": 32, "test": 64, "predict": 128}
+
+    def setup(self, stage: str) -> None:
+        prefixes = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+        for prefix in prefixes.get(stage, ()):
+            n = self._SIZES[prefix]
+            setattr(self, f"{prefix}_datasets", [RandomDataset(4, n), RandomIterableDataset(4, n)])
+
+    def _loaders(self, prefix: str) -> list[DataLoader]:
+        return [DataLoader(ds) for ds in getattr(self, f"{prefix}_datasets")]
 
     def train_dataloader(self) -> list[DataLoader]:
-        return [DataLoader(dataset) for dataset in self.train_datasets]
+        return self._loaders("train")
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [DataLoader(dataset) for dataset in self.val_datasets]
+        return self._loaders("val")
 
     def test_dataloader(self) -> list[DataLoader]:
-        return [DataLoader(dataset) for dataset in self.test_datasets]
+        return self._loaders("test")
 
     def predict_dataloader(self) -> list[DataLoader]:
-        return [DataLoader(dataset) for dataset in self.predict_datasets]
+        return self._loaders("predict")
 
 
 class DemoModel(LightningModule):

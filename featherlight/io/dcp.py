@@ -20,7 +20,7 @@ from typing import Any, Union
 
 import torch
 
-from featherlight.io.safe import load_file, safe_globals
+from featherlight.io.safe import HPARAM_KEYS, load_file, safe_globals
 from featherlight.utilities.exceptions import CheckpointError
 
 META_NAME = "meta.pt"
@@ -153,7 +153,8 @@ def read_sharded_checkpoint(path: Union[str, os.PathLike], weights_only: bool = 
     if not os.path.isfile(os.path.join(path, DCP_METADATA)):
         raise CheckpointError(f"Sharded checkpoint {path!r} has no {DCP_METADATA} file: the shards were not all "
                               "written (the run stopped while saving?). Use an earlier checkpoint.", reason="corrupt")
-    checkpoint = load_file(os.path.join(path, META_NAME), map_location="cpu", weights_only=weights_only)
+    checkpoint = load_file(os.path.join(path, META_NAME), map_location="cpu", weights_only=weights_only,
+                           tolerate=HPARAM_KEYS)
     saved = checkpoint.pop(SHARDED_KEY, {}).get("optimizers", 0)
     state: dict[str, Any] = {}
     reader, planner = storage_reader(path, weights_only), load_planner(weights_only, whole=True)

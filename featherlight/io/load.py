@@ -15,13 +15,19 @@ import torch
 
 from featherlight.io.dcp import META_NAME, is_sharded_checkpoint, read_sharded_checkpoint
 from featherlight.io.paths import is_remote, read_bytes
-from featherlight.io.safe import load_file
+from featherlight.io.safe import HPARAM_KEYS, load_file
 from featherlight.utilities.exceptions import CheckpointError
 
 
+
 def load_checkpoint(path: Union[str, os.PathLike, IO[bytes]], map_location: Any = None,
-                    weights_only: bool = True, require_dict: bool = True) -> Any:
+                    weights_only: bool = True, tolerate: tuple[str, ...] = HPARAM_KEYS,
+                    require_dict: bool = True) -> Any:
     """Read a checkpoint. With ``weights_only=True`` (default) no code from the file can run.
+
+    Python objects the allow-list does not cover are refused, except under the top-level keys ``tolerate`` (the
+    hyperparameters), where they are read as :class:`~featherlight.io.safe.UnloadedObject` stand-ins: the weights
+    and training state still load.
 
     ``path`` is a local file, a sharded checkpoint directory, an open binary stream, or a URL (``http(s)://``
     or any fsspec protocol; read into memory, then loaded the same way). ``require_dict=False`` returns whatever
@@ -46,7 +52,7 @@ def load_checkpoint(path: Union[str, os.PathLike, IO[bytes]], map_location: Any 
             raise CheckpointError(
                 f"Checkpoint path {name!r} is a directory, not a checkpoint file (nor a sharded checkpoint "
                 "directory written by `FSDPStrategy`, which holds a meta.pt).", reason="corrupt")
-    return load_file(path, map_location, weights_only, require_dict=require_dict)
+    return load_file(path, map_location, weights_only, tolerate, require_dict=require_dict)
 
 
 def map_tensors(checkpoint: dict[str, Any], map_location: Any) -> dict[str, Any]:

@@ -109,25 +109,18 @@ def match_compiled_keys(module: torch.nn.Module, state_dict: dict[str, Any]) -> 
 
 
 def load_module_state(module: torch.nn.Module, state_dict: dict[str, Any], strict: bool, path: Any) -> None:
+    """``module.load_state_dict(state_dict, strict=strict)`` (the module's own method, so an override sees it), with
+    torch's error first and what to do after it; keys that did not match a non-strict load are warned about."""
     try:
-        keys = module.load_state_dict(match_compiled_keys(module, state_dict), strict=False)
-    except RuntimeError as err:  # shapes differ: torch's message lists them
+        keys = module.load_state_dict(match_compiled_keys(module, state_dict), strict=strict)
+    except RuntimeError as err:  # torch's message lists the missing/unexpected keys and the shapes that differ
         raise RuntimeError(
-            f"The weights in {path!r} do not fit {type(module).__name__}: {err}\nThe model was probably built with "
-            "other hyperparameters than the checkpoint's; check them (keyword arguments to `load_from_checkpoint` "
-            "override the saved ones)."
+            f"{err}\nWhile loading {path!r}: fix the model definition, or load with `strict=False` (module attribute "
+            "`strict_loading = False` for trainer resumes). If the model was built with other hyperparameters than "
+            "the checkpoint's, keyword arguments to `load_from_checkpoint` override the saved ones."
         ) from None
-    missing, unexpected = list(keys.missing_keys), list(keys.unexpected_keys)
-    if not (missing or unexpected):
-        return
-    detail = ""
-    if missing:
-        detail += f"\n  missing keys (in the model, not in the checkpoint): {missing[:10]}{' ...' if len(missing) > 10 else ''}"
-    if unexpected:
-        detail += f"\n  unexpected keys (in the checkpoint, not in the model): {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}"
-    if strict:
-        raise RuntimeError(
-            f"The checkpoint {path!r} does not match {type(module).__name__}:{detail}\nFix the model definition, or "
-            "load with `strict=False` (module attribute `strict_loading = False` for trainer resumes)."
-        )
-    rank_zero_warn(f"Loaded {path!r} with strict=False; keys that did not match:{detail}")
+    missing, unexpected = getattr(keys, "missing_keys", None), getattr(keys, "unexpected_keys", None)
+    if isinstance(missing, list) and missing:
+        rank_zero_warn(f"Found keys that are in the model state dict but not in the checkpoint: {missing}")
+    if isinstance(unexpected, list) and unexpected:
+        rank_zero_warn(f"Found keys that are not in the model state dict but in the checkpoint: {unexpected}")

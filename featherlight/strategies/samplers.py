@@ -211,6 +211,10 @@ def process_dataloader(loader: Any, prefix: str, trainer: Any) -> Any:
             f"`trainer.world_size`) and pass `Trainer(use_distributed_sampler=False)` to silence this warning.",
         )
         return loader
+    if prefix == "train":
+        # Lightning's rule: the training DistributedSampler always shuffles (seeded from `seed_everything`), unless
+        # overfitting, whatever order the loader itself reads in
+        shuffle = not getattr(trainer, "overfit_batches", 0)
     kwargs = strategy.distributed_sampler_kwargs or {}
     num_replicas = kwargs.get("num_replicas", strategy.world_size)
     rank = kwargs.get("rank", strategy.global_rank)
@@ -295,6 +299,23 @@ class _ResumableSampler(ResumableSampler):
 
     def continue_epoch(self, continuation: "_EpochContinuation") -> None:
         self._continuation = continuation
+
+
+class _ResumableSequentialSampler(_ResumableSampler, SequentialSampler):
+    """A :class:`_ResumableSampler` in ``SequentialSampler``'s order that also *is* one for ``isinstance`` (code
+    that asks whether a loader shuffles sees what it replaced)."""
+
+    def __init__(self, data_source: Any) -> None:
+        _ResumableSampler.__init__(self, len(data_source), False)
+        self.data_source = data_source
+
+
+class _ResumableRandomSampler(_ResumableSampler, RandomSampler):
+    """A :class:`_ResumableSampler` making ``RandomSampler``'s draws that also *is* one for ``isinstance``."""
+
+    def __init__(self, data_source: Any, generator: Optional[torch.Generator] = None) -> None:
+        _ResumableSampler.__init__(self, len(data_source), True, generator)
+        self.data_source, self.replacement, self._num_samples = data_source, False, None
 
 
 def resumable_sampler(loader: Any) -> Optional[ResumableSampler]:

@@ -10,8 +10,8 @@ import glob
 import os
 from typing import Any, Optional, Union
 
-from featherlight.core.mixins.hparams_mixin import saved_hparams
-from featherlight.core.saving import plain_hparams
+from featherlight.core.mixins.hparams_mixin import checkpoint_hparams, saved_hparams
+from featherlight.core.saving import DM_HPARAMS_LEFT_OUT_KEY, HPARAMS_LEFT_OUT_KEY, plain_hparams
 from featherlight.io.load import checkpoint_mtime, is_checkpoint_path, load_checkpoint
 from featherlight.io.paths import is_remote
 from featherlight.io.state import load_module_state, strip_compile_prefix
@@ -65,13 +65,19 @@ def _dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> dict[str
         checkpoint[RNG_KEY] = rng_states_to_tensors(_collect_rng_states())
     saved = saved_hparams(module)
     if saved is not None:
-        checkpoint["hparams_name"], checkpoint["hyper_parameters"] = saved[0], plain_hparams(saved[1])
+        hparams, left_out = checkpoint_hparams(saved[1])
+        checkpoint["hparams_name"], checkpoint["hyper_parameters"] = saved[0], plain_hparams(hparams)
+        if left_out:  # nn.Module hyperparameters: `load_from_checkpoint` asks for them by name
+            checkpoint[HPARAMS_LEFT_OUT_KEY] = left_out
     dm = trainer.datamodule
     if dm is not None:
         saved = saved_hparams(dm)
         if saved is not None and saved[1]:
+            hparams, left_out = checkpoint_hparams(saved[1])
             checkpoint["datamodule_hparams_name"] = saved[0]
-            checkpoint["datamodule_hyper_parameters"] = plain_hparams(saved[1])
+            checkpoint["datamodule_hyper_parameters"] = plain_hparams(hparams)
+            if left_out:
+                checkpoint[DM_HPARAMS_LEFT_OUT_KEY] = left_out
         dm_state = trainer.hooks.call_datamodule("state_dict")
         if dm_state:
             checkpoint[type(dm).__qualname__] = dm_state
@@ -82,9 +88,8 @@ def _dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> dict[str
         for cb in trainer.callbacks:
             if getattr(cb, "edits_weights_only_checkpoints", False) is True:
                 cb.on_save_checkpoint(trainer, module, checkpoint)
+    # a datamodule saves through `state_dict()` only: Lightning 2.x no longer calls its `on_save_checkpoint`
     trainer.hooks.call_module("on_save_checkpoint", checkpoint)
-    if dm is not None:
-        trainer.hooks.call_datamodule("on_save_checkpoint", checkpoint)
     return checkpoint
 
 
@@ -274,11 +279,28 @@ def _resolve_ckpt_path(trainer: "Trainer", ckpt_path: Any, fn: Any,
     Returns ``(path, checkpoint)``: for ``"last"`` the checkpoint is already read (each candidate is read to
     verify it), and the restore uses that copy; otherwise it is None."""
     if ckpt_path == "best":
+        fn_name = fn.value
+        if len(trainer.checkpoint_callbacks) > 1:
+            rank_zero_warn(
+                f'`.{fn_name}(ckpt_path="best")` is called with Trainer configured with multiple `ModelCheckpoint` '
+                "callbacks. It will use the best checkpoint path from first checkpoint callback."
+            )
         cb = trainer.checkpoint_callback
-        if cb is None or not getattr(cb, "best_model_path", ""):
+        if cb is None:
             raise ValueError(
-                f'`.{fn.value}(ckpt_path="best")` is set but there is no best checkpoint: no `ModelCheckpoint` '
-                "has saved one yet (set `monitor=` to track the best model, or pass a path)."
+                f'`.{fn_name}(ckpt_path="best")` is set but `ModelCheckpoint` is not configured. Add a '
+                "`ModelCheckpoint` callback (or `enable_checkpointing=True`), or pass a checkpoint path."
+            )
+        if not getattr(cb, "best_model_path", ""):
+            if trainer.fast_dev_run:
+                raise ValueError(
+                    f'You cannot execute `.{fn_name}(ckpt_path="best")` with `fast_dev_run=True`. Please pass an '
+                    f"exact checkpoint path to `.{fn_name}(ckpt_path=...)`"
+                )
+            raise ValueError(
+                f'`.{fn_name}(ckpt_path="best")` is set but `ModelCheckpoint` is not configured to save the best '
+                "model. No checkpoint has been saved yet: set `ModelCheckpoint(monitor=..., save_top_k>0)` and fit "
+                "first, or pass a checkpoint path."
             )
         return cb.best_model_path, None
     if ckpt_path == "last":
@@ -313,8 +335,8 @@ def _resolve_ckpt_path(trainer: "Trainer", ckpt_path: Any, fn: Any,
                 f'`.{fn.value}(ckpt_path="last")`: every checkpoint found is unreadable ({unreadable}). Move them '
                 "away (or pass `ckpt_path=None`) to start a new run.", reason="corrupt",
             )
-        rank_zero_warn(f'`.{fn.value}(ckpt_path="last")` is set, but there is no last checkpoint available. '
-                       "No checkpoint will be loaded.")
+        rank_zero_warn(f'.{fn.value}(ckpt_path="last") is set, but there is no last checkpoint available. No '
+                       "checkpoint will be loaded. HINT: Set `ModelCheckpoint(..., save_last=True)`.")
         return None, None
     path = os.fspath(ckpt_path)
     if not is_remote(path) and not os.path.exists(path):
@@ -338,9 +360,8 @@ def _restore_module_and_callbacks(trainer: "Trainer", path: str, checkpoint: Opt
     dm = trainer.datamodule
     if dm is not None:
         key = type(dm).__qualname__
-        if key in checkpoint:
+        if key in checkpoint:  # through `load_state_dict` only, as in Lightning 2.x (no `on_load_checkpoint`)
             trainer.hooks.call_datamodule("load_state_dict", checkpoint[key])
-        trainer.hooks.call_datamodule("on_load_checkpoint", checkpoint)
     trainer.hooks.call_callbacks("on_load_checkpoint", checkpoint)
     states = checkpoint.get("callbacks") or {}
     known = {key for cb in trainer.callbacks for key in (cb.state_key, getattr(cb, "_legacy_state_key", None))}

@@ -11,10 +11,12 @@ from torch.utils.data import DataLoader, IterableDataset
 from featherlight.core.hooks import DataHooks
 from featherlight.core.module import LightningModule
 from featherlight.precision.precision import Precision
-from featherlight.strategies.samplers import _ResumableSampler
+from featherlight.strategies.samplers import _ResumableRandomSampler, _ResumableSequentialSampler
 from featherlight.utilities.apply_func import move_data_to_device
 from featherlight.utilities.exceptions import MisconfigurationException
 from featherlight.utilities.model_helpers import has_effect, is_overridden
+from featherlight.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from featherlight.utilities.warnings import PossibleUserWarning
 
 _HOOK = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader", "predict": "predict_dataloader"}
 
@@ -61,43 +63,61 @@ def _has_len(loader: Any) -> bool:
 
 
 def _num_batches(loader: Any, limit: Union[int, float], flag: str) -> Union[int, float]:
-    """How many batches of ``loader`` a run takes under ``limit_*_batches=limit``."""
+    """How many batches of ``loader`` a run takes under ``limit_*_batches=limit`` (``flag``)."""
     n: Union[int, float] = len(loader) if _has_len(loader) else float("inf")
+    if n == 0:
+        return 0
     if isinstance(limit, int):
         return min(n, limit)
+    prefix = flag[len("limit_"):-len("_batches")] if flag.startswith("limit_") else flag
     if n == float("inf"):
         if limit == 1.0:
             return n
         raise MisconfigurationException(
-            f"`{flag}={limit}` is a fraction, but the dataloader has no length (an IterableDataset). "
-            f"Pass an int number of batches instead, e.g. `{flag}=100`."
+            f"When using an `IterableDataset`, `Trainer({flag})` must be `1.0` or an int. An int specifies "
+            f"`num_{prefix}_batches` to use. The dataloader has no length, so a fraction of it is unknown: pass e.g. "
+            f"`{flag}=100`."
         )
     out = int(n * limit)
-    if limit > 0 and out == 0 and n > 0:
+    if limit > 0 and out == 0:
         min_fraction = 1.0 / n
         raise MisconfigurationException(
-            f"You requested to check {limit} of the dataloader but {limit} * {n} < 1 batch. Increase `{flag}`: "
-            f"try at least `{flag}={min_fraction:.4f}` or an int, e.g. `{flag}=1`."
+            f"You requested to check {limit} of the `{prefix}_dataloader` but {limit} * {n} < 1. Please increase the "
+            f"`{flag}` argument. Try at least `{flag}={min_fraction}` (or an int number of batches, e.g. `{flag}=1`)."
         )
     return out
 
 
+_ONE_BATCH = {"limit_train_batches": "1 batch per epoch will be used.",
+              "val_check_interval": "validation will run after every batch."}
+_ALL_BATCHES = {"limit_train_batches": "100% of the batches per epoch will be used.",
+                "val_check_interval": "validation will run at the end of the training epoch."}
+
+
 def check_limit(value: Any, flag: str) -> Union[int, float]:
-    if isinstance(value, bool):
-        raise MisconfigurationException(f"`{flag}` must be an int or a float in [0, 1], got {value!r}.")
-    if isinstance(value, float) and value.is_integer() and value > 1.0:
-        value = int(value)
-    if isinstance(value, int):
-        if value < 0:
-            raise MisconfigurationException(f"`{flag}` must be non-negative, got {value}.")
+    """A ``limit_*_batches``/``overfit_batches``/``val_check_interval`` flag: a fraction in [0, 1] or a number of
+    batches (None means all, 1.0). An explicit ``1`` or ``1.0`` is announced (INFO), as Lightning does, since the
+    two mean different things."""
+    if value is None:
+        return 1.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MisconfigurationException(
+            f"You have passed invalid value {value} for {flag}, it has to be in [0.0, 1.0] or an int. Pass a fraction "
+            "of the batches (float) or a number of batches (int)."
+        )
+    if isinstance(value, int) and value == 1:
+        rank_zero_info(f"`Trainer({flag}=1)` was configured so {_ONE_BATCH.get(flag, '1 batch will be used.')}")
+    elif isinstance(value, float) and value == 1.0:
+        rank_zero_info(f"`Trainer({flag}=1.0)` was configured so "
+                       f"{_ALL_BATCHES.get(flag, '100% of the batches will be used.')}.")
+    if 0 <= value <= 1:
         return value
-    if isinstance(value, float):
-        if not 0.0 <= value <= 1.0:
-            raise MisconfigurationException(
-                f"`{flag}={value}` is out of range: pass a float in [0.0, 1.0] (a fraction) or an int (batches)."
-            )
-        return value
-    raise MisconfigurationException(f"`{flag}` must be an int or a float, got {type(value).__name__}.")
+    if value > 1 and value % 1.0 == 0:
+        return int(value)
+    raise MisconfigurationException(
+        f"You have passed invalid value {value} for {flag}, it has to be in [0.0, 1.0] or an int. Pass a fraction of "
+        f"the batches in [0.0, 1.0] or a whole number of batches, e.g. `{flag}=10`."
+    )
 
 
 def _prepare_loader(trainer: "Trainer", loader: Any, prefix: str) -> Any:
@@ -112,21 +132,33 @@ def _prepare_loader(trainer: "Trainer", loader: Any, prefix: str) -> Any:
 
             # worker_init_fn may be set after construction (DataLoader only freezes sampler/batch attributes)
             loader.worker_init_fn = partial(pl_worker_init_function, rank=trainer.global_rank)
-    if trainer.overfit_batches > 0 and prefix == "train":
-        from torch.utils.data import RandomSampler
-
-        if isinstance(getattr(loader, "sampler", None), RandomSampler):
-            from featherlight.utilities.rank_zero import rank_zero_warn
-
-            rank_zero_warn(
-                "You requested to overfit but enabled training dataloader shuffling. We are turning off the "
-                "training dataloader shuffling for you."
-            )
-            loader = _replace_sampler(loader, shuffle=False)
+    if trainer.overfit_batches > 0 and prefix in ("train", "val") and trainer.state.fn == "fit":
+        loader = _overfit_order(loader, prefix)
     loader = trainer.strategy.process_dataloader(loader, prefix, trainer)
     if prefix == "train":
         loader = _make_resumable(loader)
     return loader
+
+
+def _overfit_order(loader: DataLoader, prefix: str) -> DataLoader:
+    """``overfit_batches`` trains (and validates) on the same first batches every epoch: a loader that does not read
+    its dataset in order gets a ``SequentialSampler``, with Lightning's warning."""
+    from torch.utils.data import SequentialSampler
+
+    if isinstance(getattr(loader, "sampler", None), SequentialSampler) or isinstance(loader.dataset, IterableDataset):
+        return loader
+    if not _is_plain(loader):
+        rank_zero_warn(
+            f"You requested to overfit but the {prefix} dataloader has a custom batch sampler or is a DataLoader "
+            "subclass, so featherlight cannot make it read its dataset in order: the overfit batches may differ "
+            "between epochs. Give it `shuffle=False` (or a `SequentialSampler`)."
+        )
+        return loader
+    rank_zero_warn(
+        f"You requested to overfit but enabled {prefix} dataloader shuffling. We are turning off the {prefix} "
+        "dataloader shuffling for you."
+    )
+    return _replace_sampler(loader, shuffle=False)
 
 
 _LOADER_ARGS = ("batch_size", "drop_last", "num_workers", "collate_fn", "pin_memory", "timeout", "worker_init_fn",
@@ -174,9 +206,9 @@ def _make_resumable(loader: Any) -> Any:
         return loader
     sampler = loader.sampler
     if type(sampler) is RandomSampler and not sampler.replacement and sampler._num_samples is None:
-        return _rebuild_loader(loader, _ResumableSampler(len(sampler.data_source), True, sampler.generator))
+        return _rebuild_loader(loader, _ResumableRandomSampler(sampler.data_source, sampler.generator))
     if type(sampler) is SequentialSampler:
-        return _rebuild_loader(loader, _ResumableSampler(len(sampler.data_source), False))
+        return _rebuild_loader(loader, _ResumableSequentialSampler(sampler.data_source))
     return loader
 
 
@@ -206,9 +238,9 @@ class _MaxSizeCycle:
 
 
 def _combine_train(loaders: Any) -> Any:
+    """What the loop iterates: one loader as it is; a list/tuple/dict (even of one) as batches of that shape,
+    as Lightning's ``max_size_cycle`` gives them (``[loader]`` yields ``[batch]``)."""
     if isinstance(loaders, (dict, list, tuple)):
-        if len(loaders) == 1:
-            return next(iter(loaders.values())) if isinstance(loaders, dict) else loaders[0]
         return _MaxSizeCycle(loaders)
     return loaders
 
@@ -238,6 +270,7 @@ class DataConnector:
         self.train_loaded_epoch: Optional[int] = None
         self.val_loaded_epoch: Optional[int] = None
         self.train_len: Union[int, float] = float("inf")  # the training loader's own length (before limits)
+        self.train_iterable: Any = None  # what the fit loop iterates (several loaders combined)
         self.val_loaders: Optional[list] = None
         self.val_limits: list = []
         self._val_on: Optional[bool] = None  # decided once per run
@@ -269,11 +302,20 @@ class DataConnector:
                 if isinstance(loaders, dict) else [_prepare_loader(trainer, v, "train") for v in loaders])
         else:
             loaders = _prepare_loader(trainer, loaders, "train")
-        trainer.train_dataloader = _combine_train(loaders)
+        # the public one keeps the shape returned (a loader, or a list/dict of them), as in Lightning
+        trainer.train_dataloader = loaders
+        self.train_iterable = combined = _combine_train(loaders)
         self.train_loaded_epoch = trainer.progress.epoch
-        self.train_len = len(trainer.train_dataloader) if _has_len(trainer.train_dataloader) else float("inf")
-        trainer.num_training_batches = _num_batches(trainer.train_dataloader, trainer.limit_train_batches,
-                                                    "limit_train_batches")
+        self.train_len = len(combined) if _has_len(combined) else float("inf")
+        trainer.num_training_batches = _num_batches(combined, trainer.limit_train_batches, "limit_train_batches")
+        n = trainer.num_training_batches
+        if trainer.loggers and n < trainer.log_every_n_steps and not trainer.fast_dev_run:
+            rank_zero_warn(
+                f"The number of training batches ({n}) is smaller than the logging interval "
+                f"Trainer(log_every_n_steps={trainer.log_every_n_steps}). Set a lower value for log_every_n_steps if "
+                "you want to see logs for the training epoch.",
+                category=PossibleUserWarning,
+            )
         if self.train_len == 0 and trainer.limit_train_batches != 0:
             raise MisconfigurationException(
                 "The training dataloader is empty (0 batches). Check the dataset's length, `batch_size` and "
@@ -320,6 +362,13 @@ class DataConnector:
             trainer.predict_dataloaders, trainer.num_predict_batches = public, limits
         return loaders, limits
 
+    def has_source(self, prefix: str) -> bool:
+        """Whether ``prefix``'s loaders come from somewhere: passed to the entry point, or a hook the datamodule or
+        the module overrides."""
+        trainer, hook = self.trainer, _HOOK[prefix]
+        return self.given.get(prefix) is not None or _overrides(trainer.datamodule, hook) or \
+            _overrides(trainer.lightning_module, hook)
+
     def val_enabled(self) -> bool:
         """Validation runs if the module has a ``validation_step`` and ``limit_val_batches`` allows it
         (decided once per run: this is asked after every training batch)."""
@@ -329,17 +378,24 @@ class DataConnector:
                 is_overridden("validation_step", trainer.lightning_module, LightningModule)
         return self._val_on
 
-    def ensure_val_loaders(self) -> bool:
-        """Load the validation loaders if not loaded yet; whether there is anything to validate on."""
+    def ensure_val_loaders(self, counts_as_reload: bool = True) -> bool:
+        """Load the validation loaders if not loaded yet; whether there is anything to validate on.
+
+        ``counts_as_reload=False`` (the sanity check before an epoch that does not validate) loads them without
+        starting the ``reload_dataloaders_every_n_epochs`` count: the first real validation reloads them, as in
+        Lightning."""
         if self.val_loaders is None:
             self.val_loaders, self.val_limits = self.load_eval("val")
-            self.val_loaded_epoch = self.trainer.progress.epoch
+            self.val_loaded_epoch = self.trainer.progress.epoch if counts_as_reload else None
         return bool(self.val_loaders) and sum(self.val_limits) > 0
 
     def val_reload_due(self) -> bool:
+        """``reload_dataloaders_every_n_epochs``: loaders loaded ``n`` or more epochs ago (or only for the sanity
+        check) are reloaded before a validation."""
         n = self.trainer.reload_dataloaders_every_n_epochs
-        return bool(n) and self.val_loaded_epoch is not None and \
-            self.trainer.progress.epoch - self.val_loaded_epoch >= n
+        if not n or self.val_loaders is None:
+            return False
+        return self.val_loaded_epoch is None or self.trainer.progress.epoch - self.val_loaded_epoch >= n
 
     def reload_val(self) -> tuple[list, list]:
         self.val_loaders = None

@@ -9,6 +9,7 @@ from featherlight.trainer.logging import ResultStore
 from featherlight.trainer.progress import Phase
 from featherlight.utilities.enums import RunningStage
 from featherlight.utilities.model_helpers import is_overridden
+from featherlight.utilities.signature_utils import drop_batch_idx, is_param_in_hook_signature
 
 _NAMES = {
     RunningStage.VALIDATING: "validation",
@@ -33,6 +34,8 @@ def run_evaluation(trainer: "Trainer", stage: RunningStage, loaders: list, limit
     strategy = trainer.strategy
     precision = trainer.precision_plugin
     step = hooks.profiled(strategy.step_function(f"{fn}_step"), f"[Strategy]{type(strategy).__name__}.{fn}_step")
+    if not is_param_in_hook_signature(getattr(module, f"{fn}_step"), "batch_idx", min_args=2):
+        step = drop_batch_idx(step)  # a step written without `batch_idx` (Lightning reads the signature)
     multiple = len(loaders) > 1
 
     store = ResultStore(training=False)
@@ -46,9 +49,12 @@ def run_evaluation(trainer: "Trainer", stage: RunningStage, loaders: list, limit
     if reload is not None:
         loaders, limits = reload()
     modes = _capture_modes(module)
-    hooks.call_module(eval_hook)
-    call(f"on_{fn}_start")
-    call(f"on_{fn}_epoch_start")
+    # the hooks around the steps run under the evaluation's no-grad/inference mode too, as in Lightning; the
+    # results are folded outside it (their running totals must stay ordinary tensors)
+    with _grad_context(trainer):
+        hooks.call_module(eval_hook)
+        call(f"on_{fn}_start")
+        call(f"on_{fn}_epoch_start")
     with _grad_context(trainer):
         for dataloader_idx, (loader, limit) in enumerate(zip(loaders, limits)):
             extra = (dataloader_idx,) if multiple else ()
@@ -74,12 +80,14 @@ def run_evaluation(trainer: "Trainer", stage: RunningStage, loaders: list, limit
                 if interrupts.received is not None and not interrupts.every:
                     interrupts.check(trainer)
     results.end_epoch(trainer)
-    call(f"on_{fn}_epoch_end")
+    with _grad_context(trainer):
+        call(f"on_{fn}_epoch_end")
     out = results.log_eval_epoch(trainer, stage, len(loaders))
     if stage == RunningStage.VALIDATING and trainer.state.fn == "fit":
         trainer.progress.phase = Phase.VALIDATED  # a checkpoint from on_validation_end does not run it again
-    call(f"on_{fn}_end")
-    _restore_modes(trainer, module, train_hook, modes)
+    with _grad_context(trainer):
+        call(f"on_{fn}_end")
+        _restore_modes(trainer, module, train_hook, modes)
     store.reset_metrics()
     trainer.state.stage = previous_stage
     return out
@@ -95,13 +103,16 @@ def run_predict(trainer: "Trainer", loaders: list, limits: list, return_predicti
     trainer.results.switch(trainer, None)
     trainer.state.stage = RunningStage.PREDICTING
     modes = _capture_modes(module)
-    hooks.call_module("on_predict_model_eval")
-    call("on_predict_start")
-    call("on_predict_epoch_start")
+    with _grad_context(trainer):  # as in Lightning, the hooks around the steps run without gradients too
+        hooks.call_module("on_predict_model_eval")
+        call("on_predict_start")
+        call("on_predict_epoch_start")
     predictions: list[list] = [[] for _ in loaders]
     strategy = trainer.strategy
     predict_step = hooks.profiled(strategy.step_function("predict_step"),
                                   f"[Strategy]{type(strategy).__name__}.predict_step")
+    if not is_param_in_hook_signature(module.predict_step, "batch_idx", min_args=2):
+        predict_step = drop_batch_idx(predict_step)
     with _grad_context(trainer):
         for dataloader_idx, (loader, limit) in enumerate(zip(loaders, limits)):
             extra = (dataloader_idx,) if multiple else ()
@@ -123,9 +134,10 @@ def run_predict(trainer: "Trainer", loaders: list, limits: list, return_predicti
                     predictions[dataloader_idx].append(output)
                 batch_idx += 1
     trainer.predict_loop_predictions = predictions
-    call("on_predict_epoch_end")
-    call("on_predict_end")
-    _restore_modes(trainer, module, None, modes)
+    with _grad_context(trainer):
+        call("on_predict_epoch_end")
+        call("on_predict_end")
+        _restore_modes(trainer, module, None, modes)
     if not return_predictions:
         return None
     return predictions if multiple else predictions[0]

@@ -34,29 +34,33 @@ def run_fit(trainer: "Trainer") -> None:
     module = trainer.lightning_module
 
     data.load_train()
-    if data.val_enabled():
+    resume, progress.resume = progress.resume, None
+    if resume is not None and resume.phase == Phase.EPOCH_END:
+        # checkpointed during on_train_epoch_end: only what followed the hooks is left to do (no user hook runs);
+        # done before on_train_start, which then sees the next epoch, as in Lightning
+        store = results.train_store = ResultStore(training=True)
+        results.switch(trainer, store)
+        trainer.state.stage = RunningStage.TRAINING
+        resume.restore_epoch(trainer, store)
+        resume = None
+        results.end_epoch(trainer)
+        _end_epoch(trainer, store)
+    if data.val_enabled() and validates_epoch(trainer):
+        # loaded before training starts (for the progress bar) only if this epoch validates, as in Lightning
         data.ensure_val_loaders()
     # the first epoch's store is running from `on_train_start` on: what is logged there counts in that epoch
     first: Any = ResultStore(training=True)
     results.train_store = first
     results.switch(trainer, first)
     call("on_train_start")
-    resume, progress.resume = progress.resume, None
     while not _fit_done(trainer):
         if data.should_reload_train():
             data.load_train()
-        _set_sampler_epoch(trainer.train_dataloader, progress.epoch)
+        _set_sampler_epoch(data.train_iterable, progress.epoch)
         store, first = first or ResultStore(training=True), None
         results.train_store = store
         results.switch(trainer, store)
         trainer.state.stage = RunningStage.TRAINING
-        if resume is not None and resume.phase == Phase.EPOCH_END:
-            # checkpointed during on_train_epoch_end: only what followed the hooks is left to do
-            resume.restore_epoch(trainer, store)
-            resume = None
-            results.end_epoch(trainer)
-            _end_epoch(trainer, store)
-            continue
         progress.phase = Phase.EPOCH_START
         call("on_train_epoch_start")
         start = 0
@@ -76,16 +80,18 @@ def run_fit(trainer: "Trainer") -> None:
         epoch_profile = hooks.profile("run_training_epoch")
         epoch_profile.__enter__()
         batches = () if resume is not None and _epoch_done(trainer) else \
-            _batches(trainer, trainer.train_dataloader, num_batches, start, resume)
+            _batches(trainer, data.train_iterable, num_batches, start, resume)
         resume = None
         for batch_idx, batch, is_last in batches:
             progress.batch_idx, progress.phase = batch_idx, _BATCH
             if transfer is not None:
                 batch = transfer(batch, 0)
             store.new_batch(batch)
-            if batch_start is not None and batch_start(batch, batch_idx) == -1:
+            if batch is None:  # the collate function skipped this batch: no hooks, no step (Lightning's rule)
+                outputs, stepped = _skipped_batch(trainer)
+            elif batch_start is not None and batch_start(batch, batch_idx) == -1:
                 break
-            if profiling:
+            elif profiling:
                 with hooks.profile("run_training_batch"):
                     outputs, stepped = step(batch, batch_idx, is_last)
             else:
@@ -109,6 +115,12 @@ def run_fit(trainer: "Trainer") -> None:
     call("on_train_end")
 
 
+def _skipped_batch(trainer: "Trainer") -> tuple[None, bool]:
+    """A ``None`` batch from the training dataloader: ``on_train_batch_end`` sees ``outputs=None``, nothing steps."""
+    trainer.warnings.warn("train_dataloader yielded None. If this was on purpose, ignore this warning...")
+    return None, False
+
+
 def run_sanity_check(trainer: "Trainer") -> None:
     """A few validation batches before training (``num_sanity_val_steps``), whose values are then forgotten."""
     data = trainer.data
@@ -117,7 +129,7 @@ def run_sanity_check(trainer: "Trainer") -> None:
     with isolate_rng():  # the sanity check must not change what the training run draws
         trainer.state.stage = RunningStage.SANITY_CHECKING
         trainer.hooks.call("on_sanity_check_start")
-        if data.ensure_val_loaders():
+        if data.ensure_val_loaders(counts_as_reload=validates_epoch(trainer)):
             steps = trainer.num_sanity_val_steps
             limits = [n if steps == -1 else min(n, steps) for n in data.val_limits]
             trainer.num_sanity_val_batches = limits
@@ -132,7 +144,9 @@ def _end_epoch(trainer: "Trainer", store: ResultStore) -> None:
     """After ``on_train_epoch_end``: log the epoch's values, step plateau schedulers, count the epoch."""
     progress = trainer.progress
     trainer.results.log_train_epoch(trainer)
-    if trainer.lightning_module.automatic_optimization:
+    if trainer.lightning_module.automatic_optimization and progress.batch_is_last:
+        # only after an epoch that ran all its batches (not one `max_steps` or a -1 from on_train_batch_start cut
+        # short), as in Lightning
         trainer.optimization.step_schedulers("epoch", None, plateau=True)
     progress.epoch += 1
     # a checkpoint taken from here on (e.g. after fit) resumes at the start of the next epoch
@@ -216,6 +230,12 @@ def _look_ahead(fetch: Iterator, batch_idx: int) -> Iterator:
         batch, batch_idx = nxt, batch_idx + 1
 
 
+def validates_epoch(trainer: "Trainer") -> bool:
+    """Whether the current epoch validates at all (``check_val_every_n_epoch``)."""
+    every = trainer.check_val_every_n_epoch
+    return every is None or (trainer.current_epoch + 1) % every == 0
+
+
 def _should_validate(trainer: "Trainer", batch_idx: int, is_last: bool) -> bool:
     """Lightning's rule: every ``val_check_interval`` batches (or on the last batch), in due epochs."""
     every = trainer.check_val_every_n_epoch
@@ -240,10 +260,22 @@ def can_stop_early(trainer: "Trainer") -> bool:
     return met_epochs and met_steps
 
 
+def _stop_allowed(trainer: "Trainer") -> bool:
+    """A requested stop (``should_stop``) takes effect unless ``min_epochs``/``min_steps`` are not met yet; then
+    training continues, said once per run (Lightning's INFO line)."""
+    if can_stop_early(trainer):
+        return True
+    trainer.warnings.info(
+        f"Trainer was signaled to stop but the required `min_epochs={trainer.min_epochs!r}` or "
+        f"`min_steps={trainer.min_steps!r}` has not been met. Training will continue..."
+    )
+    return False
+
+
 def _epoch_done(trainer: "Trainer") -> bool:
     if trainer.max_steps != -1 and trainer.progress.global_step >= trainer.max_steps:
         return True
-    return trainer.should_stop and can_stop_early(trainer)
+    return trainer.should_stop and _stop_allowed(trainer)
 
 
 def _fit_done(trainer: "Trainer") -> bool:
@@ -254,7 +286,7 @@ def _fit_done(trainer: "Trainer") -> bool:
         return True
     if trainer.max_epochs is not None and trainer.max_epochs != -1 and progress.epoch >= trainer.max_epochs:
         return True
-    return trainer.should_stop and can_stop_early(trainer)
+    return trainer.should_stop and _stop_allowed(trainer)
 
 
 def _set_sampler_epoch(loader: Any, epoch: int) -> None:

@@ -1,8 +1,11 @@
 """Turning the Trainer's flags into objects, once: determinism, loggers, the profiler, the callbacks."""
 from __future__ import annotations
 
+import functools
+import inspect
 import os
-from typing import Any, Iterable, Optional, Union
+from ast import literal_eval
+from typing import Any, Callable, Iterable, Optional, TypeVar, Union
 
 import torch
 
@@ -18,6 +21,43 @@ from featherlight.utilities.exceptions import MisconfigurationException
 from featherlight.utilities.rank_zero import WarningCache, rank_zero_warn
 
 _warnings = WarningCache()
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def env_defaults(cls: type) -> dict[str, Any]:
+    """``PL_<CLASS>_<ARGUMENT>`` environment variables (Lightning's names, e.g. ``PL_TRAINER_MAX_STEPS=7``) as
+    keyword arguments of ``cls``. A value is read as a Python literal (``7``, ``False``, ``"gpu"``), else as the
+    string itself; an empty one is ignored."""
+    out: dict[str, Any] = {}
+    for name in inspect.signature(cls).parameters:
+        value = os.environ.get(f"PL_{cls.__name__.upper()}_{name.upper()}")
+        if value is None or value == "":
+            continue
+        try:
+            out[name] = literal_eval(value)
+        except Exception:  # not a literal (ValueError, SyntaxError, ...): the string itself, as Lightning does
+            out[name] = value
+    return out
+
+
+def defaults_from_env_vars(init: _F) -> _F:
+    """Decorate ``__init__``: arguments not passed explicitly take their ``PL_<CLASS>_<ARGUMENT>`` environment value
+    (Lightning's ``_defaults_from_env_vars``). Explicit arguments always win."""
+    accepted = inspect.signature(init).parameters
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in accepted.values())
+
+    @functools.wraps(init)
+    def wrapped(self: Any, *args: Any, **kwargs: Any) -> Any:
+        env = env_defaults(type(self))
+        if not env:
+            return init(self, *args, **kwargs)
+        if args:  # a subclass may take positional arguments: name them so the environment cannot override them
+            kwargs.update(zip(inspect.signature(type(self)).parameters, args))
+        # only what this __init__ takes: a subclass's own arguments are not ours to pass on
+        env = {k: v for k, v in env.items() if takes_any or k in accepted}
+        return init(self, **{**env, **kwargs})
+
+    return wrapped  # type: ignore[return-value]
 
 
 def set_determinism(deterministic: Optional[Union[bool, str]], benchmark: Optional[bool]) -> tuple[Any, Any]:

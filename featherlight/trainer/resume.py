@@ -34,7 +34,7 @@ def _position_state(trainer: "Trainer") -> dict[str, Any]:
     if not Phase(loop.phase).mid_epoch or trainer.state.fn != "fit":
         return {}
     out: dict[str, Any] = {}
-    loader = trainer.train_dataloader
+    loader = trainer.data.train_iterable
     if loop.epoch_start_rng is not None:
         out["epoch_start_rng"] = rng_states_to_tensors(loop.epoch_start_rng)
     sampler = resumable_sampler(loader)
@@ -146,7 +146,7 @@ class ResumePoint:
                     "at all. Resume at an epoch boundary, or with the same number of processes, to avoid this."
                 )
             return start
-        loader = trainer.train_dataloader
+        loader = trainer.data.train_iterable
         sampler = resumable_sampler(loader)
         replicas = int(getattr(sampler, "num_replicas", 1)) if sampler is not None else 0
         batch_size = getattr(loader, "batch_size", None)

@@ -19,7 +19,25 @@ from featherlight.loggers.logger import Logger
 from featherlight.utilities.enums import RunningStage, TrainerFn
 from featherlight.utilities.exceptions import MisconfigurationException
 from featherlight.utilities.model_helpers import is_overridden
-from featherlight.utilities.rank_zero import rank_zero_info
+from featherlight.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from featherlight.utilities.warnings import PossibleUserWarning
+
+
+def resolve_epoch_limit(trainer: "Trainer") -> None:
+    """A fit without ``max_epochs`` runs 1000 epochs (with a warning), or without an epoch limit when ``max_steps``
+    or a ``Timer`` (``max_time``) bounds it: Lightning's rule, applied when the fit starts."""
+    if trainer.max_epochs is not None:
+        return
+    from featherlight.callbacks.timer import Timer
+
+    if trainer.max_steps == -1 and not any(isinstance(cb, Timer) for cb in trainer.callbacks):
+        rank_zero_warn(
+            "`max_epochs` was not set. Setting it to 1000 epochs. To train without an epoch limit, set `max_epochs=-1`.",
+            category=PossibleUserWarning,
+        )
+        trainer.max_epochs = 1000
+    else:
+        trainer.max_epochs = -1
 
 
 def merge_module_callbacks(trainer: "Trainer") -> None:
@@ -130,11 +148,19 @@ def check_module(trainer: "Trainer", fn: TrainerFn) -> None:
 
 def configure_optimizers(trainer: "Trainer") -> None:
     """``configure_optimizers``, normalised; automatic optimisation needs exactly one optimizer."""
+    from featherlight.utilities.signature_utils import is_param_in_hook_signature
+
     module = trainer.lightning_module
     trainer.optimizers, trainer.lr_scheduler_configs = optimizers_and_schedulers(
-        trainer.hooks.call_module("configure_optimizers"))
+        trainer.hooks.call_module("configure_optimizers"), automatic=module.automatic_optimization)
+    if is_param_in_hook_signature(module.training_step, "optimizer_idx", explicit=True):
+        raise RuntimeError(
+            "Training with multiple optimizers is only supported with manual optimization. Remove the `optimizer_idx`"
+            " argument from `training_step`, set `self.automatic_optimization = False` and access your optimizers"
+            " in `training_step` with `opt1, opt2, ... = self.optimizers()`."
+        )
     if module.automatic_optimization and len(trainer.optimizers) > 1:
-        raise MisconfigurationException(
+        raise RuntimeError(
             "Training with multiple optimizers is only supported with manual optimization. Set "
             "`self.automatic_optimization = False`, then access your optimizers in `training_step` with "
             "`opt1, opt2, ... = self.optimizers()`."
@@ -158,7 +184,7 @@ def log_hyperparams(trainer: "Trainer") -> None:
         overlap = (set(params) & set(dm_params)) - {"_class_path"}
         clash = [k for k in overlap if params[k] is not dm_params[k] and params[k] != dm_params[k]]
         if clash:
-            raise MisconfigurationException(
+            raise RuntimeError(
                 f"Error while merging hparams: the keys {clash} are present in both the LightningModule's and "
                 "LightningDataModule's hparams but have different values. Rename one of them."
             )

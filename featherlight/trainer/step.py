@@ -34,6 +34,7 @@ from featherlight.precision.precision import _EVALUATES_CLOSURE_ONCE, Precision
 from featherlight.strategies.strategy import Strategy
 from featherlight.utilities.exceptions import MisconfigurationException
 from featherlight.utilities.model_helpers import has_effect
+from featherlight.utilities.signature_utils import drop_batch_idx, is_param_in_hook_signature
 
 _NOT_RUN = object()  # marks a closure the user's optimizer_step never called
 StepFn = Callable[[Any, int, bool], "tuple[Any, bool]"]
@@ -49,6 +50,10 @@ class Optimization:
         self.module, self.precision, self.hooks = module, precision, hooks
         # through the strategy's wrapper, so e.g. DDP's forward hooks fire; profiled in the forward context below
         self.training_step = strategy.step_function("training_step")
+        if not is_param_in_hook_signature(module.training_step, "batch_idx", min_args=2):
+            # a `training_step(self, batch)`: Lightning reads the signature and leaves `batch_idx` out (one frame
+            # more per step for such modules only, decided here once per run)
+            self.training_step = drop_batch_idx(self.training_step)
         # a hook nobody overrides costs nothing per step: each is None unless it can do something
         self.scale_loss = precision.scale_loss if has_effect("scale_loss", precision, Precision) else None
         self.pre_backward = strategy.pre_backward if has_effect("pre_backward", strategy, Strategy) else None
@@ -254,14 +259,17 @@ class Optimization:
             if config.reduce_on_plateau:
                 metric = trainer.callback_metrics.get(config.monitor)
                 if metric is None:
-                    available = sorted(k for k in trainer.callback_metrics)
-                    message = (
-                        f"ReduceLROnPlateau conditioned on metric {config.monitor} which is not available. Available "
-                        f"metrics are: {available}. Condition can be set using `monitor` key in lr scheduler dict"
-                    )
                     if config.strict:
-                        raise MisconfigurationException(message)
-                    trainer.warnings.warn(message + " (skipping this scheduler step because `strict=False`)")
+                        available = list(trainer.callback_metrics)
+                        raise MisconfigurationException(
+                            f"ReduceLROnPlateau conditioned on metric {config.monitor} which is not available. "
+                            f"Available metrics are: {available}. Condition can be set using `monitor` key in lr "
+                            "scheduler dict"
+                        )
+                    trainer.warnings.warn(
+                        f"ReduceLROnPlateau conditioned on metric {config.monitor} which is not available but strict "
+                        "is set to `False`. Skipping learning rate update.", category=RuntimeWarning,
+                    )
                     continue
             self.hooks.call_module("lr_scheduler_step", config.scheduler, metric)
 

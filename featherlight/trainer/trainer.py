@@ -24,6 +24,7 @@ import torch
 
 from featherlight.callbacks.callback import Callback, bind_logging
 from featherlight.core.datamodule import LightningDataModule
+from featherlight.core.mixins.hparams_mixin import drop_unpicklable_hparams
 from featherlight.core.module import LightningModule
 from featherlight.core.optimizer import LRSchedulerConfig
 from featherlight.accelerators.accelerator import Accelerator, accelerator_for
@@ -47,7 +48,8 @@ from featherlight.trainer.progress import LoopState
 from featherlight.trainer.states import RunningStage, TrainerFn, TrainerState, TrainerStatus
 from featherlight.trainer.step import Optimization
 from featherlight.utilities.exceptions import MisconfigurationException, _TunerExitException
-from featherlight.utilities.rank_zero import WarningCache, rank_zero_info
+from featherlight.utilities.rank_zero import WarningCache, rank_zero_info, rank_zero_warn
+from featherlight.utilities.warnings import PossibleUserWarning
 
 _warnings = WarningCache()
 _PATH = Union[str, "os.PathLike[str]"]
@@ -60,6 +62,7 @@ class Trainer:
     accelerator, strategy and precision are resolved once here into small objects the loop calls.
     """
 
+    @flags.defaults_from_env_vars
     def __init__(
         self,
         *,
@@ -122,7 +125,7 @@ class Trainer:
         self.enable_autolog_hparams = enable_autolog_hparams
         self.sync_batchnorm = sync_batchnorm
         self.use_distributed_sampler = use_distributed_sampler
-        self.default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
+        self._default_root_dir = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
         self.lightning_module: Optional[LightningModule] = None  # type: ignore[assignment]
         self.datamodule: Optional[LightningDataModule] = None
         self.optimizers: list[torch.optim.Optimizer] = []
@@ -170,33 +173,35 @@ class Trainer:
             raise MisconfigurationException(
                 f"fast_dev_run={fast_dev_run!r} is not a valid configuration. It should be >= 0 (an int) or a bool."
             )
-        self.fast_dev_run: Union[int, bool] = fast_dev_run if fast_dev_run_n else False
+        # as in Lightning, `fast_dev_run=1` reads back as True
+        self.fast_dev_run: Union[int, bool] = (True if fast_dev_run_n == 1 else fast_dev_run) if fast_dev_run_n else False
 
-        # ---- stopping
-        if max_epochs is None and max_steps == -1 and max_time is None and not fast_dev_run_n:
-            rank_zero_info(
-                "`max_epochs` was not set. Setting it to 1000 epochs. To train without an epoch limit, set `max_epochs=-1`."
+        # ---- stopping. `max_epochs=None` is resolved when a fit starts (1000, or -1 when `max_steps`/`max_time` bound
+        # the run), as Lightning does, so `trainer.max_epochs` reads None until then
+        if max_epochs is not None and (not isinstance(max_epochs, int) or max_epochs < -1):
+            raise MisconfigurationException(
+                f"`max_epochs` must be a non-negative integer or -1. You passed in {max_epochs}. Use -1 to train "
+                "without an epoch limit."
             )
-            max_epochs = 1000
-        self.max_epochs = max_epochs
+        if not isinstance(max_steps, int) or max_steps < -1:
+            raise MisconfigurationException(
+                f"`max_steps` must be a non-negative integer or -1 (infinite steps). You passed in {max_steps}."
+            )
+        self.max_epochs: Optional[int] = max_epochs
         self.min_epochs = min_epochs
         self.max_steps = max_steps
         self.min_steps = min_steps
-        if not isinstance(max_steps, int) or max_steps < -1:
-            raise MisconfigurationException(f"`max_steps` must be -1 (no limit) or a non-negative int, got {max_steps!r}.")
-        if max_epochs is not None and (not isinstance(max_epochs, int) or max_epochs < -1):
-            raise MisconfigurationException(f"`max_epochs` must be -1 (no limit) or a non-negative int, got {max_epochs!r}.")
 
-        # ---- batches per run
+        # ---- batches per run (under fast_dev_run the limits are its batch count, as in Lightning)
         self.overfit_batches = _data.check_limit(overfit_batches, "overfit_batches")
-        self.limit_train_batches = _data.check_limit(1.0 if limit_train_batches is None else limit_train_batches,
-                                                      "limit_train_batches")
-        self.limit_val_batches = _data.check_limit(1.0 if limit_val_batches is None else limit_val_batches,
-                                                    "limit_val_batches")
-        self.limit_test_batches = _data.check_limit(1.0 if limit_test_batches is None else limit_test_batches,
-                                                     "limit_test_batches")
-        self.limit_predict_batches = _data.check_limit(
-            1.0 if limit_predict_batches is None else limit_predict_batches, "limit_predict_batches")
+        if not fast_dev_run_n:
+            self.limit_train_batches = _data.check_limit(limit_train_batches, "limit_train_batches")
+            self.limit_val_batches = _data.check_limit(limit_val_batches, "limit_val_batches")
+            self.limit_test_batches = _data.check_limit(limit_test_batches, "limit_test_batches")
+            self.limit_predict_batches = _data.check_limit(limit_predict_batches, "limit_predict_batches")
+        else:
+            self.limit_train_batches = self.limit_val_batches = fast_dev_run_n
+            self.limit_test_batches = self.limit_predict_batches = fast_dev_run_n
         if self.overfit_batches > 0:
             self.limit_train_batches = self.limit_val_batches = self.overfit_batches
         self.num_sanity_val_steps = 2 if num_sanity_val_steps is None else num_sanity_val_steps
@@ -204,23 +209,33 @@ class Trainer:
             raise MisconfigurationException(
                 f"`num_sanity_val_steps` must be -1 (all batches), 0 (off) or a positive int, got {num_sanity_val_steps!r}."
             )
-        self.val_check_interval: Union[int, float] = 1.0 if val_check_interval is None else val_check_interval
-        if isinstance(self.val_check_interval, float) and not 0.0 < self.val_check_interval <= 1.0:
-            raise MisconfigurationException(
-                f"`val_check_interval={val_check_interval}` must be a fraction in (0.0, 1.0] or an int number of "
-                "training batches."
-            )
         if check_val_every_n_epoch is not None and (not isinstance(check_val_every_n_epoch, int)
-                                                    or check_val_every_n_epoch < 1):
+                                                    or isinstance(check_val_every_n_epoch, bool)):
+            raise MisconfigurationException(
+                f"`check_val_every_n_epoch` should be an integer, found {check_val_every_n_epoch!r}. Pass a positive "
+                "int, or None to validate by `val_check_interval` training batches across epochs."
+            )
+        if check_val_every_n_epoch is not None and check_val_every_n_epoch < 1:
             raise MisconfigurationException(
                 f"`check_val_every_n_epoch` must be a positive int or None, got {check_val_every_n_epoch!r}."
             )
+        if check_val_every_n_epoch is None and isinstance(val_check_interval, float):
+            raise MisconfigurationException(
+                "`val_check_interval` should be an integer or a time-based duration (str 'DD:HH:MM:SS', "
+                "datetime.timedelta, or dict kwargs for timedelta) when `check_val_every_n_epoch=None`. Pass the "
+                "number of training batches between validations as an int."
+            )
+        self.val_check_interval: Union[int, float] = (
+            1.0 if fast_dev_run_n else _data.check_limit(val_check_interval, "val_check_interval"))
         self.check_val_every_n_epoch = check_val_every_n_epoch
+        if not isinstance(reload_dataloaders_every_n_epochs, int) or isinstance(reload_dataloaders_every_n_epochs, bool) \
+                or reload_dataloaders_every_n_epochs < 0:
+            raise MisconfigurationException(
+                f"`reload_dataloaders_every_n_epochs` should be an int >= 0, got {reload_dataloaders_every_n_epochs}."
+            )
         self.reload_dataloaders_every_n_epochs = reload_dataloaders_every_n_epochs
         self.log_every_n_steps = 50 if log_every_n_steps is None else log_every_n_steps
         if fast_dev_run_n:
-            self.limit_train_batches = self.limit_val_batches = self.limit_test_batches = fast_dev_run_n
-            self.limit_predict_batches = fast_dev_run_n
             self.max_steps, self.max_epochs = fast_dev_run_n, 1
             self.num_sanity_val_steps = 0
             self.val_check_interval = 1.0
@@ -237,9 +252,12 @@ class Trainer:
                 f"`accumulate_grad_batches` must be a positive int, got {accumulate_grad_batches!r}."
             )
         self.accumulate_grad_batches = accumulate_grad_batches
+        if gradient_clip_val is not None and (not isinstance(gradient_clip_val, (int, float))
+                                              or isinstance(gradient_clip_val, bool)):
+            raise TypeError(f"`gradient_clip_val` should be an int or a float. Got {gradient_clip_val}.")
         if gradient_clip_algorithm is not None and gradient_clip_algorithm.lower() not in ("norm", "value"):
             raise MisconfigurationException(
-                f"`gradient_clip_algorithm` {gradient_clip_algorithm!r} is invalid. Allowed algorithms: 'norm', 'value'."
+                f"`gradient_clip_algorithm` {gradient_clip_algorithm} is invalid. Allowed algorithms: ['value', 'norm']."
             )
         self.gradient_clip_val = gradient_clip_val
         self.gradient_clip_algorithm = gradient_clip_algorithm.lower() if gradient_clip_algorithm else None
@@ -270,11 +288,12 @@ class Trainer:
         self.deterministic, self.benchmark = flags.set_determinism(deterministic, benchmark)
 
         # ---- loggers, profiler, callbacks
-        self.loggers: list[Any] = flags.build_loggers(logger, fast_dev_run_n, self.default_root_dir)
+        self.loggers = flags.build_loggers(logger, fast_dev_run_n, self.default_root_dir)
         self.profiler = flags.build_profiler(profiler)
         self.callbacks: list[Callback] = flags.build_callbacks(
             [callbacks] if isinstance(callbacks, Callback) else list(callbacks or []),
-            enable_checkpointing=not fast_dev_run_n and enable_checkpointing is not False,
+            # under fast_dev_run the callback is kept (as in Lightning) and saves nothing
+            enable_checkpointing=enable_checkpointing is not False,
             enable_progress_bar=enable_progress_bar is not False,
             enable_model_summary=enable_model_summary is not False,
             max_time=max_time,
@@ -342,8 +361,9 @@ class Trainer:
             datamodule, dataloaders = dataloaders, None
         self._check_loader_args(dataloaders, None, datamodule, "predict")
         self.data.given = {"predict": dataloaders}
+        model, ckpt_path = self._model_or_attached(model, "predict"), self._default_ckpt_path(model, ckpt_path, "predict")
         out = None
-        with self._running(self._model_or_attached(model, "predict"), TrainerFn.PREDICTING, datamodule):
+        with self._running(model, TrainerFn.PREDICTING, datamodule):
             out = self.strategy.launch(self._run_stage, TrainerFn.PREDICTING, ckpt_path, weights_only is not False,
                                        True, return_predictions is not False, trainer=self)
         return out
@@ -354,22 +374,31 @@ class Trainer:
             datamodule, dataloaders = dataloaders, None
         self._check_loader_args(dataloaders, None, datamodule, fn.value)
         self.data.given = {"val" if fn == TrainerFn.VALIDATING else "test": dataloaders}
-        if model is None and ckpt_path is None and getattr(self.checkpoint_callback, "best_model_path", ""):
-            # Lightning's rule: without a model, evaluate the best checkpoint of the previous fit
-            ckpt_path = "best"
-            rank_zero_info(f"`.{fn.value}(ckpt_path=None)` was called without a model. The best model of the "
-                           f"previous `fit` call will be used: {self.checkpoint_callback.best_model_path}")
+        model, ckpt_path = self._model_or_attached(model, fn.value), self._default_ckpt_path(model, ckpt_path, fn.value)
         out = None
-        with self._running(self._model_or_attached(model, fn.value), fn, datamodule):
+        with self._running(model, fn, datamodule):
             out = self.strategy.launch(self._run_stage, fn, ckpt_path, weights_only is not False, verbose,
                                        trainer=self)
         return out
 
+    def _default_ckpt_path(self, model: Optional[LightningModule], ckpt_path: Optional[_PATH], fn: str) -> Any:
+        """Lightning's rule: evaluating without a model (the one of the previous fit) uses the best checkpoint that
+        fit saved, with a warning. Without one, featherlight evaluates the attached module's current weights."""
+        if model is not None or ckpt_path is not None or not getattr(self.checkpoint_callback, "best_model_path", ""):
+            return ckpt_path
+        rank_zero_warn(
+            f"`.{fn}(ckpt_path=None)` was called without a model. The best model of the previous `fit` call will be "
+            f"used. You can pass `.{fn}(ckpt_path='best')` to use the best model or `.{fn}(ckpt_path='last')` to use "
+            "the last model. If you pass a value, this warning will be silenced."
+        )
+        return "best"
+
     def _model_or_attached(self, model: Optional[LightningModule], fn: str) -> LightningModule:
         if model is None:
             if self.lightning_module is None:
-                raise MisconfigurationException(
-                    f"`trainer.{fn}()` requires a `LightningModule` when it hasn't been passed in a previous run."
+                raise TypeError(
+                    f"`Trainer.{fn}()` requires a `LightningModule` when it hasn't been passed in a previous run. "
+                    f"Pass one: `trainer.{fn}(model, ...)`."
                 )
             return self.lightning_module
         return model
@@ -393,8 +422,8 @@ class Trainer:
         (not a frame between the entry point and its loop)."""
         if not isinstance(model, LightningModule):
             raise TypeError(
-                f"`model` must be a `LightningModule` (subclass `featherlight.LightningModule`), got "
-                f"{type(model).__name__}."
+                f"`model` must be a `LightningModule`, got `{type(model).__qualname__}`. Subclass "
+                "`featherlight.LightningModule` (or wrap your `nn.Module` in one)."
             )
         self.state.fn, self.state.status, self.state.stage = fn, TrainerStatus.RUNNING, None
         self.should_stop = False
@@ -428,6 +457,9 @@ class Trainer:
         """Everything between the entry point and the loops: hooks, setup, optimizers, restore; then the loop."""
         hooks, strategy = self.hooks, self.strategy
         stage = fn.value
+        if fn == TrainerFn.FITTING:
+            run.resolve_epoch_limit(self)
+        drop_unpicklable_hparams(self.lightning_module)  # they could not go into a checkpoint (Lightning's rule)
         run.merge_module_callbacks(self)
         bind_logging(self.callbacks, self)  # `Callback.log` logs through this run's module
         hooks.rebuild()
@@ -554,6 +586,27 @@ class Trainer:
         return self.strategy.global_rank == 0
 
     @property
+    def default_root_dir(self) -> str:
+        """Where logs and checkpoints go when no logger or callback says otherwise; a local path has ``~`` expanded."""
+        from featherlight.io.paths import is_remote
+
+        path = self._default_root_dir
+        return path if is_remote(path) else os.path.normpath(os.path.expanduser(path))
+
+    @default_root_dir.setter
+    def default_root_dir(self, path: _PATH) -> None:
+        self._default_root_dir = os.fspath(path)
+
+    @property
+    def loggers(self) -> list[Any]:
+        """Every logger of the run (``[]`` when logging is off)."""
+        return self._loggers
+
+    @loggers.setter
+    def loggers(self, loggers: Optional[Iterable[Any]]) -> None:
+        self._loggers = list(loggers) if loggers else []
+
+    @property
     def logger(self) -> Optional[Any]:
         """The first logger, or None."""
         return self.loggers[0] if self.loggers else None
@@ -561,6 +614,39 @@ class Trainer:
     @logger.setter
     def logger(self, logger: Optional[Any]) -> None:
         self.loggers = [] if logger is None else [logger]
+
+    @property
+    def enable_validation(self) -> bool:
+        """Whether ``fit`` validates: there are validation loaders, the module defines ``validation_step`` and
+        ``limit_val_batches`` is not 0."""
+        from featherlight.utilities.model_helpers import is_overridden
+
+        module = self.lightning_module
+        return module is not None and self.limit_val_batches != 0 and self.data.has_source("val") and \
+            is_overridden("validation_step", module, LightningModule)
+
+    @contextlib.contextmanager
+    def init_module(self, empty_init: Optional[bool] = None) -> Iterator[None]:
+        """Create a module's parameters directly on the device (and in the dtype) this Trainer runs it with.
+
+        ``empty_init`` is accepted for Lightning compatibility; parameters are always initialised (featherlight's
+        strategies load or shard weights after ``configure_model``, not into uninitialised memory)."""
+        from featherlight.precision.precision import DoublePrecision
+        from featherlight.strategies.fsdp import FSDPStrategy
+
+        if isinstance(self.strategy, FSDPStrategy):
+            rank_zero_warn(
+                f"`trainer.init_module` cannot fully support proper instantiation of your model with the "
+                f"`{type(self.strategy).__name__}` strategy. Please instantiate your model inside the "
+                "`LightningModule.configure_model` hook instead (it runs once the processes exist, and the "
+                "strategy shards what it creates).",
+                category=PossibleUserWarning,
+            )
+        precision = self.strategy.precision
+        # the "-true" precisions create floating tensors in their dtype (their forward context sets the default)
+        dtype = precision.forward_context() if isinstance(precision, DoublePrecision) else contextlib.nullcontext()
+        with self.strategy.root_device, dtype:
+            yield
 
     @property
     def log_dir(self) -> Optional[str]:

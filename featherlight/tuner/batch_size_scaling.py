@@ -174,7 +174,7 @@ class _BatchSizeTrials(_TrialSandbox):
         self.begin_trial()
         if self.fn == "fit":
             trainer.data.load_train()
-            loader = trainer.train_dataloader
+            loader = trainer.data.train_iterable
             loaders = list(loader.flattened) if isinstance(loader, _MaxSizeCycle) else [loader]
             limits: list = []
         else:

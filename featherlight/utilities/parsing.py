@@ -121,7 +121,13 @@ def _frame_argument_names(code: types.CodeType) -> tuple[list[str], str | None, 
     return names[1:], varargs, varkw
 
 
-def get_init_args(frame: types.FrameType) -> tuple[Any | None, dict[str, Any]]:
+def get_init_args(frame: types.FrameType) -> dict[str, Any]:
+    """The arguments of the ``__init__`` call that ``frame`` executes, as Lightning returns them:
+    ``{name: value}`` (see :func:`init_args_of` for the details; ``{}`` outside an ``__init__``)."""
+    return init_args_of(frame)[1]
+
+
+def init_args_of(frame: types.FrameType) -> tuple[Any | None, dict[str, Any]]:
     """The object and the arguments of the ``__init__`` call that ``frame`` executes.
 
     Returns ``(self, {name: value})`` where the dict holds every named argument (positional or keyword-only,
@@ -169,7 +175,7 @@ def collect_init_args(
     """
     current: types.FrameType | None = frame
     while current is not None:
-        local_self, local_args = get_init_args(current)
+        local_self, local_args = init_args_of(current)
         matches = local_self is not None and (not classes or isinstance(local_self, classes))
         if matches and obj is not None:
             matches = local_self is obj

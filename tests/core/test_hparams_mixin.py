@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from featherlight.core.mixins import HyperparametersMixin
+from featherlight.core.mixins.hparams_mixin import checkpoint_hparams, drop_unpicklable_hparams
 from featherlight.utilities.parsing import AttributeDict
 
 
@@ -218,14 +219,14 @@ class WithModule(HyperparametersMixin, nn.Module):
         self.save_hyperparameters(ignore=ignore)
 
 
-def test_module_argument_is_an_error():
-    expected = (
-        "save_hyperparameters(): argument 'model' is an nn.Module; its weights are already saved in the"
-        " checkpoint's state_dict. Exclude it with self.save_hyperparameters(ignore=['model'])."
-    )
-    with pytest.raises(ValueError) as err:
-        WithModule(nn.Linear(2, 2))
-    assert str(err.value) == expected
+def test_module_argument_warns_as_lightning_and_stays_in_hparams():
+    # Lightning's warning (text and category), then what featherlight does with the module
+    with pytest.warns(UserWarning, match=r"Attribute 'model' is an instance of `nn.Module` and is already saved during "
+                                         r"checkpointing. It is recommended to ignore them using "
+                                         r"`self.save_hyperparameters\(ignore=\['model'\]\)`") as record:
+        m = WithModule(nn.Linear(2, 2))
+    assert "keeps it out of the checkpoint" in str(record[0].message)
+    assert isinstance(m.hparams.model, nn.Linear)  # in memory, as in Lightning
 
 
 def test_module_argument_ignored_is_fine():
@@ -233,32 +234,47 @@ def test_module_argument_ignored_is_fine():
     assert m.hparams == {"lr": 0.1}
 
 
-def test_module_inside_container_is_an_error():
-    with pytest.raises(ValueError, match="argument 'model' contains an nn.Module"):
+def test_module_inside_container_warns():
+    with pytest.warns(UserWarning, match="Attribute 'model' is an instance of `nn.Module`"):
         WithModule([nn.Linear(2, 2)], ignore="ignore")
 
 
-def test_module_inside_positional_dict_is_an_error():
-    with pytest.raises(ValueError, match="'net' is an nn.Module.*Remove it from the object"):
+def test_module_inside_positional_dict_warns():
+    with pytest.warns(UserWarning, match="'net' is an instance of `nn.Module`.*remove it from the object"):
         FromConfig({"net": nn.ReLU()})
 
 
+def test_checkpoint_hparams_leave_modules_out():
+    hparams = {"lr": 0.1, "net": nn.ReLU(), "nets": [nn.ReLU()]}
+    kept, left_out = checkpoint_hparams(hparams)
+    assert kept == {"lr": 0.1}
+    assert left_out == {"net": "torch.nn.modules.activation.ReLU", "nets": "builtins.list"}
+    assert checkpoint_hparams({"lr": 0.1}) == ({"lr": 0.1}, {})
+
+
 @pytest.mark.parametrize("value", [lambda x: x, threading.Lock()])
-def test_unpicklable_argument_is_an_error(value):
+def test_unpicklable_argument_is_dropped_with_lightnings_warning_when_a_run_starts(value):
     class Unpicklable(HyperparametersMixin):
         def __init__(self, fn, lr=0.1):
             super().__init__()
             self.save_hyperparameters()
 
-    with pytest.raises(ValueError, match=r"argument 'fn' .*cannot be pickled.*ignore=\['fn'\]"):
-        Unpicklable(value)
-
-
-def test_failed_call_leaves_state_untouched():
-    m = WithModule(nn.Linear(2, 2), ignore=["model", "ignore"])
-    with pytest.raises(ValueError):
-        m.save_hyperparameters({"bad": nn.ReLU()})
+    m = Unpicklable(value)  # saving does not probe it (as in Lightning)
+    assert m.hparams.fn is value
+    with pytest.warns(UserWarning, match=r"Attribute 'fn' removed from hparams because it cannot be pickled. You can "
+                                         r"suppress this warning by setting `self.save_hyperparameters\(ignore=\['fn'\]\)`"):
+        drop_unpicklable_hparams(m)
     assert m.hparams == {"lr": 0.1}
+
+
+def test_primitive_config_is_lightnings_error():
+    class Primitive(HyperparametersMixin):
+        def __init__(self, arg1, arg2):
+            super().__init__()
+            self.save_hyperparameters(arg1, arg2)
+
+    with pytest.raises(ValueError, match=r"Primitives \(<class 'bool'>"):
+        Primitive(3.14, "abc")
 
 
 def test_hparams_initial_is_frozen_copy():

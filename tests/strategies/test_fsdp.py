@@ -93,12 +93,14 @@ def test_two_rank_checkpoints_resume_in_one_process_without_fsdp(fsdp_run, name)
     assert isinstance(trainer.strategy, SingleDeviceStrategy)
     _exact(ranks[0]["weights"], loaded)
     assert trainer.global_step == 12
-    _close(models.state_to_lists(model.state_dict()), models.reference_weights(epochs=3, gradient_clip_val=CLIP))
+    # two epochs by 2 ranks (shuffled by the DistributedSampler), the third in one process (in order)
+    _close(models.state_to_lists(model.state_dict()),
+           models.reference_weights(epochs=3, gradient_clip_val=CLIP, distributed=[True, True, False]))
 
 
 def test_sharded_mid_epoch_checkpoint_resumes_in_one_process(fsdp_run):
     """Saved by 2 FSDP ranks after batch 1 of epoch 1 (samples 0-15 of the epoch's order done, 4 per rank per
-    batch): one process trains on exactly samples 16-31 in batches of 4, as the epoch's batches 4-7."""
+    batch): one process trains on exactly the order's samples 16-31 in batches of 4, as the epoch's batches 4-7."""
     import torch.nn.functional as F
 
     import featherlight as L
@@ -111,13 +113,14 @@ def test_sharded_mid_epoch_checkpoint_resumes_in_one_process(fsdp_run):
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=2, gradient_clip_val=CLIP, limit_val_batches=0,
                         enable_checkpointing=False, callbacks=[probe], **models.FLAGS)
     trainer.fit(model, models.train_loader(), ckpt_path=str(out / "mid" / "epoch=1-step=6.ckpt"))
-    assert seen == [(4 + j, list(range(16 + 4 * j, 20 + 4 * j))) for j in range(4)]
+    order0, order1 = models.epoch_order(0), models.epoch_order(1)
+    assert seen == [(4 + j, order1[16 + 4 * j:20 + 4 * j]) for j in range(4)]
     assert trainer.global_step == 10
     # the same steps in one process: 8-sample batches (2 ranks x 4) until the checkpoint, then 4-sample ones
     data, ref = models.IndexedData(models.N_TRAIN), models.Regressor()
     opt = torch.optim.SGD(ref.parameters(), lr=ref.lr, momentum=0.9)
-    batches = [range(i, i + 8) for i in range(0, 32, 8)] * 2
-    for ids in batches[:6] + [range(i, i + 4) for i in range(16, 32, 4)]:
+    batches = [order0[i:i + 8] for i in range(0, 32, 8)] + [order1[i:i + 8] for i in range(0, 16, 8)]
+    for ids in batches + [order1[i:i + 4] for i in range(16, 32, 4)]:
         ids = torch.tensor(list(ids))
         opt.zero_grad()
         F.mse_loss(ref(data.x[ids]), data.y[ids]).backward()
@@ -131,7 +134,8 @@ def test_two_rank_checkpoints_resume_in_one_rank_fsdp(fsdp_run, tmp_path):
     code, output, _ = run_script("fsdp_world_size.py", tmp_path, "one", out, cwd=tmp_path, timeout=120)
     assert code == 0, output[-6000:]
     result = load_ranks(tmp_path, world=1, prefix="one_rank")[0]
-    reference = models.reference_weights(epochs=3, gradient_clip_val=CLIP)
+    # one FSDP rank has no distributed sampler: its epoch (the third) reads in order
+    reference = models.reference_weights(epochs=3, gradient_clip_val=CLIP, distributed=[True, True, False])
     for name in ("sharded", "full"):
         _exact(ranks[0]["weights"], {k: torch.tensor(v) for k, v in result[name]["loaded"].items()})
         assert result[name]["global_step"] == 12
@@ -154,7 +158,8 @@ def test_single_process_checkpoint_resumes_in_two_rank_fsdp(tmp_path):
     ranks = load_ranks(tmp_path, prefix="two_rank")
     _exact(ranks[0]["single"]["loaded"], model.state_dict())
     assert all(r["single"]["global_step"] == 12 for r in ranks)
-    _close(ranks[0]["single"]["weights"], models.reference_weights(epochs=3, gradient_clip_val=CLIP))
+    _close(ranks[0]["single"]["weights"],
+           models.reference_weights(epochs=3, gradient_clip_val=CLIP, distributed=[False, False, True]))
     assert (tmp_path / "resaved.ckpt" / ".metadata").is_file()
     again = models.Regressor.load_from_checkpoint(tmp_path / "resaved.ckpt")
     _exact(ranks[0]["single"]["weights"], again.state_dict())

@@ -61,9 +61,21 @@ def test_train_loader_gets_distributed_sampler_and_keeps_its_arguments(monkeypat
     for name in ("batch_size", "num_workers", "collate_fn", "pin_memory", "drop_last", "worker_init_fn",
                  "persistent_workers", "generator", "prefetch_factor", "timeout", "multiprocessing_context"):
         assert getattr(new, name) == getattr(loader, name), name
+
+
+
+def test_train_sampler_always_shuffles_as_in_lightning_unless_overfitting(monkeypatch):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")
     sequential = process_dataloader(DataLoader(_data(10), batch_size=2), "train", _trainer())
-    assert not sequential.sampler.shuffle
-    assert _indices(sequential) == [1, 3, 5, 7, 9]
+    assert sequential.sampler.shuffle and sequential.sampler.seed == 7
+    expected = list(DistributedSampler(_data(10), num_replicas=2, rank=1, shuffle=True, seed=7))
+    assert _indices(sequential) == expected and expected != [1, 3, 5, 7, 9]
+    trainer = _trainer()
+    trainer.overfit_batches = 2
+    overfit = process_dataloader(DataLoader(_data(10), batch_size=2), "train", trainer)
+    assert not overfit.sampler.shuffle and _indices(overfit) == [1, 3, 5, 7, 9]
+    evaluation = process_dataloader(DataLoader(_data(10), batch_size=2), "val", _trainer())
+    assert not evaluation.sampler.shuffle  # evaluation loaders keep their order
 
 
 def test_train_sampler_resumes_part_way():

@@ -700,7 +700,7 @@ def test_reduce_on_plateau_missing_monitor_strict_names_available_metrics():
 
 
 def test_reduce_on_plateau_missing_monitor_not_strict_warns_and_skips():
-    with pytest.warns(UserWarning, match="missing"):
+    with pytest.warns(RuntimeWarning, match="missing which is not available but strict is set to `False`"):
         model, trainer = _fit_plateau(featherlight, monitor="missing", strict=False)
     assert model.stepped == []
     assert trainer.optimizers[0].param_groups[0]["lr"] == 0.1

@@ -95,11 +95,14 @@ def test_loaders_passed_to_fit_win_over_the_module_hooks():
 
 
 # ------------------------------------------------------------------ flags
-def test_fast_dev_run_runs_n_batches_and_suppresses_logging():
-    trainer = L.Trainer(fast_dev_run=3, enable_progress_bar=False, enable_model_summary=False)
+def test_fast_dev_run_runs_n_batches_and_suppresses_logging(tmp_path):
+    trainer = L.Trainer(fast_dev_run=3, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)
     trainer.fit(BoringModel())
     assert trainer.global_step == 3 and trainer.num_val_batches == [3]
-    assert trainer.checkpoint_callback is None
+    # as in Lightning the checkpoint callback is kept, and saves nothing
+    assert trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_path == ""
+    assert not list(tmp_path.rglob("*.ckpt"))
     assert type(trainer.logger).__name__ == "DummyLogger"
 
 
@@ -439,7 +442,7 @@ def test_multiple_optimizers_need_manual_optimization():
         def configure_optimizers(self):
             return [torch.optim.SGD(self.parameters(), lr=0.1), torch.optim.SGD(self.parameters(), lr=0.1)]
 
-    with pytest.raises(MisconfigurationException, match="automatic_optimization = False"):
+    with pytest.raises(RuntimeError, match="only supported with manual optimization"):
         lean().fit(Model())
 
 

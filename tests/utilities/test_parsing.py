@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from featherlight.utilities.parsing import AttributeDict, collect_init_args, get_init_args, is_picklable
+from featherlight.utilities.parsing import AttributeDict, collect_init_args, get_init_args, init_args_of, is_picklable
 
 
 def test_attribute_dict_access():
@@ -64,7 +64,8 @@ def test_is_picklable():
 
 class _Recorder:
     def __init__(self, a, b=2, *args, c=3, **kwargs):
-        self.result = get_init_args(inspect.currentframe())
+        self.result = init_args_of(inspect.currentframe())
+        self.lightning_form = get_init_args(inspect.currentframe())
 
 
 def test_get_init_args_collects_named_and_kwargs():
@@ -72,6 +73,7 @@ def test_get_init_args_collects_named_and_kwargs():
     obj, args = rec.result
     assert obj is rec
     assert args == {"a": 1, "b": 5, "c": 8, "extra": "e"}  # *args dropped, **kwargs expanded, no self
+    assert rec.lightning_form == args  # Lightning's get_init_args returns the dict alone
 
 
 def test_get_init_args_reports_current_values():
@@ -80,21 +82,21 @@ def test_get_init_args_reports_current_values():
             a = a * 10
             self.result = get_init_args(inspect.currentframe())
 
-    assert Rebinds(2).result[1] == {"a": 20}
+    assert Rebinds(2).result == {"a": 20}
 
 
 def test_get_init_args_outside_init():
     def not_init(self, a):
-        return get_init_args(inspect.currentframe())
+        return init_args_of(inspect.currentframe()), get_init_args(inspect.currentframe())
 
-    assert not_init(object(), 1) == (None, {})
+    assert not_init(object(), 1) == ((None, {}), {})
 
 
 def test_get_init_args_without_super_or_class_cell():
     # No super() call means no __class__ cell in the frame; the owner is found through the MRO.
     class NoCell:
         def __init__(self, a, b):
-            self.result = get_init_args(inspect.currentframe())
+            self.result = init_args_of(inspect.currentframe())
 
     obj = NoCell(1, 2)
     assert obj.result == (obj, {"a": 1, "b": 2})
@@ -111,7 +113,7 @@ def test_get_init_args_decorated_init():
     class Decorated:
         @deco
         def __init__(self, a):
-            self.result = get_init_args(inspect.currentframe())
+            self.result = init_args_of(inspect.currentframe())
 
     obj = Decorated(4)
     assert obj.result == (obj, {"a": 4})

@@ -13,6 +13,7 @@ from typing import Any, Optional
 from torch import nn
 
 from featherlight.utilities.parsing import AttributeDict, collect_init_args, is_picklable
+from featherlight.utilities.rank_zero import rank_zero_warn
 
 _PRIMITIVE_TYPES = (bool, int, float, str)
 _PLAIN_CONTAINERS = (list, tuple, dict, set, frozenset)
@@ -62,9 +63,9 @@ class HyperparametersMixin:
 
     Differences from Lightning, on purpose:
 
-    * a hyperparameter that is (or contains) an ``nn.Module``, or that cannot be pickled, is an error rather
-      than a warning (a module's weights belong in the ``state_dict``; an unpicklable value would break every
-      checkpoint later);
+    * a hyperparameter that is (or contains) an ``nn.Module`` is warned about as in Lightning and kept in
+      ``hparams``, but left out of the checkpoint's saved hyperparameters (its weights are in the ``state_dict``);
+      ``load_from_checkpoint`` asks for it by name when ``__init__`` needs it;
     * ``hparams_initial`` deep-copies only plain containers (list/tuple/dict/set); other values are shared
       with ``hparams`` instead of being deep-copied;
     * mixing argument names and a config object in one call, or naming an argument ``__init__`` does not
@@ -103,9 +104,12 @@ class HyperparametersMixin:
             frame: the ``__init__`` frame to read arguments from (default: the caller's frame).
             logger: whether the trainer should send these hyperparameters to its loggers.
 
+        A value that is (or contains) an ``nn.Module`` is warned about (as in Lightning) and left out of
+        checkpoints; a value that cannot be pickled is removed, with a warning, when a run starts.
+
         Raises:
-            ValueError: if a value is (or contains) an ``nn.Module`` or cannot be pickled, if a named argument
-                does not exist, or if the arguments are neither names nor a single supported config object.
+            ValueError: if a named argument does not exist, or if the arguments are neither names nor a single
+                supported config object.
         """
         self._log_hyperparams = logger
         if len(args) == 1 and (args[0] is None or (isinstance(args[0], Mapping) and not args[0])):
@@ -134,6 +138,13 @@ class HyperparametersMixin:
         else:
             names = [a for a in args if isinstance(a, str)]
             objects = [a for a in args if not isinstance(a, str)]
+            for obj in objects:
+                if isinstance(obj, _PRIMITIVE_TYPES):
+                    raise ValueError(
+                        f"Primitives {_PRIMITIVE_TYPES} are not allowed. save_hyperparameters() got the value {obj!r}: "
+                        "pass argument names as strings or one config object (dict, argparse.Namespace or another "
+                        "mapping)."
+                    )
             if (names and objects) or len(objects) > 1:
                 raise ValueError(
                     "save_hyperparameters() takes either names of __init__ arguments or a single config object"
@@ -158,7 +169,7 @@ class HyperparametersMixin:
         for name in ignored:
             if name in hp:
                 del hp[name]
-        self._check_storable(hp, from_container)
+        self._warn_modules(hp, from_container)
 
         self._hparams_name = hparams_name
         if isinstance(hp, dict) and isinstance(self.hparams, dict):
@@ -183,27 +194,17 @@ class HyperparametersMixin:
         return init_args
 
     @staticmethod
-    def _check_storable(hp: Mapping, from_container: bool) -> None:
-        fix = (
-            "Remove it from the object passed to save_hyperparameters()."
-            if from_container
-            else "Exclude it with self.save_hyperparameters(ignore=[{key!r}])."
-        )
+    def _warn_modules(hp: Mapping, from_container: bool) -> None:
+        """Lightning's warning for an ``nn.Module`` hyperparameter, and what featherlight does with it."""
         for key, value in hp.items():
-            if isinstance(value, nn.Module):
-                raise ValueError(
-                    f"save_hyperparameters(): argument {key!r} is an nn.Module; its weights are already saved in"
-                    f" the checkpoint's state_dict. " + fix.format(key=key)
-                )
-            if _contains_module(value):
-                raise ValueError(
-                    f"save_hyperparameters(): argument {key!r} contains an nn.Module; module weights belong in"
-                    f" the checkpoint's state_dict, not in hparams. " + fix.format(key=key)
-                )
-            if not isinstance(value, _TRIVIALLY_PICKLABLE) and not is_picklable(value):
-                raise ValueError(
-                    f"save_hyperparameters(): argument {key!r} ({type(value).__name__}) cannot be pickled, so it"
-                    f" cannot be stored in a checkpoint. " + fix.format(key=key)
+            if isinstance(value, nn.Module) or _contains_module(value):
+                fix = ("remove it from the object passed to save_hyperparameters()" if from_container
+                       else f"ignore it with `self.save_hyperparameters(ignore=[{key!r}])`")
+                rank_zero_warn(
+                    f"Attribute {key!r} is an instance of `nn.Module` and is already saved during checkpointing. It is "
+                    f"recommended to ignore them using `self.save_hyperparameters(ignore=[{key!r}])`. featherlight "
+                    f"keeps it out of the checkpoint's hyperparameters (its weights are in the state dict), so "
+                    f"`load_from_checkpoint` needs it passed by name; {fix} to silence this warning."
                 )
 
     @staticmethod
@@ -214,8 +215,8 @@ class HyperparametersMixin:
             return AttributeDict(hp)
         if isinstance(hp, _PRIMITIVE_TYPES):
             raise ValueError(
-                f"save_hyperparameters() got the value {hp!r}; pass argument names as strings or one config"
-                " object (dict, argparse.Namespace or another mapping)."
+                f"Primitives {_PRIMITIVE_TYPES} are not allowed. save_hyperparameters() got the value {hp!r}: pass "
+                "argument names as strings or one config object (dict, argparse.Namespace or another mapping)."
             )
         if not isinstance(hp, MutableMapping):
             raise ValueError(
@@ -257,6 +258,35 @@ def saved_hparams(obj: Any) -> Optional[tuple[Optional[str], Any]]:
     if name is None and not getattr(obj, "_hparams", None):
         return None
     return name, obj.hparams
+
+
+def drop_unpicklable_hparams(obj: Any) -> None:
+    """Remove the saved hyperparameters that cannot be pickled (so cannot go into a checkpoint), with Lightning's
+    warning; called when a run starts. Modules are not probed (they never go into a checkpoint's hparams)."""
+    hparams = getattr(obj, "_hparams", None)
+    if not hparams or not isinstance(hparams, MutableMapping):
+        return
+    drop = [k for k, v in hparams.items()
+            if not isinstance(v, _TRIVIALLY_PICKLABLE) and not isinstance(v, nn.Module) and not is_picklable(v)]
+    for key in drop:
+        rank_zero_warn(
+            f"Attribute '{key}' removed from hparams because it cannot be pickled. You can suppress this warning by"
+            f" setting `self.save_hyperparameters(ignore=['{key}'])`."
+        )
+        del hparams[key]
+
+
+def checkpoint_hparams(hparams: Any) -> tuple[Any, dict[str, str]]:
+    """What a checkpoint stores of ``hparams``: the values without the ``nn.Module``s (their weights are in the
+    state dict; pickling them would store a second copy and need code to load), and the names left out with their
+    class (``{"encoder": "my_pkg.Encoder"}``) so ``load_from_checkpoint`` can ask for them."""
+    if not isinstance(hparams, Mapping):
+        return hparams, {}
+    left_out = {k: f"{type(v).__module__}.{type(v).__qualname__}" for k, v in hparams.items()
+                if isinstance(v, nn.Module) or _contains_module(v)}
+    if not left_out:
+        return hparams, {}
+    return {k: v for k, v in hparams.items() if k not in left_out}, left_out
 
 
 def hparams_to_log(obj: Any) -> Optional[Any]:

@@ -6,7 +6,7 @@ import sys
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 import featherlight as L
 from featherlight.callbacks import Callback
@@ -113,12 +113,43 @@ class TwoOptimizerRegressor(ManualRegressor):
         second.step()
 
 
-def reference_weights(epochs, batchnorm=False, world=2, **trainer_kwargs):
-    """The single-process run the distributed ones must match: one process, global batch = world x per-rank."""
+def epoch_order(epoch, distributed=True, n=N_TRAIN):
+    """The sample order of a training epoch: as the training DistributedSampler draws it (it always shuffles, with
+    seed ``PL_GLOBAL_SEED`` (unset: 0) + epoch: Lightning's rule), or as a plain one-process loader reads
+    ``train_loader()`` (in order). With W ranks of batch B, the ranks' k-th batches together are
+    ``order[W*B*k : W*B*(k+1)]``."""
+    if not distributed:
+        return list(range(n))
+    g = torch.Generator()
+    g.manual_seed(epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+class _EpochOrder(Sampler):
+    """One process reading each epoch in the order the runs it stands for read it (``distributed[epoch]``)."""
+
+    def __init__(self, distributed):
+        self.distributed, self.epoch = list(distributed), 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return N_TRAIN
+
+    def __iter__(self):
+        return iter(epoch_order(self.epoch, self.distributed[self.epoch]))
+
+
+def reference_weights(epochs, batchnorm=False, world=2, distributed=None, **trainer_kwargs):
+    """The single-process run the distributed ones must match: one process, global batch = world x per-rank,
+    each epoch read in its run's order: ``distributed[e]`` (default: every epoch) for an epoch several ranks
+    trained, else in order (an epoch trained in one process)."""
     model = trainer_kwargs.pop("model", None) or Regressor(batchnorm=batchnorm)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, enable_checkpointing=False,
                         num_sanity_val_steps=0, limit_val_batches=0, **FLAGS, **trainer_kwargs)
-    trainer.fit(model, train_loader(PER_RANK_BATCH * world))
+    order = _EpochOrder([True] * epochs if distributed is None else distributed)
+    trainer.fit(model, DataLoader(IndexedData(N_TRAIN), batch_size=PER_RANK_BATCH * world, sampler=order))
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
