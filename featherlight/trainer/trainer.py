@@ -47,7 +47,7 @@ from featherlight.trainer.loop_view import FitLoopView
 from featherlight.trainer.progress import LoopState
 from featherlight.trainer.states import RunningStage, TrainerFn, TrainerState, TrainerStatus
 from featherlight.trainer.step import Optimization
-from featherlight.utilities.exceptions import MisconfigurationException, _TunerExitException
+from featherlight.utilities.exceptions import MisconfigurationException, TrainingInterrupted, _TunerExitException
 from featherlight.utilities.rank_zero import WarningCache, rank_zero_info, rank_zero_warn
 from featherlight.utilities.warnings import PossibleUserWarning
 
@@ -437,6 +437,8 @@ class Trainer:
         except BaseException as exc:
             self.state.status = TrainerStatus.INTERRUPTED
             run.on_exception(self, exc)
+            if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, SystemExit):
+                raise TrainingInterrupted() from exc  # a KeyboardInterrupt that is also Lightning's SystemExit
             raise
         self.state.status = TrainerStatus.FINISHED
         self.state.stage = None

@@ -21,3 +21,18 @@ class CheckpointError(RuntimeError):
 class _TunerExitException(Exception):
     """Raised by a tuner callback (``BatchSizeFinder``, ``LearningRateFinder``) that ``Tuner`` started, to end the
     run as soon as its search is done: teardown hooks run, the status is FINISHED and the entry point returns."""
+
+
+class TrainingInterrupted(KeyboardInterrupt, SystemExit):
+    """What ``fit``/``validate``/``test``/``predict`` raise after Ctrl-C, once ``on_exception`` and teardown ran.
+
+    It is both exceptions a caller may expect: a ``KeyboardInterrupt`` (what Python raised; ``except
+    KeyboardInterrupt`` around ``trainer.fit`` keeps working, and the interrupt is never swallowed) and a
+    ``SystemExit`` (what Lightning raises here, ``sys.exit(1)``), so left uncaught the program ends quietly with
+    exit status ``code``: 130, the shell's 128 + SIGINT, as a SIGTERM ends with 128 + 15. The original
+    ``KeyboardInterrupt`` is the ``__cause__``.
+    """
+
+    def __init__(self, code: int = 130) -> None:
+        super().__init__()
+        self.code = code

@@ -166,3 +166,21 @@ def test_ctrl_c_is_never_lost(tmp_path):
         code = proc.wait(timeout=60)
         outcomes.append((delay, code, os.path.exists(tag + ".finished")))
     assert all(code != 0 and not finished for _, code, finished in outcomes), outcomes
+
+
+def test_ctrl_c_is_both_a_keyboard_interrupt_and_lightnings_system_exit():
+    """Lightning ends an interrupted fit with ``sys.exit(1)``; featherlight raises one exception that is both the
+    KeyboardInterrupt (never swallowed) and a SystemExit (exit status 130), the original as its cause."""
+    from featherlight.utilities.exceptions import TrainingInterrupted
+
+    class Interrupted(Model):
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 1:
+                raise KeyboardInterrupt
+            return super().training_step(batch, batch_idx)
+
+    trainer = _trainer(False, [])
+    with pytest.raises(SystemExit) as info:
+        trainer.fit(Interrupted())
+    assert isinstance(info.value, KeyboardInterrupt) and isinstance(info.value, TrainingInterrupted)
+    assert info.value.code == 130 and type(info.value.__cause__) is KeyboardInterrupt and trainer.interrupted
