@@ -277,6 +277,7 @@ class ResultStore:
             if is_metric and metric_attribute is None:
                 _check_metric_attribute(trainer, name, value)
             entry = self._register(fx, name, value, args)
+            trainer.results.claim_keys(trainer, self.training, entry.meta)
         elif args != entry.args:
             # (an entry restored from a checkpoint has no arguments to compare: it takes these)
             if entry.args is not None and self._meta(fx, name, args) != entry.meta:
@@ -466,6 +467,33 @@ class LogState:
         self.train_store: Optional[ResultStore] = None  # the running training epoch's (also during validation)
         self.epoch_end_reached = False
         self.eval_step_counters: dict = {}  # per stage and dataloader: the step evaluation values are logged at
+        # every metric key logged this run -> (logged in training?, hook, name as logged): clashes are found when a
+        # key is registered (once per key and epoch), never per `self.log` call
+        self.key_owners: dict[str, tuple[bool, str, str]] = {}
+
+    def claim_keys(self, trainer: "Trainer", training: bool, meta: _Meta) -> None:
+        """Warn when the metric keys of a newly registered ``self.log`` key are already another value's: a key of
+        training and of evaluation (``callback_metrics`` keeps only the one logged last), or an explicit
+        ``acc_step`` beside the ``acc_step`` that ``on_step=True, on_epoch=True`` derives from ``acc``."""
+        plain, _ = meta.metric_keys(True)
+        keys = (plain, *meta.metric_keys(True)[1:], meta.metric_keys(False)[1]) if meta.forked else (plain,)
+        for key in keys:
+            owner = self.key_owners.setdefault(key, (training, meta.fx, meta.name))
+            if owner == (training, meta.fx, meta.name):
+                continue
+            was_training, fx, name = owner
+            if name != meta.name:
+                trainer.warnings.warn(
+                    f"The metric key `{key}` is produced twice: by `self.log({name!r}, ...)` in `{fx}` and by "
+                    f"`self.log({meta.name!r}, ...)` in `{meta.fx}` (`on_step=True, on_epoch=True` adds `_step`/"
+                    "`_epoch` to a name). Only one value survives in the metric dicts: rename one of them."
+                )
+            elif was_training != training:
+                trainer.warnings.warn(
+                    f"`{key}` is logged both in `{fx}` and in `{meta.fx}`: `trainer.callback_metrics[{key!r}]` (what "
+                    "`ModelCheckpoint`/`EarlyStopping` monitor) holds whichever was logged last. Log them under "
+                    f"different names, e.g. `train_{key}` and `val_{key}`."
+                )
 
     def refresh(self, trainer: "Trainer") -> tuple[dict, dict, dict]:
         if self.store is None:
@@ -534,6 +562,7 @@ class LogState:
         self.store = self.train_store = None
         self.epoch_end_reached = False
         self.eval_step_counters = {}
+        self.key_owners = {}
 
     # ---------------------------------------------------------------- to the loggers
     def send(self, trainer: "Trainer", metrics: dict[str, Any], step: Optional[int] = None,

@@ -274,3 +274,56 @@ def test_log_outside_the_loops_without_a_stage_says_why():
     model.trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
     with pytest.raises(MisconfigurationException, match="result collection is not registered yet"):
         model.log("foo", 1.0)
+
+
+def _key_warnings(record):
+    return [str(w.message) for w in record if "logged both" in str(w.message) or "produced twice" in str(w.message)]
+
+
+def test_a_key_logged_in_training_and_validation_warns_naming_both_hooks(recwarn):
+    class Model(BoringModel):
+        def training_step(self, batch, batch_idx):
+            out = super().training_step(batch, batch_idx)
+            self.log("loss", out["loss"])
+            return out
+
+        def validation_step(self, batch, batch_idx):
+            out = super().validation_step(batch, batch_idx)
+            self.log("loss", out["x"])
+            return out
+
+    lean(max_epochs=2, limit_train_batches=2, limit_val_batches=2).fit(Model())
+    messages = _key_warnings(recwarn)
+    assert len(messages) == 1 and "`training_step`" in messages[0] and "`validation_step`" in messages[0]
+
+
+def test_distinct_training_and_validation_keys_do_not_warn(recwarn):
+    class Model(BoringModel):
+        def training_step(self, batch, batch_idx):
+            out = super().training_step(batch, batch_idx)
+            self.log("train_loss", out["loss"], on_step=True, on_epoch=True)
+            return out
+
+        def validation_step(self, batch, batch_idx):
+            out = super().validation_step(batch, batch_idx)
+            self.log("val_loss", out["x"])
+            return out
+
+        def on_train_epoch_end(self):
+            self.log("train_loss", 1.0)  # the same name in another training hook: the later value wins, no clash
+
+    lean(max_epochs=2, limit_train_batches=2, limit_val_batches=2).fit(Model())
+    assert _key_warnings(recwarn) == []
+
+
+def test_an_explicit_step_key_clashing_with_a_forked_one_warns(recwarn):
+    class Model(BoringModel):
+        def training_step(self, batch, batch_idx):
+            out = super().training_step(batch, batch_idx)
+            self.log("acc", 1.0, on_step=True, on_epoch=True)  # gives acc_step and acc_epoch
+            self.log("acc_step", 2.0)
+            return out
+
+    lean(limit_train_batches=2, limit_val_batches=0).fit(Model())
+    messages = _key_warnings(recwarn)
+    assert len(messages) == 1 and "`acc_step`" in messages[0] and "'acc'" in messages[0]
