@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
@@ -112,11 +113,17 @@ def _all_gather_ddp_if_available(tensor: Tensor, group: Optional["ProcessGroup"]
     tensor itself without a process group. ``sync_grads=True`` lets gradients flow back through the gather."""
     if not _distributed_is_initialized():
         return tensor
+    group = group if group is not None else torch.distributed.group.WORLD
+    tensor = tensor.contiguous()
+    if not sync_grads:  # the plain collective: no autograd node, no deprecation warning
+        gathered = [torch.empty_like(tensor) for _ in range(torch.distributed.get_world_size(group))]
+        torch.distributed.all_gather(gathered, tensor, group=group)
+        return torch.stack(gathered)
     from torch.distributed.nn.functional import all_gather
 
-    tensor = tensor.contiguous()
-    with contextlib.nullcontext() if sync_grads else torch.no_grad():
-        gathered = all_gather(tensor, group if group is not None else torch.distributed.group.WORLD)
+    with warnings.catch_warnings():  # torch 2.13 deprecates it in favour of a private module
+        warnings.simplefilter("ignore", FutureWarning)
+        gathered = all_gather(tensor, group)
     return torch.stack(gathered)
 
 

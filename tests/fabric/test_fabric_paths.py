@@ -306,6 +306,7 @@ def _collectives_worker(rank: int, init_file: str, out_dir: str) -> None:
             "uneven": _gather_all_tensors(torch.arange(rank + 1).reshape(1, rank + 1)),
         }
         torch.save(results, os.path.join(out_dir, f"{rank}.pt"))
+        dist.barrier()  # neither rank tears gloo down while the other is still in a collective
     finally:
         dist.destroy_process_group()
 
