@@ -10,8 +10,14 @@ import glob
 import os
 from typing import Any, Optional, Union
 
-from featherlight.core.mixins.hparams_mixin import checkpoint_hparams, saved_hparams
-from featherlight.core.saving import DM_HPARAMS_LEFT_OUT_KEY, HPARAMS_LEFT_OUT_KEY, plain_hparams
+from featherlight.core.mixins.hparams_mixin import checkpoint_hparams, init_hparam_names, saved_hparams
+from featherlight.core.saving import (
+    DM_HPARAMS_INIT_KEY,
+    DM_HPARAMS_LEFT_OUT_KEY,
+    HPARAMS_INIT_KEY,
+    HPARAMS_LEFT_OUT_KEY,
+    plain_hparams,
+)
 from featherlight.io.load import checkpoint_mtime, is_checkpoint_path, load_checkpoint
 from featherlight.io.paths import is_remote
 from featherlight.io.state import load_module_state, strip_compile_prefix
@@ -72,6 +78,7 @@ def _dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> dict[str
         checkpoint["hparams_name"], checkpoint["hyper_parameters"] = saved[0], plain_hparams(hparams)
         if left_out:  # nn.Module hyperparameters: `load_from_checkpoint` asks for them by name
             checkpoint[HPARAMS_LEFT_OUT_KEY] = left_out
+        checkpoint[HPARAMS_INIT_KEY] = init_hparam_names(module)
     dm = trainer.datamodule
     if dm is not None:
         saved = saved_hparams(dm)
@@ -81,6 +88,7 @@ def _dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> dict[str
             checkpoint["datamodule_hyper_parameters"] = plain_hparams(hparams)
             if left_out:
                 checkpoint[DM_HPARAMS_LEFT_OUT_KEY] = left_out
+            checkpoint[DM_HPARAMS_INIT_KEY] = init_hparam_names(dm)
         dm_state = trainer.hooks.call_datamodule("state_dict")
         if dm_state:
             checkpoint[type(dm).__qualname__] = dm_state

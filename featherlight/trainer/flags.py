@@ -104,7 +104,8 @@ def check_logger_flag(logger: Any) -> None:
                 f"`Trainer(logger=...)` got the class `{item.__name__}`, not a logger: create it, e.g. "
                 f"`Trainer(logger={item.__name__}(save_dir=...))`."
             )
-        if isinstance(item, (str, bytes, os.PathLike, bool, int, float)) or not hasattr(item, "log_metrics"):
+        # (a path has no `log_metrics` either; a mock logger may claim to be os.PathLike, so that is not asked)
+        if isinstance(item, (str, bytes, bool, int, float)) or not hasattr(item, "log_metrics"):
             hint = ""
             if isinstance(item, str) and item.lower() in _LOGGER_NAMES:
                 cls = _LOGGER_NAMES[item.lower()]

@@ -420,3 +420,12 @@ def test_last_finds_checkpoints_in_a_directory_named_like_a_glob_pattern(tmp_pat
     assert not [m for m in _messages(record) if "no last checkpoint" in m]
     assert resumed.ckpt_path == str(dirpath / "last.ckpt") and resumed.global_step == 12
     assert not (dirpath / "last-v1.ckpt").exists()
+
+
+def test_a_mock_logger_is_accepted():
+    """Lightning's tests pass a MagicMock as the logger (it answers every attribute, even `__fspath__`)."""
+    from unittest import mock
+
+    logger = mock.MagicMock(name="logger")
+    del logger.__iter__
+    assert L.Trainer(logger=logger).loggers == [logger]
