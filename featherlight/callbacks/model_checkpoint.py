@@ -193,6 +193,17 @@ class ModelCheckpoint(Checkpoint):
     def setup(self, trainer: "Trainer", pl_module: "LightningModule", stage: str) -> None:
         dirpath = trainer.strategy.broadcast(self._resolve_ckpt_dir(trainer))
         self.dirpath = dirpath
+        if stage == "fit" and (self.save_top_k != 0 or self.save_last or self.save_on_exception):
+            # found now rather than when the first save fails, after an epoch of training; rank zero writes, so
+            # its view of the directory decides for every rank
+            problem = trainer.strategy.broadcast(_unwritable_dir(dirpath) if trainer.is_global_zero else None)
+            if problem is not None:
+                error, reason = problem
+                raise (NotADirectoryError if error == "file" else PermissionError)(
+                    f"ModelCheckpoint cannot save to {dirpath!r}: {reason}. Pass a writable directory as "
+                    "`ModelCheckpoint(dirpath=...)` (without `dirpath`, the logger's directory or "
+                    "`Trainer(default_root_dir=...)` decides where checkpoints go)."
+                )
         if trainer.is_global_zero and stage == "fit":
             self._warn_if_dir_not_empty(dirpath)
         if self.save_last == "link" and _is_remote(dirpath):
@@ -637,6 +648,26 @@ class ModelCheckpoint(Checkpoint):
             filepath = os.path.join(self.dirpath, "best_k_models.yaml")
         with open(filepath, "w") as f:
             yaml.safe_dump(scores, f)
+
+
+def _unwritable_dir(dirpath: Optional[str]) -> Optional[tuple[str, str]]:
+    """Why checkpoints could not be written to the local directory ``dirpath`` (which need not exist yet: its
+    nearest existing ancestor is what is checked), as ``("file" | "permission", reason)``; None when they can, or
+    for a remote (fsspec) path, which is left to the filesystem."""
+    if not dirpath or _is_remote(dirpath):
+        return None
+    path = os.path.abspath(dirpath)
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+    if not os.path.isdir(path):
+        return "file", f"{path!r} is an existing file, not a directory"
+    if not os.access(path, os.W_OK | os.X_OK):
+        what = "the directory" if path == os.path.abspath(dirpath) else f"its parent directory {path!r}"
+        return "permission", f"{what} is not writable by this process"
+    return None
 
 
 def _sum_batches(num_batches: Any) -> float:

@@ -521,14 +521,15 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         """
         from featherlight.core.saving import load_weights, rebuild_module
 
-        model, checkpoint = rebuild_module(cls, checkpoint_path, map_location, hparams_file, weights_only is not False,
-                                           **kwargs)
+        model, checkpoint, dropped = rebuild_module(cls, checkpoint_path, map_location, hparams_file,
+                                                    weights_only is not False, **kwargs)
         if model._strict_loading is not None and strict is not None and strict != model.strict_loading:
             raise ValueError(
                 f"You set `.load_from_checkpoint(..., strict={strict!r})` which is in conflict with "
                 f"`{cls.__name__}.strict_loading={model.strict_loading!r}. Please set the same value for both of them."
             )
-        return load_weights(model, checkpoint, model.strict_loading if strict is None else strict, checkpoint_path)
+        return load_weights(model, checkpoint, model.strict_loading if strict is None else strict, checkpoint_path,
+                            dropped)
 
     def __getstate__(self) -> dict:
         # A module is pickled (spawn, deepcopy) without its trainer.

@@ -22,7 +22,7 @@ import warnings
 from argparse import Namespace
 from collections.abc import Mapping
 from pathlib import PurePath
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
 
@@ -269,13 +269,17 @@ _INSTANTIATOR_KEYS = ("_instantiator", "_class_path")
 # nn.Module hyperparameters left out of a checkpoint: {argument name: class}, for load_from_checkpoint to ask for
 HPARAMS_LEFT_OUT_KEY = "featherlight_hparams_left_out"
 DM_HPARAMS_LEFT_OUT_KEY = "featherlight_datamodule_hparams_left_out"
+# the saved hyperparameters that were `__init__` arguments (not set by hand): a renamed argument is warned about
+HPARAMS_INIT_KEY = "featherlight_hparams_init_args"
+DM_HPARAMS_INIT_KEY = "featherlight_datamodule_hparams_init_args"
 # where Lightning < 1.0 saved a module's hyperparameters (read before the current key, which wins)
 _PAST_HPARAMS_KEYS = ("hparams", "module_arguments")
 
 
 def _init_kwargs(cls: type, checkpoint: dict[str, Any], hparams_key: str, name_key: str, hparams_file: Any,
-                 overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The keyword arguments to rebuild ``cls`` with, and the hyperparameters they came from.
+                 overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The keyword arguments to rebuild ``cls`` with, the hyperparameters they came from, and the hyperparameters
+    left out because ``cls.__init__`` does not take them (see :func:`_dropped_hparams`).
 
     The saved hyperparameters (replaced by ``hparams_file`` when given, as Lightning does), updated with
     ``overrides``; if they were saved from one config object (``save_hyperparameters(config)``), they are
@@ -312,9 +316,60 @@ def _init_kwargs(cls: type, checkpoint: dict[str, Any], hparams_key: str, name_k
     if config_name and config_name in names:
         kwargs = {config_name: AttributeDict(hparams)}
         kwargs.update((k, v) for k, v in overrides.items() if k in names)
+    dropped: dict[str, Any] = {}
     if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        dropped = {k: v for k, v in kwargs.items() if k not in names}
         kwargs = {k: v for k, v in kwargs.items() if k in names}
-    return kwargs, hparams
+    return kwargs, hparams, dropped
+
+
+def _parent_init_args(cls: type) -> set[str]:
+    """Argument names of the ``__init__`` of every class ``cls`` derives from: ``save_hyperparameters()`` records
+    those of the whole ``super().__init__()`` chain, and a subclass that sets a parent's argument itself (e.g.
+    ``super().__init__(lr=0.1)``) rightly does not take it back."""
+    out: set[str] = set()
+    for base in cls.__mro__[1:]:
+        init = base.__dict__.get("__init__")
+        if init is None or base is object:
+            continue
+        try:
+            out.update(inspect.signature(init).parameters)
+        except (TypeError, ValueError):  # a builtin's __init__ without a signature
+            continue
+    return out
+
+
+def _dropped_hparams(cls: type, dropped: dict[str, Any], checkpoint: dict[str, Any], hparams_key: str,
+                     init_key: str, hparams_file: Any, overrides: dict[str, Any], path: Any) -> dict[str, Any]:
+    """Warn about saved hyperparameters ``cls.__init__`` no longer takes (an argument renamed or removed since the
+    checkpoint was saved): without a word the module would be built with the default value instead, and a later
+    shape mismatch could not say why. Returns the ones warned about.
+
+    Silent for names a parent class's ``__init__`` takes, for values the checkpoint records as set by hand (not
+    ``__init__`` arguments; a checkpoint without that record, e.g. Lightning's, counts them all), and when the
+    keyword arguments passed to ``load_from_checkpoint`` supply an ``__init__`` argument missing from the saved
+    ones (the new name, given)."""
+    if not dropped:
+        return {}
+    recorded = checkpoint.get(init_key) if hparams_file is None else None
+    parents = _parent_init_args(cls)
+    suspects = {k: v for k, v in dropped.items() if k not in parents
+                and (not isinstance(recorded, (list, tuple)) or k in recorded)}
+    if not suspects:
+        return {}
+    params = inspect.signature(cls.__init__).parameters
+    saved = set(checkpoint.get(hparams_key) or ()) | set(dropped)
+    if any(k in params and k not in saved for k in overrides):
+        return suspects
+    name = cls.__name__
+    listed = ", ".join(f"{k}={v!r}" for k, v in suspects.items())
+    rank_zero_warn(
+        f"`{name}.load_from_checkpoint`: the hyperparameters saved in {_describe(path)} include {listed}, which "
+        f"`{name}.__init__` no longer takes (renamed or removed since the checkpoint was saved?), so they are not "
+        f"passed and `{name}` is built with its defaults instead. If an argument was renamed, pass the saved value "
+        f"under its new name: `{name}.load_from_checkpoint(path, <new_name>=...)`."
+    )
+    return suspects
 
 
 # LightningCLI's instantiator, as checkpoints name it (featherlight's and Lightning's), and the module holding it.
@@ -416,28 +471,48 @@ def _default_map_location(storage: Any, location: str) -> Any:
 
 
 def rebuild_module(cls: type, path: Any, map_location: Any, hparams_file: Any, weights_only: bool = True,
-                   **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+                   **kwargs: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """Read the checkpoint at ``path`` and build ``cls`` from its saved hyperparameters (``kwargs`` override them);
-    returns the new module and the checkpoint, whose weights :func:`load_weights` puts in."""
+    returns the new module, the checkpoint, whose weights :func:`load_weights` puts in, and the saved
+    hyperparameters ``__init__`` did not take (warned about when they look like a renamed argument)."""
     checkpoint = load_checkpoint(path, map_location=map_location or _default_map_location, weights_only=weights_only)
     if "state_dict" not in checkpoint:
         raise CheckpointError(f"{_describe(path)} has no 'state_dict': it is not a model checkpoint.", reason="corrupt")
     model = _rebuild_with_cli(cls, checkpoint.get("hyper_parameters"), hparams_file, kwargs)
+    dropped: dict[str, Any] = {}
     if model is None:
-        init_kwargs, hparams = _init_kwargs(cls, checkpoint, "hyper_parameters", "hparams_name", hparams_file, kwargs)
+        init_kwargs, hparams, dropped = _init_kwargs(cls, checkpoint, "hyper_parameters", "hparams_name",
+                                                     hparams_file, kwargs)
+        # named in a shape-mismatch error: the ones that look renamed, else all of them
+        dropped = _dropped_hparams(cls, dropped, checkpoint, "hyper_parameters", HPARAMS_INIT_KEY, hparams_file,
+                                   kwargs, path) or dropped
         _check_rebuildable(cls, init_kwargs, kwargs, checkpoint.get(HPARAMS_LEFT_OUT_KEY), path)
         model = _instantiate(cls, init_kwargs, hparams, path)
-    return model, checkpoint
+    return model, checkpoint, dropped
 
 
-def load_weights(model: Any, checkpoint: dict[str, Any], strict: bool, path: Any) -> Any:
+def load_weights(model: Any, checkpoint: dict[str, Any], strict: bool, path: Any,
+                 dropped: Optional[dict[str, Any]] = None) -> Any:
     """``configure_model``, ``on_load_checkpoint``, then the checkpoint's weights; the model goes where the
-    checkpoint's tensors were loaded (``map_location`` decides), as in Lightning."""
+    checkpoint's tensors were loaded (``map_location`` decides), as in Lightning. ``dropped``: saved
+    hyperparameters ``__init__`` did not take, named in the error if the weights do not fit."""
     if is_overridden("configure_model", model):  # the parent found from the class: LightningModule
         model.configure_model()
     model.on_load_checkpoint(checkpoint)
     state_dict = checkpoint["state_dict"]
-    load_module_state(model, state_dict, strict, path)
+    try:
+        load_module_state(model, state_dict, strict, path)
+    except RuntimeError as err:
+        if not dropped:
+            raise
+        name = type(model).__name__
+        listed = ", ".join(f"{k}={v!r}" for k, v in dropped.items())
+        raise RuntimeError(
+            f"{err}\nThe checkpoint's hyperparameters {listed} were not passed to `{name}.__init__`, which does not "
+            f"take them any more, so the model was built with its defaults: that is likely why the weights do not "
+            f"fit. If an argument was renamed, pass the saved value under its new name: "
+            f"`{name}.load_from_checkpoint(path, <new_name>=...)`."
+        ) from None
     if not state_dict:
         rank_zero_warn(f"The state dict in {_describe(path)} contains no parameters.")
         return model
@@ -451,8 +526,10 @@ def load_datamodule_from_checkpoint(cls: type, path: Any, map_location: Any, hpa
                                        weights_only=weights_only)
     dm = _rebuild_with_cli(cls, checkpoint.get("datamodule_hyper_parameters"), hparams_file, kwargs)
     if dm is None:
-        init_kwargs, hparams = _init_kwargs(cls, checkpoint, "datamodule_hyper_parameters", "datamodule_hparams_name",
-                                            hparams_file, kwargs)
+        init_kwargs, hparams, dropped = _init_kwargs(cls, checkpoint, "datamodule_hyper_parameters",
+                                                     "datamodule_hparams_name", hparams_file, kwargs)
+        _dropped_hparams(cls, dropped, checkpoint, "datamodule_hyper_parameters", DM_HPARAMS_INIT_KEY, hparams_file,
+                         kwargs, path)
         _check_rebuildable(cls, init_kwargs, kwargs, checkpoint.get(DM_HPARAMS_LEFT_OUT_KEY), path)
         dm = _instantiate(cls, init_kwargs, hparams, path)
     key = cls.__qualname__

@@ -13,8 +13,8 @@ from featherlight.io.paths import get_filesystem, is_remote, read_bytes
 from featherlight.loggers.logger import (
     Logger,
     _add_prefix,
+    _claim_next_version,
     _convert_params,
-    _next_version,
     _version_dir,
     rank_zero_experiment,
 )
@@ -196,9 +196,11 @@ class CSVLogger(Logger):
 
     @property
     def version(self) -> Union[int, str]:
-        """The experiment version; resolved to the next free integer on first access if none was given."""
+        """The experiment version; resolved to the next free integer on first access if none was given, and that
+        ``version_N`` directory is created then (claimed: a run started at the same time takes the next one). An
+        explicit ``version`` is used as given, even if its directory exists."""
         if self._version is None:
-            self._version = _next_version(self.root_dir)
+            self._version = _claim_next_version(self.root_dir)
         return self._version
 
     @property

@@ -195,6 +195,23 @@ def _next_version(root: str) -> int:
     return max(versions) + 1 if versions else 0
 
 
+def _claim_next_version(root: str) -> int:
+    """The next free ``version_N`` under ``root``, claimed: on global rank zero, for a local ``root``, the directory
+    is created here with ``os.mkdir``, which fails if it exists, so two runs started at the same time in the same
+    directory never both take ``version_N`` (the one that loses the race takes the next number). Other ranks, and
+    fsspec URLs, only look (:func:`_next_version`): rank zero's directory is the run's."""
+    version = _next_version(root)
+    if is_remote(root) or rank_zero_only.rank != 0:
+        return version
+    os.makedirs(root, exist_ok=True)
+    while True:
+        try:
+            os.mkdir(_version_dir(root, version))
+            return version
+        except FileExistsError:  # another run took it (or a file has that name): the next one
+            version += 1
+
+
 def _version_dir(root: str, version: Union[int, str]) -> str:
     """Return the directory of ``version`` under ``root``: ``root/version_{version}`` for an int, ``root/version``
     for a string."""

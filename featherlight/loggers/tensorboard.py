@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 from featherlight.loggers.logger import (
     Logger,
     _add_prefix,
+    _claim_next_version,
     _convert_params,
     _flatten_dict,
-    _next_version,
     _sanitize_params,
     _version_dir,
     rank_zero_experiment,
@@ -129,9 +129,11 @@ class TensorBoardLogger(Logger):
 
     @property
     def version(self) -> Union[int, str]:
-        """The experiment version; resolved to the next free integer on first access if none was given."""
+        """The experiment version; resolved to the next free integer on first access if none was given, and that
+        ``version_N`` directory is created then (claimed: a run started at the same time takes the next one). An
+        explicit ``version`` is used as given, even if its directory exists."""
         if self._version is None:
-            self._version = _next_version(self.root_dir)
+            self._version = _claim_next_version(self.root_dir)
         return self._version
 
     @property
@@ -303,6 +305,8 @@ class TensorBoardLogger(Logger):
             self._scalar_writer.flush()
         if self._experiment is not None:
             self._experiment.flush()
+        if self._version is None:  # nothing resolved the version, so nothing was logged: claim no directory now
+            return
         log_dir = self.log_dir
         if os.path.isdir(log_dir) and not os.path.isfile(os.path.join(log_dir, self.NAME_HPARAMS_FILE)):
             self._save_hparams_file()

@@ -10,15 +10,21 @@ import glob
 import os
 from typing import Any, Optional, Union
 
-from featherlight.core.mixins.hparams_mixin import checkpoint_hparams, saved_hparams
-from featherlight.core.saving import DM_HPARAMS_LEFT_OUT_KEY, HPARAMS_LEFT_OUT_KEY, plain_hparams
+from featherlight.core.mixins.hparams_mixin import checkpoint_hparams, init_hparam_names, saved_hparams
+from featherlight.core.saving import (
+    DM_HPARAMS_INIT_KEY,
+    DM_HPARAMS_LEFT_OUT_KEY,
+    HPARAMS_INIT_KEY,
+    HPARAMS_LEFT_OUT_KEY,
+    plain_hparams,
+)
 from featherlight.io.load import checkpoint_mtime, is_checkpoint_path, load_checkpoint
 from featherlight.io.paths import is_remote
 from featherlight.io.state import load_module_state, strip_compile_prefix
 from featherlight.trainer.interrupt import _checkpoint_path
 from featherlight.trainer.progress import LoopState
 from featherlight.trainer.resume import ResumePoint, _position_state
-from featherlight.utilities.exceptions import CheckpointError
+from featherlight.utilities.exceptions import CheckpointError, MisconfigurationException, WeightsOnlyCheckpointError
 from featherlight.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from featherlight.utilities.seed import (
     _collect_rng_states,
@@ -33,6 +39,8 @@ LIGHTNING_COMPAT_VERSION = "2.5.0"
 VERSION_KEY = "featherlight_version"
 LOOP_KEY = "featherlight_loop"
 RNG_KEY = "featherlight_rng_states"
+# the class of each optimizer ("torch.optim.adam.Adam"), checked against `configure_optimizers` on resume
+OPTIMIZER_TYPES_KEY = "featherlight_optimizer_types"
 
 
 def _dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> dict[str, Any]:
@@ -57,6 +65,7 @@ def _dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> dict[str
             if state:
                 checkpoint["callbacks"][cb.state_key] = state
         checkpoint["optimizer_states"] = [opt.state_dict() for opt in trainer.optimizers]
+        checkpoint[OPTIMIZER_TYPES_KEY] = [_class_name(opt) for opt in trainer.optimizers]
         checkpoint["lr_schedulers"] = [cfg.scheduler.state_dict() for cfg in trainer.lr_scheduler_configs]
         precision = trainer.precision_plugin
         prec_state = precision.state_dict()
@@ -69,6 +78,7 @@ def _dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> dict[str
         checkpoint["hparams_name"], checkpoint["hyper_parameters"] = saved[0], plain_hparams(hparams)
         if left_out:  # nn.Module hyperparameters: `load_from_checkpoint` asks for them by name
             checkpoint[HPARAMS_LEFT_OUT_KEY] = left_out
+        checkpoint[HPARAMS_INIT_KEY] = init_hparam_names(module)
     dm = trainer.datamodule
     if dm is not None:
         saved = saved_hparams(dm)
@@ -78,6 +88,7 @@ def _dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> dict[str
             checkpoint["datamodule_hyper_parameters"] = plain_hparams(hparams)
             if left_out:
                 checkpoint[DM_HPARAMS_LEFT_OUT_KEY] = left_out
+            checkpoint[DM_HPARAMS_INIT_KEY] = init_hparam_names(dm)
         dm_state = trainer.hooks.call_datamodule("state_dict")
         if dm_state:
             checkpoint[type(dm).__qualname__] = dm_state
@@ -304,44 +315,85 @@ def _resolve_ckpt_path(trainer: "Trainer", ckpt_path: Any, fn: Any,
             )
         return cb.best_model_path, None
     if ckpt_path == "last":
-        candidates = []
-        for cb in trainer.checkpoint_callbacks:
-            if getattr(cb, "last_model_path", ""):
-                candidates.append(cb.last_model_path)
-            dirpath = getattr(cb, "dirpath", None)
-            if dirpath and os.path.isdir(dirpath):
-                candidates += glob.glob(os.path.join(dirpath, "*.ckpt"))
-        candidates.append(_checkpoint_path(trainer))  # where a signal-interrupted run saved itself
-        # newest first; on a tie (coarse timestamps) a "last*" file, which ModelCheckpoint writes after the others
-        candidates = sorted({c for c in candidates if is_checkpoint_path(c)}, reverse=True,
-                            key=lambda c: (checkpoint_mtime(c), os.path.basename(c).startswith("last"), c))
-        unreadable = []
-        for candidate in candidates:
-            try:
-                checkpoint = load_checkpoint(candidate, map_location="cpu", weights_only=weights_only)
-            except CheckpointError as err:
-                if err.reason != "corrupt":  # e.g. needs weights_only=False: falling back would hide that
-                    raise
-                rank_zero_warn(f"Skipping unreadable checkpoint while resolving ckpt_path='last': {err}")
-                unreadable.append(candidate)
-                continue
-            if candidate != candidates[0]:
-                rank_zero_warn(f"ckpt_path='last': the newest checkpoint is unreadable; resuming from {candidate!r}.")
-            # read once: the restore that follows uses this copy instead of loading the file again
-            return candidate, checkpoint
-        if unreadable:
-            # starting afresh would quietly drop the run these files belonged to
-            raise CheckpointError(
-                f'`.{fn.value}(ckpt_path="last")`: every checkpoint found is unreadable ({unreadable}). Move them '
-                "away (or pass `ckpt_path=None`) to start a new run.", reason="corrupt",
-            )
-        rank_zero_warn(f'.{fn.value}(ckpt_path="last") is set, but there is no last checkpoint available. No '
-                       "checkpoint will be loaded. HINT: Set `ModelCheckpoint(..., save_last=True)`.")
-        return None, None
+        return _resolve_last(trainer, fn, weights_only)
     path = os.fspath(ckpt_path)
     if not is_remote(path) and not os.path.exists(path):
         raise FileNotFoundError(f"Checkpoint file not found: {path!r}. Check `ckpt_path`.")
     return path, None
+
+
+def _last_candidates(trainer: "Trainer") -> list[str]:
+    """What ``ckpt_path="last"`` may resume from, in order of preference: the ``last`` checkpoints (the callbacks'
+    ``last_model_path``, ``last*.ckpt``) and the signal-interruption checkpoint, newest first; then every other
+    ``*.ckpt`` in the callbacks' ``dirpath``, newest first. A file saved later than ``last.ckpt`` (an export, a
+    hand-saved checkpoint) therefore does not win over it."""
+    preferred, others = set(), set()
+    for cb in trainer.checkpoint_callbacks:
+        if getattr(cb, "last_model_path", ""):
+            preferred.add(cb.last_model_path)
+        dirpath = getattr(cb, "dirpath", None)
+        if dirpath and os.path.isdir(dirpath):
+            # escaped: a directory named like `runs/[lr=0.1]` is a path, not a pattern
+            for path in glob.glob(os.path.join(glob.escape(dirpath), "*.ckpt")):
+                (preferred if os.path.basename(path).startswith("last") else others).add(path)
+    preferred.add(_checkpoint_path(trainer))  # where a signal-interrupted run saved itself
+
+    def newest_first(paths: set) -> list[str]:
+        # on a tie (coarse timestamps) a "last*" file, which ModelCheckpoint writes after the others
+        return sorted((p for p in paths if is_checkpoint_path(p)), reverse=True,
+                      key=lambda p: (checkpoint_mtime(p), os.path.basename(p).startswith("last"), p))
+
+    first = newest_first(preferred)
+    return first + [p for p in newest_first(others) if p not in first]
+
+
+def _resolve_last(trainer: "Trainer", fn: Any, weights_only: bool) -> tuple[Optional[str], Optional[dict]]:
+    """``ckpt_path="last"``: the first readable candidate of :func:`_last_candidates`, read (the restore uses this
+    copy). A fit skips checkpoints holding only weights (they cannot resume training); an unreadable file is
+    skipped with a warning; a checkpoint that needs ``weights_only=False`` stops the search with that error."""
+    fitting = fn.value == "fit"
+    unreadable, weights_only_files = [], []
+    for candidate in _last_candidates(trainer):
+        try:
+            checkpoint = load_checkpoint(candidate, map_location="cpu", weights_only=weights_only)
+        except CheckpointError as err:
+            if err.reason != "corrupt":  # e.g. needs weights_only=False: falling back would hide that
+                raise
+            rank_zero_warn(f"Skipping unreadable checkpoint while resolving ckpt_path='last': {err}")
+            unreadable.append(candidate)
+            continue
+        if fitting and "optimizer_states" not in checkpoint:
+            weights_only_files.append((candidate, checkpoint.get("global_step")))
+            continue
+        if unreadable:
+            rank_zero_warn(f"ckpt_path='last': the newest checkpoint is unreadable; resuming from {candidate!r}.")
+        if weights_only_files:
+            step = checkpoint.get("global_step")
+            later = [p for p, s in weights_only_files if isinstance(s, int) and isinstance(step, int) and s > step]
+            message = (f"ckpt_path='last': skipped {[p for p, _ in weights_only_files]}, saved with "
+                       f"`weights_only=True` (a fit cannot resume from weights alone); resuming from {candidate!r}.")
+            if later:  # the run resumes from an earlier point than the weights-only file holds
+                rank_zero_warn(f"{message} {later} hold(s) a later step than it (global_step={step}).")
+            else:
+                rank_zero_info(message)
+        return candidate, checkpoint
+    if weights_only_files:
+        names = [p for p, _ in weights_only_files]
+        raise WeightsOnlyCheckpointError(
+            "Trying to restore optimizer state but checkpoint contains only the model. `.fit(ckpt_path=\"last\")` "
+            f"found only checkpoints saved with `weights_only=True` ({names}), which cannot resume training. Load the "
+            "weights with `Model.load_from_checkpoint(path)` and fit without `ckpt_path`, or save full checkpoints "
+            "(`ModelCheckpoint(save_weights_only=False)`) to resume."
+        )
+    if unreadable:
+        # starting afresh would quietly drop the run these files belonged to
+        raise CheckpointError(
+            f'`.{fn.value}(ckpt_path="last")`: every checkpoint found is unreadable ({unreadable}). Move them '
+            "away (or pass `ckpt_path=None`) to start a new run.", reason="corrupt",
+        )
+    rank_zero_warn(f'.{fn.value}(ckpt_path="last") is set, but there is no last checkpoint available. No '
+                   "checkpoint will be loaded. HINT: Set `ModelCheckpoint(..., save_last=True)`.")
+    return None, None
 
 
 def _restore_module_and_callbacks(trainer: "Trainer", path: str, checkpoint: Optional[dict] = None,
@@ -382,10 +434,12 @@ def _restore_training_state(trainer: "Trainer", checkpoint: dict[str, Any], path
     """Optimizers, schedulers, precision, loop position and RNG states (after ``on_fit_start``)."""
     optimizer_states = checkpoint.get("optimizer_states")
     if optimizer_states is None:
-        raise KeyError(
-            f"Trying to restore optimizer state but checkpoint {path!r} contains only the model (saved with "
-            "`weights_only=True`). Load the weights with `Model.load_from_checkpoint` and fit without `ckpt_path`."
+        raise WeightsOnlyCheckpointError(
+            f"Trying to restore optimizer state but checkpoint contains only the model: {path!r} was saved with "
+            "`weights_only=True`. Load the weights with `Model.load_from_checkpoint(path)` and fit without "
+            "`ckpt_path`."
         )
+    _check_optimizers_match(trainer.optimizers, optimizer_states, checkpoint.get(OPTIMIZER_TYPES_KEY), path)
     trainer.strategy.load_optimizer_states(checkpoint, trainer.optimizers, path)
     for cfg, state in zip(trainer.lr_scheduler_configs, checkpoint.get("lr_schedulers", [])):
         cfg.scheduler.load_state_dict(state)
@@ -402,6 +456,109 @@ def _restore_training_state(trainer: "Trainer", checkpoint: dict[str, Any], path
     if RNG_KEY in checkpoint:
         _set_rng_states(rng_states_from_tensors(checkpoint[RNG_KEY]))
     rank_zero_info(f"Restored all states from the checkpoint at {path}")
+    _check_limits_after_restore(trainer)
+
+
+def _class_name(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _check_optimizers_match(optimizers: list, states: list, saved_types: Any, path: str) -> None:
+    """Before loading optimizer states: the checkpoint's optimizers are the ones ``configure_optimizers`` returns
+    now (how many, which class, how many parameter groups and parameters in each). Otherwise the states would be
+    loaded into the wrong optimizers (Adam's betas and moments into SGD, all of them silently; extra optimizers
+    left fresh), so this raises a ``ValueError`` naming the difference.
+
+    The classes are compared when the checkpoint recorded them (featherlight's); for a checkpoint that did not
+    (Lightning's), the settings in the parameter groups tell another optimizer class apart. An empty
+    ``optimizer_states`` list (e.g. emptied in ``on_load_checkpoint``) restores nothing and is not checked."""
+    if not states:
+        return
+    fix = ("Return the same optimizers (types, order, parameter groups) from `configure_optimizers` as when the "
+           "checkpoint was saved, or, to start new optimizers, load only the weights (`Model.load_from_checkpoint"
+           "(path)`) and fit without `ckpt_path`, or empty `checkpoint['optimizer_states']` in the module's "
+           "`on_load_checkpoint` to keep the loop position with fresh optimizers.")
+    where = f"Cannot restore the optimizer states from {path!r}"
+    if len(states) != len(optimizers):
+        raise ValueError(
+            f"{where}: it holds {len(states)} optimizer state(s), but `configure_optimizers` now returns "
+            f"{len(optimizers)} optimizer(s). {fix}"
+        )
+    saved_types = saved_types if isinstance(saved_types, (list, tuple)) and len(saved_types) == len(states) else None
+    for i, (opt, state) in enumerate(zip(optimizers, states)):
+        if saved_types is not None and isinstance(saved_types[i], str):
+            saved = saved_types[i]
+            if saved.rsplit(".", 1)[-1] != type(opt).__qualname__.rsplit(".", 1)[-1]:
+                raise ValueError(
+                    f"{where}: optimizer {i} was {saved.rsplit('.', 1)[-1]} ({saved}) when it was saved, but "
+                    f"`configure_optimizers` now returns {type(opt).__name__} ({_class_name(opt)}). {fix}"
+                )
+        groups = state.get("param_groups") if isinstance(state, dict) else None
+        if not isinstance(groups, list):  # e.g. a sharded state, loaded by its strategy
+            continue
+        if len(groups) != len(opt.param_groups):
+            raise ValueError(
+                f"{where}: optimizer {i} ({type(opt).__name__}) had {len(groups)} parameter group(s), but now has "
+                f"{len(opt.param_groups)}. {fix}"
+            )
+        for g, (saved_group, group) in enumerate(zip(groups, opt.param_groups)):
+            n_saved, n_now = len(saved_group.get("params", ())), len(group["params"])
+            if n_saved != n_now:
+                raise ValueError(
+                    f"{where}: parameter group {g} of optimizer {i} ({type(opt).__name__}) had {n_saved} "
+                    f"parameter(s), but now has {n_now}. {fix}"
+                )
+        if saved_types is None:
+            # settings of the new class the saved groups lack, and saved settings the new groups do not have (a
+            # scheduler's `initial_lr` aside): another optimizer class. One-sided differences are torch versions
+            # adding settings, or a scheduler added or removed.
+            saved_keys = set().union(*(set(grp) for grp in groups)) - {"params", "initial_lr"}
+            now_keys = set().union(*(set(grp) for grp in opt.param_groups)) | set(opt.defaults)
+            lacking, foreign = set(opt.defaults) - saved_keys, saved_keys - now_keys
+            if lacking and foreign:
+                raise ValueError(
+                    f"{where}: optimizer {i} was saved from another optimizer class than the "
+                    f"{type(opt).__name__} `configure_optimizers` now returns: its parameter groups have "
+                    f"{sorted(foreign)}, which {type(opt).__name__} does not use, and lack {sorted(lacking)}. {fix}"
+                )
+
+
+def _check_limits_after_restore(trainer: "Trainer") -> None:
+    """A resumed fit whose ``max_epochs``/``max_steps`` the checkpoint has already passed would return without
+    training a step: ``max_epochs`` below the checkpoint's epoch raises (Lightning's error), ``max_steps`` below its
+    step (or ``max_epochs`` equal to the epoch the checkpoint is inside) warns, a limit the checkpoint has just
+    reached is an INFO line."""
+    progress = trainer.progress
+    epoch, step = progress.epoch, progress.global_step
+    max_epochs, max_steps = trainer.max_epochs, trainer.max_steps
+    if max_epochs is not None and max_epochs != -1:
+        if epoch > max_epochs:
+            raise MisconfigurationException(
+                f"You restored a checkpoint with current_epoch={epoch}, but you have set "
+                f"Trainer(max_epochs={max_epochs}). `max_epochs` counts the checkpoint's epochs too: set it above "
+                f"{epoch} to train more, or fit without `ckpt_path` to start a new run."
+            )
+        if epoch == max_epochs:
+            if progress.phase.mid_epoch:
+                rank_zero_warn(
+                    f"You restored a checkpoint taken inside epoch {epoch} (counted from 0), but you have set "
+                    f"Trainer(max_epochs={max_epochs}): the run stops without training the rest of that epoch. "
+                    f"`max_epochs` counts the checkpoint's epochs too: set it to at least {epoch + 1} to finish it."
+                )
+            else:
+                rank_zero_info(f"The restored checkpoint already completed `max_epochs={max_epochs}`: nothing is "
+                               "left to train.")
+            return
+    if max_steps != -1:
+        if step > max_steps:
+            rank_zero_warn(
+                f"You restored a checkpoint with global_step={step}, but you have set Trainer(max_steps={max_steps}): "
+                f"the run stops without training a step. `max_steps` counts the checkpoint's steps too: set it above "
+                f"{step} to train more, or fit without `ckpt_path` to start a new run."
+            )
+        elif step == max_steps:
+            rank_zero_info(f"The restored checkpoint already reached `max_steps={max_steps}`: nothing is left to "
+                           "train.")
 
 
 def _restore_loop(progress: LoopState, checkpoint: dict[str, Any]) -> None:

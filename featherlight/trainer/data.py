@@ -353,6 +353,15 @@ class DataConnector:
         loaders = [_prepare_loader(trainer, dl, prefix) for dl in _as_list(raw)]
         flag = f"limit_{prefix}_batches"
         limits = [_num_batches(dl, getattr(trainer, flag), flag) for dl in loaders]
+        for i, dl in enumerate(loaders):
+            if _has_len(dl) and len(dl) == 0 and getattr(trainer, flag) != 0:
+                # an empty loader would skip this evaluation without a word; the training one raises instead
+                which = f"{prefix}_dataloader" + (f" {i}" if len(loaders) > 1 else "")
+                trainer.warnings.warn(
+                    f"Total length of `{type(dl).__name__}` across ranks is zero. Please make sure this was your "
+                    f"intention. (The {which} has 0 batches, so it is skipped: check the dataset's length, "
+                    f"`batch_size` and `drop_last`, or set `{flag}=0` to turn it off on purpose.)"
+                )
         public = loaders[0] if len(loaders) == 1 else loaders
         if prefix == "val":
             trainer.val_dataloaders, trainer.num_val_batches = public, limits

@@ -81,7 +81,7 @@ def run_fit(trainer: "Trainer") -> None:
         epoch_profile.__enter__()
         batches = () if resume is not None and _epoch_done(trainer) else \
             _batches(trainer, data.train_iterable, num_batches, start, resume)
-        resume = None
+        resumed, resume = resume is not None, None
         for batch_idx, batch, is_last in batches:
             progress.batch_idx, progress.phase = batch_idx, _BATCH
             if transfer is not None:
@@ -107,12 +107,25 @@ def run_fit(trainer: "Trainer") -> None:
             if (trainer.max_steps != -1 or trainer.should_stop) and _epoch_done(trainer):
                 break
         epoch_profile.__exit__(None, None, None)
+        if progress.phase is Phase.EPOCH_START and not resumed:  # not one batch came out of the loader
+            _warn_no_batches(trainer)
 
         progress.phase = Phase.EPOCH_END
         results.end_epoch(trainer)
         call("on_train_epoch_end")
         _end_epoch(trainer, store)
     call("on_train_end")
+
+
+def _warn_no_batches(trainer: "Trainer") -> None:
+    """An epoch whose training loader yielded nothing (an empty ``IterableDataset``, a loader whose ``len`` promised
+    batches it does not yield): said once per run, at the end of the first such epoch."""
+    trainer.warnings.warn(
+        "The training dataloader yielded no batches in this epoch, so nothing was trained (`global_step` did not "
+        "move). If it iterates an `IterableDataset`, make sure its `__iter__` yields samples (with `num_workers > 0`, "
+        "that each worker's share is not empty); a loader of known length that yields nothing is empty too. Check "
+        "the dataset, or pass `limit_train_batches=0` to skip training on purpose."
+    )
 
 
 def _skipped_batch(trainer: "Trainer") -> tuple[None, bool]:

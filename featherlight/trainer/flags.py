@@ -83,8 +83,47 @@ def set_determinism(deterministic: Optional[Union[bool, str]], benchmark: Option
     return deterministic, benchmark
 
 
+# what a logger's name given as a string most likely meant (`Trainer(logger="csv")`)
+_LOGGER_NAMES = {"csv": "CSVLogger", "tensorboard": "TensorBoardLogger", "tb": "TensorBoardLogger",
+                 "wandb": "WandbLogger", "mlflow": "MLFlowLogger", "comet": "CometLogger", "neptune": "NeptuneLogger"}
+
+
+def check_logger_flag(logger: Any) -> None:
+    """``Trainer(logger=...)`` takes a logger, a list (any iterable) of loggers, True/None (the default logger) or
+    False. ``logger`` is the flag with an iterable already made a list.
+
+    Anything else fails here with a ``TypeError`` naming what to pass: a string (``logger="csv"``) would otherwise be
+    iterated as one "logger" per character and fail much later with an ``AttributeError`` (in Lightning too); a
+    logger class instead of an instance, or a number, likewise.
+    """
+    if logger is None or isinstance(logger, bool):
+        return
+    for item in logger if isinstance(logger, list) else [logger]:
+        if isinstance(item, type) and hasattr(item, "log_metrics"):
+            raise TypeError(
+                f"`Trainer(logger=...)` got the class `{item.__name__}`, not a logger: create it, e.g. "
+                f"`Trainer(logger={item.__name__}(save_dir=...))`."
+            )
+        # (a path has no `log_metrics` either; a mock logger may claim to be os.PathLike, so that is not asked)
+        if isinstance(item, (str, bytes, bool, int, float)) or not hasattr(item, "log_metrics"):
+            hint = ""
+            if isinstance(item, str) and item.lower() in _LOGGER_NAMES:
+                cls = _LOGGER_NAMES[item.lower()]
+                hint = f" For {item!r}, pass `logger={cls}(save_dir=...)` (`from featherlight.loggers import {cls}`)."
+            raise TypeError(
+                "`Trainer(logger=...)` takes a Logger instance (e.g. `CSVLogger(save_dir=...)`, "
+                "`TensorBoardLogger(save_dir=...)`), a list of them, True (the default logger) or False (no logging); "
+                f"got {logger!r}.{hint}"
+            )
+
+
 def build_loggers(logger: Any, fast_dev_run: int, default_root_dir: str) -> list[Any]:
-    """The loggers for ``Trainer(logger=...)``: TensorBoard (or CSV without tensorboard) by default."""
+    """The loggers for ``Trainer(logger=...)``: TensorBoard (or CSV without tensorboard) by default.
+
+    Raises ``TypeError`` for anything but a logger, loggers, a bool or None (see :func:`check_logger_flag`)."""
+    if isinstance(logger, Iterable) and not isinstance(logger, (str, bytes)):
+        logger = list(logger)  # once: a generator of loggers is read a single time
+    check_logger_flag(logger)
     if fast_dev_run and logger not in (False, None, []):
         from featherlight.loggers.logger import DummyLogger
 
@@ -109,7 +148,7 @@ def build_loggers(logger: Any, fast_dev_run: int, default_root_dir: str) -> list
             "(`pip install tensorboard` to use the TensorBoardLogger)."
         )
         return [CSVLogger(save_dir=default_root_dir)]
-    return list(logger) if isinstance(logger, Iterable) else [logger]
+    return list(logger) if isinstance(logger, list) else [logger]
 
 
 def build_profiler(profiler: Any) -> Any:

@@ -219,6 +219,14 @@ class Trainer:
             raise MisconfigurationException(
                 f"`check_val_every_n_epoch` must be a positive int or None, got {check_val_every_n_epoch!r}."
             )
+        if isinstance(val_check_interval, int) and not isinstance(val_check_interval, bool) and val_check_interval == 0:
+            # an int counts training batches between validations: 0 would fail with a ZeroDivisionError after the
+            # first step (Lightning accepts it here); negative ints are refused by `check_limit` below
+            raise MisconfigurationException(
+                "`val_check_interval=0` is invalid: an int is the number of training batches between validations "
+                "and must be at least 1. Pass e.g. `val_check_interval=100`, a fraction of the epoch such as "
+                "`val_check_interval=0.25`, or `limit_val_batches=0` to turn validation off."
+            )
         if check_val_every_n_epoch is None and isinstance(val_check_interval, float):
             raise MisconfigurationException(
                 "`val_check_interval` should be an integer or a time-based duration (str 'DD:HH:MM:SS', "

@@ -18,6 +18,21 @@ class CheckpointError(RuntimeError):
         self.reason = reason
 
 
+class WeightsOnlyCheckpointError(CheckpointError, KeyError):
+    """A fit was asked to resume from a checkpoint that holds only the model's weights (saved with
+    ``weights_only=True``): it has no optimizer, scheduler or loop state to resume.
+
+    It is also a ``KeyError``, the type Lightning raises here, but prints its message as a sentence (a plain
+    ``KeyError`` shows it quoted, like a missing key). ``reason`` is ``"weights_only"``.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="weights_only")
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class _TunerExitException(Exception):
     """Raised by a tuner callback (``BatchSizeFinder``, ``LearningRateFinder``) that ``Tuner`` started, to end the
     run as soon as its search is done: teardown hooks run, the status is FINISHED and the entry point returns."""

@@ -22,7 +22,7 @@ def test_version_directories(tmp_path):
     assert logger.save_dir == str(tmp_path)
     assert logger.root_dir == os.path.join(str(tmp_path), "lightning_logs")
     assert logger.log_dir == os.path.join(str(tmp_path), "lightning_logs", "version_0")
-    assert not os.path.exists(logger.log_dir)  # nothing is created before the experiment is used
+    assert os.listdir(logger.log_dir) == []  # claimed (created empty) when the version was resolved, nothing written
     logger.log_metrics({"a": 1.0}, step=0)
     logger.save()
     assert os.path.isdir(logger.log_dir)

@@ -210,9 +210,12 @@ def test_importing_loggers_is_cheap():
 
 def test_loggers_share_versioning(tmp_path):
     pytest.importorskip("tensorboard")
-    (tmp_path / "exp" / "version_4").mkdir(parents=True)
-    assert CSVLogger(tmp_path, name="exp").version == 5
-    assert TensorBoardLogger(tmp_path, name="exp").version == 5
+    for sub in ("a", "b"):
+        (tmp_path / sub / "exp" / "version_4").mkdir(parents=True)
+    assert CSVLogger(tmp_path / "a", name="exp").version == 5
+    assert TensorBoardLogger(tmp_path / "b", name="exp").version == 5
+    # each claims its directory: a second logger resolving its version under the same root takes the next one
+    assert CSVLogger(tmp_path / "b", name="exp").version == 6
 
 
 def test_dummy_experiment_is_public_and_takes_anything():

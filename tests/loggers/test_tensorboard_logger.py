@@ -22,6 +22,11 @@ from featherlight.utilities.rank_zero import rank_zero_only  # noqa: E402
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def _files_under(path):
+    """Every file below ``path`` (directories alone do not count)."""
+    return [os.path.join(root, f) for root, _, files in os.walk(path) for f in files]
+
+
 def _events(log_dir):
     """Everything TensorBoard reads from a run directory (all of its event files)."""
     acc = EventAccumulator(log_dir, size_guidance={"scalars": 0, "tensors": 0, "images": 0, "histograms": 0})
@@ -63,7 +68,7 @@ def test_log_dir_expands_user_and_env(tmp_path, monkeypatch):
 def test_writer_is_created_lazily(tmp_path):
     logger = TensorBoardLogger(tmp_path)
     assert logger._experiment is None
-    assert not os.path.exists(logger.log_dir)
+    assert os.listdir(logger.log_dir) == []  # the version directory is claimed when resolved, nothing written in it
     writer = logger.experiment
     from torch.utils.tensorboard import SummaryWriter
 
@@ -94,7 +99,7 @@ def test_log_metrics_rejects_non_scalars(tmp_path):
         logger.log_metrics({"none": None}, step=0)
     with pytest.raises(ValueError, match="Cannot log metric 'huge'"):
         logger.log_metrics({"huge": 10**400}, step=0)
-    assert not os.path.exists(logger.log_dir)  # a call with a bad value writes nothing
+    assert not _files_under(logger.root_dir)  # a call with a bad value writes nothing
 
 
 def test_log_metrics_accepts_numbers_and_one_element_values(tmp_path):

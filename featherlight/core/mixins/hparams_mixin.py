@@ -176,6 +176,10 @@ class HyperparametersMixin:
             self.hparams.update(hp)
         else:
             self._hparams = hp
+        # which saved names are `__init__` arguments (not keys of a config object, nor values set by hand later):
+        # `load_from_checkpoint` warns when `__init__` no longer takes one of them (a renamed argument)
+        names_from_init = set() if from_container else set(hp)
+        self._hparams_init_names = (getattr(self, "_hparams_init_names", set()) | names_from_init) - set(ignored)
         self.remove_ignored_hparams(ignored)
         self._hparams_initial = _snapshot(self._hparams)
 
@@ -258,6 +262,16 @@ def saved_hparams(obj: Any) -> Optional[tuple[Optional[str], Any]]:
     if name is None and not getattr(obj, "_hparams", None):
         return None
     return name, obj.hparams
+
+
+def init_hparam_names(obj: Any) -> list[str]:
+    """The names among ``obj``'s saved hyperparameters that ``save_hyperparameters()`` took from ``__init__``
+    arguments (sorted); a checkpoint records them so ``load_from_checkpoint`` can tell a renamed argument from a
+    value added to ``hparams`` by hand."""
+    hparams = getattr(obj, "_hparams", None)
+    if not isinstance(hparams, Mapping):
+        return []
+    return sorted(k for k in getattr(obj, "_hparams_init_names", ()) if k in hparams and isinstance(k, str))
 
 
 def drop_unpicklable_hparams(obj: Any) -> None:
