@@ -208,7 +208,8 @@ class ModelCheckpoint(Checkpoint):
             self._warn_if_dir_not_empty(dirpath)
         if self.save_last == "link" and _is_remote(dirpath):
             raise ValueError(
-                f"`ModelCheckpoint(save_last='link')` needs a local directory, got `dirpath={dirpath}`."
+                f"`ModelCheckpoint(save_last='link')` is only supported for local file paths, got "
+                f"`dirpath={dirpath}`. Pass `save_last=True` to write `last.ckpt` as a copy instead."
             )
 
     def on_train_start(self, trainer: "Trainer", pl_module: "LightningModule") -> None:

@@ -125,11 +125,11 @@ class BasePredictionWriter(Callback):
 
     @staticmethod
     def _wrap(loader: Any) -> Optional[_IndexRecorder]:
-        from torch.utils.data import BatchSampler
+        from torch.utils.data import BatchSampler, IterableDataset
 
         batch_sampler = getattr(loader, "batch_sampler", None)
-        if type(batch_sampler) is not BatchSampler:
-            return None
+        if type(batch_sampler) is not BatchSampler or isinstance(getattr(loader, "dataset", None), IterableDataset):
+            return None  # an iterable dataset has no indices: its sampler only counts
         sampler = batch_sampler.sampler
         if isinstance(sampler, _IndexRecorder):
             return sampler

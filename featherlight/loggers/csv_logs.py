@@ -63,7 +63,7 @@ class ExperimentWriter:
             not_empty = os.path.isdir(log_dir) and bool(os.listdir(log_dir))
         if not_empty:
             rank_zero_warn(
-                f"The experiment log directory {log_dir} already exists and is not empty;"
+                f"Experiment logs directory {log_dir} exists and is not empty;"
                 f" its {self.NAME_METRICS_FILE} will be overwritten once new metrics are saved."
             )
         if self._fs is not None:

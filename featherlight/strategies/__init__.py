@@ -5,9 +5,9 @@ load ``torch.distributed``'s FSDP/DTensor machinery.
 """
 from typing import Any
 
-from featherlight.strategies.strategy import SingleDeviceStrategy, Strategy
+from featherlight.strategies.strategy import ParallelStrategy, SingleDeviceStrategy, Strategy
 
-__all__ = ["Strategy", "SingleDeviceStrategy", "DDPStrategy", "FSDPStrategy"]
+__all__ = ["Strategy", "SingleDeviceStrategy", "ParallelStrategy", "DDPStrategy", "FSDPStrategy"]
 
 _LAZY = {"DDPStrategy": "featherlight.strategies.ddp", "FSDPStrategy": "featherlight.strategies.fsdp"}
 

@@ -30,7 +30,7 @@ from featherlight.strategies.launch import (
     start_children,
     stop_children_on_failure,
 )
-from featherlight.strategies.strategy import Strategy
+from featherlight.strategies.strategy import ParallelStrategy
 from featherlight.utilities.exceptions import MisconfigurationException
 from featherlight.utilities.rank_zero import rank_zero_info, set_global_rank
 
@@ -80,7 +80,7 @@ _REDUCE_OPS = {"sum": "SUM", "max": "MAX", "min": "MIN", "mean": "SUM", "avg": "
 
 
 # =============================================================================== the strategy
-class DDPStrategy(Strategy):
+class DDPStrategy(ParallelStrategy):
     """Data-parallel training with ``torch.nn.parallel.DistributedDataParallel``.
 
     Args:

@@ -242,3 +242,23 @@ class Strategy:
 
 class SingleDeviceStrategy(Strategy):
     """Everything in one process on one device."""
+
+
+class ParallelStrategy(Strategy):
+    """The base of the strategies that run one process per device (``DDPStrategy``, ``FSDPStrategy``).
+
+    Code written for Lightning asks ``isinstance(trainer.strategy, ParallelStrategy)`` to learn whether the batch is
+    split over processes, then reads ``num_processes`` (this node's processes) and ``parallel_devices``.
+    """
+
+    #: the devices of this node, one process each (``None`` until the Trainer's flags fill it in)
+    parallel_devices: Optional[list[torch.device]] = None
+    num_nodes: int = 1
+
+    @property
+    def num_processes(self) -> int:
+        return len(self.parallel_devices) if self.parallel_devices is not None else 0
+
+    @property
+    def distributed_sampler_kwargs(self) -> Optional[dict[str, Any]]:
+        return {"num_replicas": self.world_size, "rank": self.global_rank}

@@ -71,6 +71,16 @@ def test_batch_interval_with_true_indices():
     assert loader.batch_sampler.sampler is original_sampler  # restored after predict
 
 
+def test_an_iterable_dataset_has_no_indices():
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(torch.arange(6.0).reshape(6, 1))
+
+    writer = make_writer(BasePredictionWriter, "batch")
+    predict(writer, DataLoader(Stream(), batch_size=2))
+    assert [b[1] for b in writer.batches] == [[], [], []]  # no sampler position passed off as a dataset index
+
+
 def test_indices_exact_with_worker_processes():
     writer = make_writer(BasePredictionWriter, "batch")
     loader = DataLoader(IndexDataset(23), batch_size=4, shuffle=True, num_workers=2)

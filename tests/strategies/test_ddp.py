@@ -257,3 +257,15 @@ def test_script_command(monkeypatch):
 class SimpleSpec:
     def __init__(self, name):
         self.name = name
+
+
+def test_parallel_strategy_is_the_base_lightning_code_checks():
+    # Lightning's imagenet example divides its batch size by `num_processes` when the strategy is a ParallelStrategy
+    from featherlight.pytorch.strategies import DDPStrategy, FSDPStrategy, ParallelStrategy, SingleDeviceStrategy
+
+    ddp = DDPStrategy(parallel_devices=[torch.device("cpu")] * 2)
+    assert isinstance(ddp, ParallelStrategy) and ddp.num_processes == 2
+    assert issubclass(FSDPStrategy, ParallelStrategy) and not issubclass(SingleDeviceStrategy, ParallelStrategy)
+    import featherlight as L
+
+    assert not isinstance(L.Trainer(logger=False).strategy, ParallelStrategy)
