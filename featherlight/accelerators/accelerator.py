@@ -82,6 +82,10 @@ class CPUAccelerator(Accelerator):
         if device.type != "cpu":
             raise ValueError(f"CPUAccelerator cannot use the device {device}.")
 
+    def get_device_stats(self, device: Union[str, torch.device]) -> dict[str, Any]:
+        """System-wide ``cpu_percent`` (since the previous call), ``cpu_vm_percent`` and ``cpu_swap_percent``."""
+        return cpu_stats()
+
     @staticmethod
     def parse_devices(devices: Any) -> int:
         """The number of CPU processes ``devices`` asks for (``"auto"``: 1)."""
@@ -214,3 +218,40 @@ def find_usable_cuda_devices(num_devices: int = -1) -> list[int]:
         raise ValueError(f"You asked for {num_devices} CUDA devices but only {len(usable)} of the {visible} visible "
                          "ones can be used now (the others are busy or unavailable).")
     return usable
+
+
+_last_cpu_times: list[tuple[int, int]] = []  # (busy, total) jiffies at the previous `cpu_stats` call (/proc only)
+
+
+def cpu_stats() -> dict[str, float]:
+    """System-wide CPU and memory use in percent, as Lightning's ``DeviceStatsMonitor`` logs them.
+
+    With ``psutil`` installed it answers; without it, Linux's ``/proc`` does (``cpu_percent`` is the share of
+    busy time since the previous call, or since boot on the first). Elsewhere, without ``psutil``: a
+    ``ModuleNotFoundError`` naming the package to install.
+    """
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        return {"cpu_percent": psutil.cpu_percent(), "cpu_vm_percent": psutil.virtual_memory().percent,
+                "cpu_swap_percent": psutil.swap_memory().percent}
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        with open("/proc/meminfo") as f:
+            mem = {line.split(":")[0]: int(line.split()[1]) for line in f if ":" in line}
+    except OSError:
+        raise ModuleNotFoundError("CPU statistics need `psutil` on this system: `pip install psutil`.") from None
+    total, idle = sum(fields[:8]), fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    busy, (last_busy, last_total) = total - idle, (_last_cpu_times[0] if _last_cpu_times else (0, 0))
+    _last_cpu_times[:] = [(busy, total)]
+    cpu = 100.0 * (busy - last_busy) / (total - last_total) if total > last_total else 0.0
+
+    def used(kind: str) -> float:
+        size = mem.get(f"{kind}Total", 0)
+        free = mem.get("MemAvailable", mem.get("MemFree", 0)) if kind == "Mem" else mem.get("SwapFree", 0)
+        return round(100.0 * (size - free) / size, 1) if size else 0.0
+
+    return {"cpu_percent": round(cpu, 1), "cpu_vm_percent": used("Mem"), "cpu_swap_percent": used("Swap")}

@@ -14,6 +14,7 @@ _LAZY = {
     "BatchSizeFinder": "featherlight.callbacks.batch_size_finder",
     "LearningRateFinder": "featherlight.callbacks.lr_finder",
     "Checkpoint": "featherlight.callbacks.checkpoint",
+    "DeviceStatsMonitor": "featherlight.callbacks.device_stats_monitor",
     "EMAWeightAveraging": "featherlight.callbacks.weight_averaging",
     "EarlyStopping": "featherlight.callbacks.early_stopping",
     "GradientAccumulationScheduler": "featherlight.callbacks.gradient_accumulation_scheduler",
@@ -35,6 +36,7 @@ __all__ = ["Callback", *sorted(_LAZY)]
 
 if TYPE_CHECKING:
     from featherlight.callbacks.checkpoint import Checkpoint
+    from featherlight.callbacks.device_stats_monitor import DeviceStatsMonitor
     from featherlight.callbacks.early_stopping import EarlyStopping
     from featherlight.callbacks.finetuning import BackboneFinetuning, BaseFinetuning
     from featherlight.callbacks.lambda_function import LambdaCallback
