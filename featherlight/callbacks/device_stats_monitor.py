@@ -8,7 +8,6 @@ from featherlight.utilities.exceptions import MisconfigurationException
 
 if TYPE_CHECKING:
     from featherlight.core.module import LightningModule
-    from featherlight.trainer.trainer import Trainer
 
 
 class DeviceStatsMonitor(Callback):
