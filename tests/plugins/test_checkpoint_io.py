@@ -221,12 +221,13 @@ def test_async_error_is_raised_by_the_next_call_and_by_teardown(tmp_path):
     inner.release.set()
     io = AsyncCheckpointIO(inner)
     io.save_checkpoint({"w": torch.zeros(1)}, tmp_path / "a.ckpt")
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointError, match="a.ckpt.*No space left") as info:
         io.save_checkpoint({"w": torch.zeros(1)}, tmp_path / "b.ckpt")
+    assert isinstance(info.value.__cause__, OSError)  # the cause, chained
 
     io = AsyncCheckpointIO(inner)
     io.save_checkpoint({"w": torch.zeros(1)}, tmp_path / "c.ckpt")
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointError, match="c.ckpt.*No space left"):
         io.teardown()
 
 
