@@ -1,12 +1,20 @@
-"""Checkpoint costs: saving (vs a plain ``torch.save``) and the time to the first step of a mid-epoch resume.
+"""Checkpoint costs: saving (vs a plain ``torch.save``), the stall of a background save, training with periodic
+saves, and the time to the first step of a mid-epoch resume.
 
-Run: ``python benchmarks/bench_checkpoint.py [--repeats 7] [--mb 50] [--dir DIR] [--skip-save] [--skip-resume]``
+Run: ``python benchmarks/bench_checkpoint.py [--repeats 7] [--mb 50] [--dir DIR] [--skip-save] [--skip-train]
+[--skip-resume]``
 
 (a) Save. A ~50 MB model (MLP, fp32) with Adam state (so the checkpoint is ~150 MB) is fitted for one step,
     then ``trainer.save_checkpoint`` is timed against ``torch.save`` of the same checkpoint dict to the same
     directory, against ``torch.save`` followed by ``fsync``, and against a hand-written durable save (temporary
     file in the same folder, fsync, rename, fsync the folder: what featherlight does, so the floor for a
-    checkpoint that survives a crash; goal <= 1.10x). Repeats are interleaved; medians are printed with ratios.
+    checkpoint that survives a crash; goal <= 1.10x). In the same interleaved repeats,
+    ``trainer.save_checkpoint(..., background=True)`` (what ``ModelCheckpoint(async_save=True)`` does) is timed
+    until it returns, i.e. the time training stalls (the state is copied into host memory; goal <= 0.10x of the
+    synchronous save), and until the background write is complete. Medians are printed with ratios.
+(c) Training with periodic saves. The same model trains (batch 32) with a ``ModelCheckpoint`` every 5 steps: none,
+    synchronous, ``async_save=True``. The median time of a 5-step window ending with a save, minus the same without
+    checkpoints, is what a save costs training, background writes included (they share the CPUs with training).
 (b) Resume. A run over a map-style dataset of 10,240 batches (tiny model, no validation) saves a checkpoint at
     batch 9,999 of its first epoch. The time from ``trainer.fit(ckpt_path=...)`` to the first training step
     is compared with a fresh ``trainer.fit``, and the dataset's ``__getitem__`` calls before that first step
@@ -79,10 +87,21 @@ def bench_save(directory: str, mb: float, repeats: int) -> dict[str, float]:
     checkpoint = _dump_checkpoint(trainer)  # the same dict, for the plain torch.save baselines
     params = sum(p.numel() for p in model.parameters())
     ours, ours_nosync, plain, plain_fsync, durable, dump = [], [], [], [], [], []
+    stall, written = [], []
     paths = {k: os.path.join(directory, f"{k}.ckpt")
-             for k in ("ours", "ours_nosync", "plain", "plain_fsync", "durable")}
+             for k in ("ours", "ours_nosync", "plain", "plain_fsync", "durable", "background")}
     real_fsync = os.fsync
+    # the first background save allocates its host buffers; later ones copy into them (reported separately)
+    t0 = time.perf_counter()
+    pending = trainer.save_checkpoint(paths["background"], background=True)
+    first_stall = time.perf_counter() - t0
+    pending.wait()
     for _ in range(repeats):
+        t0 = time.perf_counter()
+        pending = trainer.save_checkpoint(paths["background"], background=True)
+        stall.append(time.perf_counter() - t0)
+        pending.wait()  # outside the other timings: nothing runs behind them
+        written.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         trainer.save_checkpoint(paths["ours"])
         ours.append(time.perf_counter() - t0)
@@ -105,9 +124,10 @@ def bench_save(directory: str, mb: float, repeats: int) -> dict[str, float]:
         t0 = time.perf_counter()
         _dump_checkpoint(trainer)
         dump.append(time.perf_counter() - t0)
+    trainer.strategy.teardown()  # the background writer's thread and buffers
     size = os.path.getsize(paths["ours"]) / 2**20
     runs = {"ours": ours, "ours_nosync": ours_nosync, "plain": plain, "plain_fsync": plain_fsync, "durable": durable,
-            "dump": dump}
+            "dump": dump, "stall": stall, "written": written}
     med = {k: statistics.median(v) for k, v in runs.items()}
     best = {k: min(v) for k, v in runs.items()}
     print(f"(a) save: model {params * 4 / 2**20:.1f} MB of fp32 weights, checkpoint file {size:.1f} MB, "
@@ -126,7 +146,71 @@ def bench_save(directory: str, mb: float, repeats: int) -> dict[str, float]:
     print(f"    building the dict (_dump_checkpoint) {med['dump'] * 1e3:.2f} ms; diagnostic, our write with fsync off: "
           f"{med['ours_nosync'] * 1e3:.1f} ms = {med['ours_nosync'] / med['plain']:.3f}x torch.save "
           "(the rest of the gap is the flush to disk)")
+    print("    background save (trainer.save_checkpoint(background=True), as ModelCheckpoint(async_save=True)):")
+    print(f"      stall (the call returns)      {med['stall'] * 1e3:8.1f} ms ({best['stall'] * 1e3:6.1f})   "
+          f"stall / synchronous save: {med['stall'] / med['ours']:.3f}x ({best['stall'] / best['ours']:.3f}x)")
+    print(f"      first save's stall            {first_stall * 1e3:8.1f} ms            (host buffers allocated once)")
+    print(f"      until the file is written     {med['written'] * 1e3:8.1f} ms ({best['written'] * 1e3:6.1f})   "
+          f"/ synchronous save: {med['written'] / med['ours']:.3f}x")
     return med
+
+
+# ------------------------------------------------------------------------------------------- (c) training with saves
+class StepClock(fl.Callback):
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.starts.append(time.perf_counter())
+
+
+class TrainingModel(BigModel):
+    def __init__(self, mb: float, batches: int) -> None:
+        super().__init__(mb)
+        self.batches = batches
+
+    def train_dataloader(self):
+        return DataLoader(torch.randn(32 * self.batches, 1024), batch_size=32)
+
+
+def bench_training(directory: str, mb: float, repeats: int, threads: int, windows: int = 4, every: int = 20) -> None:
+    """Windows of ``every`` steps, each ending with a save (and, in the background mode, overlapping the previous
+    save's write): the median window of each mode minus the median window without checkpoints is what a save costs
+    training. Medians over windows and runs hold up against the other load of a shared machine."""
+    modes = ("none", "sync", "async")
+    steps = every * (windows + 1) + 1
+    all_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    found: dict[str, list[float]] = {m: [] for m in modes}
+    for r in range(repeats + 1):
+        for mode in modes[r % 3:] + modes[:r % 3]:  # each mode runs first, second and third in turn
+            torch.manual_seed(0)
+            clock = StepClock()
+            callbacks: list = [clock]
+            if mode != "none":
+                callbacks.append(fl.callbacks.ModelCheckpoint(
+                    dirpath=os.path.join(directory, f"train_{mode}"), every_n_train_steps=every, save_top_k=1,
+                    async_save=mode == "async"))
+            model = TrainingModel(mb, batches=steps + 1)
+            fl.Trainer(max_steps=steps, logger=False, enable_checkpointing=mode != "none", callbacks=callbacks,
+                       enable_progress_bar=False, enable_model_summary=False, default_root_dir=directory,
+                       limit_val_batches=0).fit(model)
+            if r > 0:  # the first round warms up (allocator, caches) and is not counted
+                # window k: batches every*k .. every*k+every-1, then the save at step every*(k+1); from k=1 on it
+                # also overlaps the write of the save before
+                starts = clock.starts
+                found[mode] += [starts[every * (k + 1)] - starts[every * k] for k in range(1, windows + 1)]
+    torch.set_num_threads(all_threads)
+    med = {m: statistics.median(v) for m, v in found.items()}
+    print(f"(c) training on {threads} of {os.cpu_count()} CPU threads with a save every {every} steps: {windows} windows "
+          f"of {every} steps (each ending with a save) x {repeats} interleaved runs, median window:")
+    print(f"    no checkpoints                {med['none'] * 1e3:8.1f} ms   ({med['none'] / every * 1e3:.1f} ms per step)")
+    cost = {m: med[m] - med["none"] for m in ("sync", "async")}
+    for mode in ("sync", "async"):
+        print(f"    ModelCheckpoint {mode:5s}         {med[mode] * 1e3:8.1f} ms   training time per save "
+              f"{cost[mode] * 1e3:7.1f} ms")
+    print(f"    training time per save, async / sync: {cost['async'] / cost['sync']:.3f}x "
+          "(the background write shares the CPUs with training)")
 
 
 # ------------------------------------------------------------------------------------------- (b) resume
@@ -212,6 +296,7 @@ def main(argv=None) -> None:
     parser.add_argument("--mb", type=float, default=50.0)
     parser.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
     parser.add_argument("--skip-save", action="store_true")
+    parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-resume", action="store_true")
     args = parser.parse_args(argv)
     import logging
@@ -223,6 +308,11 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(dir=args.dir) as directory:
         if not args.skip_save:
             bench_save(directory, args.mb, args.repeats)
+        if not args.skip_train:
+            # all CPUs train (the write competes with training), then one CPU is left free, as when a GPU trains
+            # and the CPU mostly waits for it
+            for threads in dict.fromkeys((torch.get_num_threads(), max(torch.get_num_threads() - 1, 1))):
+                bench_training(directory, args.mb, max(args.repeats - 1, 1), threads)
         if not args.skip_resume:
             bench_resume(directory, max(args.repeats // 2, 1))
 

@@ -1,20 +1,23 @@
 """ModelCheckpoint: save the model periodically, keep the best ``k`` by a monitored metric, and a ``last``."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import sys
 import time
 import uuid
 import weakref
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Optional, Union
 
 import torch
 from torch import Tensor
 
 from featherlight.callbacks.checkpoint import Checkpoint
-from featherlight.utilities.exceptions import MisconfigurationException
+from featherlight.io.async_checkpoint_io import AsyncCheckpointIO, PendingCheckpoint
+from featherlight.utilities.exceptions import CheckpointError, MisconfigurationException
 from featherlight.utilities.model_helpers import is_overridden
 from featherlight.utilities.rank_zero import WarningCache, rank_zero_info, rank_zero_warn
 
@@ -30,6 +33,24 @@ _FIELD = re.compile(r"\{([^{}:]*)(?::([^{}]*))?\}")
 
 def _is_remote(path: _PATH) -> bool:
     return "://" in os.fspath(path)
+
+
+# what the callback tells about the files it keeps: in the background mode these change only once a file is complete
+_PUBLISHED = ("best_k_models", "kth_best_model_path", "kth_value", "best_model_score", "best_model_path",
+              "last_model_path", "current_score")
+
+
+class _BackgroundSave:
+    """One hook's saves in the background mode: the files it writes (one snapshot for all), the bookkeeping from
+    before and after, and what must wait until the files are complete (removals, the ``last`` link, loggers)."""
+
+    def __init__(self) -> None:
+        self.before: Optional[dict[str, Any]] = None  # set when the hook first touches the bookkeeping
+        self.after: dict[str, Any] = {}
+        self.paths: list[str] = []
+        self.removals: list[str] = []
+        self.links: list[tuple[str, str]] = []
+        self.pending: Optional[PendingCheckpoint] = None
 
 
 class ModelCheckpoint(Checkpoint):
@@ -63,6 +84,16 @@ class ModelCheckpoint(Checkpoint):
             every epoch (or never), and the end of validation otherwise.
         enable_version_counter: when a file of the same name exists, save to ``name-v1.ckpt``, ``name-v2.ckpt``...
             instead of overwriting it.
+        async_save: write the files on a background thread (featherlight addition). When a save is due the state is
+            copied into host memory (pinned memory for CUDA tensors) and training goes on while the file is
+            written; a save's checkpoint and ``last.ckpt`` share one copy. ``best_model_path``,
+            ``last_model_path``, ``best_k_models`` (and the other attributes below), the removal of files that left
+            the top ``k``, the ``save_last="link"`` link and loggers' ``after_save_checkpoint`` change only once the
+            new file is complete (at this callback's next hook), so a crash mid-write leaves the previous files as
+            they were. One write at a time: a save first waits for the previous write. ``fit`` returns once the
+            last write has finished; a failed write raises a ``CheckpointError`` naming the file and the cause at
+            the next save or at the end of ``fit``. ``Trainer(plugins=[AsyncCheckpointIO()])`` turns this on for
+            every checkpoint of the run. Sharded FSDP checkpoints are still written synchronously.
 
     After each save every logger's ``after_save_checkpoint`` is called. ``best_model_path``,
     ``best_model_score``, ``best_k_models`` (path -> score), ``kth_best_model_path``, ``last_model_path`` and
@@ -108,8 +139,13 @@ class ModelCheckpoint(Checkpoint):
         every_n_epochs: Optional[int] = None,
         save_on_train_epoch_end: Optional[bool] = None,
         enable_version_counter: bool = True,
+        async_save: bool = False,
     ) -> None:
         super().__init__()
+        self.async_save = async_save
+        self._in_background = async_save  # decided in setup: also when the strategy's plugin writes in the background
+        self._gathering: Optional[_BackgroundSave] = None  # the saves of the hook running now
+        self._pending: Optional[_BackgroundSave] = None  # written in the background, not yet published
         self.monitor = monitor
         self.verbose = verbose
         self.save_last = save_last
@@ -204,6 +240,7 @@ class ModelCheckpoint(Checkpoint):
                     "`ModelCheckpoint(dirpath=...)` (without `dirpath`, the logger's directory or "
                     "`Trainer(default_root_dir=...)` decides where checkpoints go)."
                 )
+        self._in_background = self.async_save or isinstance(trainer.strategy.checkpoint_io, AsyncCheckpointIO)
         if trainer.is_global_zero and stage == "fit":
             self._warn_if_dir_not_empty(dirpath)
         if self.save_last == "link" and _is_remote(dirpath):
@@ -259,39 +296,143 @@ class ModelCheckpoint(Checkpoint):
                 return
         if self._should_skip_saving_checkpoint(trainer):
             return
-        self._save_topk_checkpoint(trainer, candidates)
-        self._save_last_checkpoint(trainer, candidates)
+        with self._saving(trainer):
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
 
     def on_train_epoch_end(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
+        self._publish_if_written(trainer)
         if not self._should_skip_saving_checkpoint(trainer) and self._should_save_on_train_epoch_end(trainer):
-            self._save_epoch_checkpoints(trainer, self._monitor_candidates(trainer))
+            with self._saving(trainer):
+                self._save_epoch_checkpoints(trainer, self._monitor_candidates(trainer))
 
     def on_validation_end(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":
             self._val_has_run = True
+        self._publish_if_written(trainer)
         if self._should_skip_saving_checkpoint(trainer) or self._should_save_on_train_epoch_end(trainer):
             return
         candidates = self._monitor_candidates(trainer)
-        if self._defer_save_until_validation:
-            self._defer_save_until_validation = False
-            self._save_topk_checkpoint(trainer, candidates)
-            self._save_last_checkpoint(trainer, candidates)
-            return
-        self._save_epoch_checkpoints(trainer, candidates)
+        with self._saving(trainer):
+            if self._defer_save_until_validation:
+                self._defer_save_until_validation = False
+                self._save_topk_checkpoint(trainer, candidates)
+                self._save_last_checkpoint(trainer, candidates)
+                return
+            self._save_epoch_checkpoints(trainer, candidates)
 
     def on_exception(self, trainer: "Trainer", pl_module: "LightningModule", exception: BaseException) -> None:
+        # the run is over: a write still going finishes now (its failure is a warning: the run's error comes first)
+        self._wait_for_pending(trainer, raise_failure=False)
         if not self._should_save_on_exception(trainer):
             return
         candidates = self._monitor_candidates(trainer)
         filepath = self.format_checkpoint_name(metrics=candidates)
-        self._save_checkpoint(trainer, filepath)
-        self._save_last_checkpoint(trainer, candidates)
+        with self._saving(trainer):
+            self._save_checkpoint(trainer, filepath)
+            self._save_last_checkpoint(trainer, candidates)
+        self._wait_for_pending(trainer, raise_failure=False)
         rank_zero_info(f"{type(exception).__name__} raised ({exception}); saved a checkpoint to {filepath}")
 
     def on_train_end(self, trainer: "Trainer", pl_module: "LightningModule") -> None:
         # `save_last` promises a last checkpoint even when no top-k checkpoint was ever written
         if self.save_last and not self._last_checkpoint_saved and not trainer.fast_dev_run:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            with self._saving(trainer):
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        # training is over: what `on_fit_end` and the code after `fit` read describes complete files
+        self._wait_for_pending(trainer)
+
+    def teardown(self, trainer: "Trainer", pl_module: "LightningModule", stage: str) -> None:
+        # the end of every run (also an interrupted one): no write outlives it unpublished
+        self._wait_for_pending(trainer, raise_failure=sys.exc_info()[1] is None)
+
+    # ------------------------------------------------------------------ background writes
+    def _bookkeeping(self) -> dict[str, Any]:
+        return {name: dict(self.best_k_models) if name == "best_k_models" else getattr(self, name)
+                for name in _PUBLISHED}
+
+    def _set_bookkeeping(self, values: dict[str, Any]) -> None:
+        for name, value in values.items():
+            setattr(self, name, value)
+
+    @contextlib.contextmanager
+    def _saving(self, trainer: "Trainer") -> Iterator[None]:
+        """Around a hook's saves. In the background mode the files the hook writes are gathered and written
+        together when it ends (one snapshot, taken then), and what they change is published once they are complete.
+        Synchronously, nothing happens here."""
+        if not self._in_background or self._gathering is not None:
+            yield
+            return
+        save = self._gathering = _BackgroundSave()
+        try:
+            yield
+        except BaseException:
+            if save.before is not None:
+                self._set_bookkeeping(save.before)  # nothing was written: nothing changes
+            raise
+        finally:
+            self._gathering = None
+        if save.before is None:
+            return  # the hook did not save
+        save.after = self._bookkeeping()
+        if save.paths:
+            paths = list(dict.fromkeys(save.paths))  # one file per path, in the order they were saved
+            try:
+                save.pending = trainer.save_checkpoint(paths[0], weights_only=self.save_weights_only,
+                                                       background=True, copies=paths[1:])
+            finally:
+                self._set_bookkeeping(save.before)  # what is complete on disk, until the new files are
+        self._pending = save
+        if save.pending is None:  # nothing written here (another rank writes), or written already
+            self._publish(trainer)
+
+    def _touch_bookkeeping(self, trainer: "Trainer") -> None:
+        """Called before a save reads or changes the bookkeeping: the previous write must be published first."""
+        save = self._gathering
+        if save is not None and save.before is None:
+            self._wait_for_pending(trainer)
+            save.before = self._bookkeeping()
+
+    def _publish_if_written(self, trainer: "Trainer") -> None:
+        pending = self._pending
+        if pending is not None and (pending.pending is None or pending.pending.done()):
+            self._wait_for_pending(trainer)
+
+    def _wait_for_pending(self, trainer: "Trainer", raise_failure: bool = True) -> None:
+        """Wait for the background write, then publish what it changed; a failed write publishes nothing (the
+        previous files stay the ones described) and is raised, or warned about while another error propagates."""
+        save = self._pending
+        if save is None:
+            return
+        if save.pending is not None:
+            try:
+                save.pending.wait()
+            except CheckpointError as err:
+                self._pending = None
+                if raise_failure:
+                    raise
+                rank_zero_warn(str(err))
+                return
+            if save.pending.failed:  # raised already, by the checkpoint IO plugin
+                self._pending = None
+                return
+        self._publish(trainer)
+
+    def _publish(self, trainer: "Trainer") -> None:
+        save, self._pending = self._pending, None
+        if save is None:
+            return
+        self._set_bookkeeping(save.after)
+        if trainer.is_global_zero:
+            for target, linkpath in save.links:
+                _point_link(target, linkpath)
+        for path in save.removals:
+            if not self._is_referenced(trainer, path):
+                trainer.strategy.remove_checkpoint(path)
+        if trainer.is_global_zero:
+            for _ in dict.fromkeys(save.paths):
+                for logger in trainer.loggers:
+                    logger.after_save_checkpoint(weakref.proxy(self))
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -383,6 +524,7 @@ class ModelCheckpoint(Checkpoint):
     def _save_topk_checkpoint(self, trainer: "Trainer", candidates: dict[str, Tensor]) -> None:
         if self.save_top_k == 0:
             return
+        self._touch_bookkeeping(trainer)
         if self.monitor is None:
             self._save_none_monitor_checkpoint(trainer, candidates)
             return
@@ -465,6 +607,7 @@ class ModelCheckpoint(Checkpoint):
     def _save_last_checkpoint(self, trainer: "Trainer", candidates: dict[str, Tensor]) -> None:
         if not self.save_last:
             return
+        self._touch_bookkeeping(trainer)
         filepath = self.format_checkpoint_name(candidates, self.CHECKPOINT_NAME_LAST)
         if self._enable_version_counter:
             version = self.STARTING_VERSION
@@ -473,13 +616,26 @@ class ModelCheckpoint(Checkpoint):
                 version += 1
         previous, self.last_model_path = self.last_model_path, filepath
         if self.save_last == "link" and self._last_checkpoint_saved and self.save_top_k != 0:
-            self._link_checkpoint(trainer, self._last_checkpoint_saved, filepath)
+            if self._gathering is not None:
+                self._gathering.links.append((self._last_checkpoint_saved, filepath))  # once the target is complete
+            else:
+                self._link_checkpoint(trainer, self._last_checkpoint_saved, filepath)
         else:
             self._save_checkpoint(trainer, filepath)
         if previous and self._should_remove_checkpoint(trainer, previous, filepath):
             self._remove_checkpoint(trainer, previous)
 
     def _save_checkpoint(self, trainer: "Trainer", filepath: str) -> None:
+        if self._in_background:
+            if self._gathering is None:  # called outside this class's hooks: a save of its own
+                with self._saving(trainer):
+                    self._save_checkpoint(trainer, filepath)
+                return
+            self._touch_bookkeeping(trainer)
+            self._gathering.paths.append(filepath)  # written when the hook ends
+            self._last_global_step_saved = trainer.global_step
+            self._last_checkpoint_saved = filepath
+            return
         trainer.save_checkpoint(filepath, weights_only=self.save_weights_only)
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
@@ -490,16 +646,8 @@ class ModelCheckpoint(Checkpoint):
     @staticmethod
     def _link_checkpoint(trainer: "Trainer", filepath: str, linkpath: str) -> None:
         """Point ``linkpath`` at ``filepath`` (relative symbolic link; a copy where links are not allowed)."""
-        if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):
-            if os.path.isdir(linkpath) and not os.path.islink(linkpath):
-                shutil.rmtree(linkpath)
-            # built beside it, then renamed over it: `last.ckpt` never stops existing
-            tmp = os.path.join(os.path.dirname(linkpath), f".{os.path.basename(linkpath)}.{uuid.uuid4().hex}.tmp")
-            try:
-                os.symlink(os.path.relpath(filepath, os.path.dirname(linkpath)), tmp)
-            except OSError:  # e.g. Windows without the privilege to create links
-                shutil.copy(filepath, tmp)
-            os.replace(tmp, linkpath)
+        if trainer.is_global_zero:
+            _point_link(filepath, linkpath)
         trainer.strategy.barrier("ModelCheckpoint._link_checkpoint")
 
     # ------------------------------------------------------------------ names and files
@@ -635,7 +783,10 @@ class ModelCheckpoint(Checkpoint):
 
     def _remove_checkpoint(self, trainer: "Trainer", filepath: str) -> None:
         """Delete ``filepath`` (a file, a link or a sharded directory, local or remote) through the strategy's
-        checkpoint IO plugin, on global rank zero."""
+        checkpoint IO plugin, on global rank zero (in the background mode: once the hook's new files are complete)."""
+        if self._gathering is not None:
+            self._gathering.removals.append(filepath)
+            return
         trainer.strategy.remove_checkpoint(filepath)
 
     def to_yaml(self, filepath: Optional[_PATH] = None) -> None:
@@ -669,6 +820,21 @@ def _unwritable_dir(dirpath: Optional[str]) -> Optional[tuple[str, str]]:
         what = "the directory" if path == os.path.abspath(dirpath) else f"its parent directory {path!r}"
         return "permission", f"{what} is not writable by this process"
     return None
+
+
+def _point_link(filepath: str, linkpath: str) -> None:
+    """Make ``linkpath`` a relative symbolic link to ``filepath`` (a copy where links are not allowed)."""
+    if os.path.abspath(filepath) == os.path.abspath(linkpath):
+        return
+    if os.path.isdir(linkpath) and not os.path.islink(linkpath):
+        shutil.rmtree(linkpath)
+    # built beside it, then renamed over it: `last.ckpt` never stops existing
+    tmp = os.path.join(os.path.dirname(linkpath), f".{os.path.basename(linkpath)}.{uuid.uuid4().hex}.tmp")
+    try:
+        os.symlink(os.path.relpath(filepath, os.path.dirname(linkpath)), tmp)
+    except OSError:  # e.g. Windows without the privilege to create links
+        shutil.copy(filepath, tmp)
+    os.replace(tmp, linkpath)
 
 
 def _sum_batches(num_batches: Any) -> float:

@@ -22,23 +22,27 @@ from __future__ import annotations
 import os
 import sys
 from datetime import timedelta
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
+from featherlight.io.async_checkpoint_io import PendingCheckpoint
 from featherlight.io.atomic import atomic_torch_save
 from featherlight.io.checkpoint_io import CheckpointIO
 from featherlight.io.load import load_checkpoint
 from featherlight.io.state import match_compiled_keys, optimizer_state_by_name
 from featherlight.strategies.ddp import _DEFAULT_TIMEOUT, DDPStrategy, _trainer_of
 from featherlight.utilities.exceptions import CheckpointError, MisconfigurationException
+from featherlight.utilities.rank_zero import WarningCache
 
 if TYPE_CHECKING:
     from featherlight.core.module import LightningModule
 
 _SHARDING = {"FULL_SHARD": True, "SHARD_GRAD_OP": False, "HYBRID_SHARD": True, "_HYBRID_SHARD_ZERO2": False}
 _META_NAME = "meta.pt"  # = featherlight.io.dcp.META_NAME (kept here so importing this module loads no DCP code)
+_warnings = WarningCache()
 
 
 class FSDPStrategy(DDPStrategy):
@@ -198,7 +202,7 @@ class FSDPStrategy(DDPStrategy):
 
     def teardown(self) -> None:
         """The module stays sharded (its process group stays up): later runs in this process reuse both."""
-        self.checkpoint_io.teardown()
+        self.teardown_checkpoint_io()
         if self.process_index is not None and self._lightning_module is not None and sys.exc_info()[0] is None:
             # a spawn/fork worker that succeeded (no collective on the failure path): gather the full weights
             # for the parent while the process group still exists
@@ -263,37 +267,60 @@ class FSDPStrategy(DDPStrategy):
         return list(trainer.optimizers) if trainer is not None else []
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Union[str, os.PathLike],
-                        storage_options: Optional[Any] = None) -> None:
+                        storage_options: Optional[Any] = None) -> Optional[PendingCheckpoint]:
         """Write ``checkpoint`` (the Trainer's dict) to ``filepath``. Every rank must call this.
 
         ``"sharded"``: ``filepath`` becomes a directory of ``torch.distributed.checkpoint`` shards (weights and
         optimizer states, each rank writing its own) plus ``meta.pt`` with the rest of the dict, written by
         rank 0. ``"full"``: the weights and optimizer states are gathered and rank 0 writes one file.
         """
+        path = os.fspath(filepath)
+        if self.state_dict_type == "full":
+            pending = super().save_checkpoint(self._full_checkpoint(checkpoint), path, storage_options=storage_options)
+            self.barrier("fsdp_save_checkpoint")
+            return pending
+        self._save_sharded(self._average_window_grads(checkpoint), path, storage_options)
+        return None
+
+    def save_checkpoint_in_background(self, checkpoint: dict[str, Any], filepaths: Sequence[Any],
+                                      storage_options: Optional[Any] = None) -> Optional[PendingCheckpoint]:
+        """``"full"``: the weights and optimizer states are gathered now (every rank must call this) and rank 0 writes
+        the file on a background thread. ``"sharded"``: written now, each path in turn, by
+        ``torch.distributed.checkpoint`` (no background writes for sharded checkpoints yet)."""
+        if self.state_dict_type == "full":
+            return super().save_checkpoint_in_background(self._full_checkpoint(checkpoint), filepaths,
+                                                         storage_options=storage_options)
+        _warnings.warn("Sharded FSDP checkpoints (`FSDPStrategy(state_dict_type='sharded')`) are written synchronously: "
+                       "background writes (`ModelCheckpoint(async_save=True)`, `AsyncCheckpointIO`) cover one-file "
+                       "checkpoints only. Use `state_dict_type='full'` to write them in the background.")
+        for path in filepaths:
+            self.save_checkpoint(checkpoint, path, storage_options=storage_options)
+        return None
+
+    def _full_checkpoint(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint with the full weights and optimizer states gathered (on the CPU; every rank calls this)."""
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             get_model_state_dict,
             get_optimizer_state_dict,
         )
 
-
         module = self._lightning_module
-        path = os.fspath(filepath)
-        checkpoint = self._average_window_grads(checkpoint)
-        optimizers = self._optimizers() if "optimizer_states" in checkpoint else []
-        if self.state_dict_type == "full":
-            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            checkpoint = dict(checkpoint)
-            checkpoint["state_dict"] = get_model_state_dict(module, options=options)
-            if "optimizer_states" in checkpoint:
-                checkpoint["optimizer_states"] = [get_optimizer_state_dict(module, o, options=options)
-                                                  for o in optimizers]
-            if self.is_global_zero:
-                self.checkpoint_io.save_checkpoint(checkpoint, path, storage_options=storage_options)
-            self.barrier("fsdp_save_checkpoint")
-            return
+        checkpoint = dict(self._average_window_grads(checkpoint))
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        checkpoint["state_dict"] = get_model_state_dict(module, options=options)
+        if "optimizer_states" in checkpoint:
+            checkpoint["optimizer_states"] = [get_optimizer_state_dict(module, o, options=options)
+                                              for o in self._optimizers()]
+        return checkpoint
+
+    def _save_sharded(self, checkpoint: dict[str, Any], path: str, storage_options: Optional[Any]) -> None:
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
         import torch.distributed.checkpoint as dcp
 
+        module = self._lightning_module
+        optimizers = self._optimizers() if "optimizer_states" in checkpoint else []
         if storage_options is not None:
             raise TypeError("`storage_options` go to the checkpoint IO plugin, which writes full checkpoints only; "
                             "sharded FSDP checkpoints are written by torch.distributed.checkpoint. Use "

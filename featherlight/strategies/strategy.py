@@ -10,11 +10,13 @@ processes. A strategy never calls user hooks.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch import Tensor, nn
 
+from featherlight.io.async_checkpoint_io import AsyncCheckpointIO, PendingCheckpoint
 from featherlight.io.checkpoint_io import CheckpointIO, TorchCheckpointIO, _WrappingCheckpointIO
 from featherlight.io.state import optimizer_state_by_index, optimizer_state_to_device
 from featherlight.utilities.rank_zero import share_rank_with_lightning_utilities
@@ -33,10 +35,13 @@ class Strategy:
     #: Evaluation samplers pad so every rank runs every batch (FSDP's forward is a collective); else each sample
     #: goes to exactly one rank.
     pad_eval_samplers: bool = False
+    _background_io: Optional[AsyncCheckpointIO] = None
 
     def __init__(self, device: Optional[torch.device] = None, checkpoint_io: Optional[CheckpointIO] = None) -> None:
         self._root_device = torch.device(device) if device is not None else torch.device("cpu")
         self._checkpoint_io: CheckpointIO = TorchCheckpointIO()
+        # writes `checkpoint_io` on a background thread for `save_checkpoint_in_background` (made on first use)
+        self._background_io: Optional[AsyncCheckpointIO] = None
         if checkpoint_io is not None:
             self.checkpoint_io = checkpoint_io
         self.precision: Optional["Precision"] = None
@@ -138,7 +143,21 @@ class Strategy:
     def teardown(self) -> None:
         """Release what ``setup`` created (and let the checkpoint IO plugin finish its writes); the module stays on
         its device like Lightning's does on CPU."""
-        self.checkpoint_io.teardown()
+        self.teardown_checkpoint_io()
+
+    def teardown_checkpoint_io(self) -> None:
+        """Wait for the checkpoints being written in the background, then tear down :attr:`checkpoint_io`.
+
+        Raises:
+            featherlight.utilities.exceptions.CheckpointError: a background write failed and nobody raised it yet
+                (a warning instead while another exception propagates).
+        """
+        background, self._background_io = self._background_io, None
+        try:
+            if background is not None:
+                background.finish()
+        finally:
+            self.checkpoint_io.teardown()
 
     # ---------------------------------------------------------------- steps
     def step_function(self, name: str) -> Any:
@@ -202,15 +221,45 @@ class Strategy:
         return loader
 
     # ---------------------------------------------------------------- checkpoints
-    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Optional[Any] = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], filepath: Any, storage_options: Optional[Any] = None
+    ) -> Optional[PendingCheckpoint]:
         """Write ``checkpoint`` through :attr:`checkpoint_io` (atomically, by default); global rank zero writes
-        (every rank calls this)."""
-        if self.is_global_zero:
-            self.checkpoint_io.save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+        (every rank calls this). Returns the plugin's :class:`PendingCheckpoint` when it writes in the background
+        (``AsyncCheckpointIO``), else None (the file is written)."""
+        if not self.is_global_zero:
+            return None
+        self._wait_for_background_writes()
+        pending = self.checkpoint_io.save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+        return pending if isinstance(pending, PendingCheckpoint) else None
+
+    def save_checkpoint_in_background(
+        self, checkpoint: dict[str, Any], filepaths: Sequence[Any], storage_options: Optional[Any] = None
+    ) -> Optional[PendingCheckpoint]:
+        """Snapshot ``checkpoint`` into host memory now and write it to each of ``filepaths`` in turn on a background
+        thread, through :attr:`checkpoint_io` (see :class:`~featherlight.io.async_checkpoint_io.AsyncCheckpointIO`:
+        one write at a time, the previous one is waited for first). Global rank zero writes (every rank calls this)
+        and gets the :class:`PendingCheckpoint`; the other ranks get None."""
+        if not self.is_global_zero:
+            return None
+        io = self.checkpoint_io
+        if not isinstance(io, AsyncCheckpointIO):
+            if self._background_io is None or self._background_io.checkpoint_io is not io:
+                if self._background_io is not None:
+                    self._background_io.finish()  # the plugin was replaced: its writes end first
+                self._background_io = AsyncCheckpointIO(io)
+            io = self._background_io
+        return io.write_in_background(checkpoint, filepaths, storage_options=storage_options)
+
+    def _wait_for_background_writes(self) -> None:
+        # the plugin is never called from two threads at once; its errors are raised by whoever waits on the write
+        if self._background_io is not None:
+            self._background_io.wait_idle()
 
     def load_checkpoint(self, path: Any, weights_only: bool = True) -> dict[str, Any]:
         """Read a checkpoint to restore from, through :attr:`checkpoint_io`, tensors on the CPU (no code from the
         file runs unless ``weights_only=False``)."""
+        self._wait_for_background_writes()
         # no map_location: Lightning's strategies call plugins as `(path, weights_only=...)`, and custom plugins are
         # written for that call (the default plugin puts tensors on the CPU)
         return self.checkpoint_io.load_checkpoint(path, weights_only=weights_only)
@@ -218,6 +267,7 @@ class Strategy:
     def remove_checkpoint(self, filepath: Any) -> None:
         """Delete a checkpoint (file or sharded directory) through :attr:`checkpoint_io`, on global rank zero."""
         if self.is_global_zero:
+            self._wait_for_background_writes()
             self.checkpoint_io.remove_checkpoint(filepath)
 
     def load_optimizer_states(self, checkpoint: dict[str, Any], optimizers: list, path: Any = None) -> None:

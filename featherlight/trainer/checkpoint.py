@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Sequence
 from typing import Any, Optional, Union
 
 from featherlight.core.mixins.hparams_mixin import checkpoint_hparams, init_hparam_names, saved_hparams
@@ -18,6 +19,7 @@ from featherlight.core.saving import (
     HPARAMS_LEFT_OUT_KEY,
     plain_hparams,
 )
+from featherlight.io.async_checkpoint_io import PendingCheckpoint
 from featherlight.io.load import checkpoint_mtime, is_checkpoint_path, load_checkpoint
 from featherlight.io.paths import is_remote
 from featherlight.io.state import load_module_state, strip_compile_prefix
@@ -275,12 +277,24 @@ def _loop_state_from_lightning(checkpoint: dict[str, Any], trainer: "Trainer") -
 
 
 def _save_checkpoint(trainer: "Trainer", filepath: Union[str, os.PathLike], weights_only: bool = False,
-                     storage_options: Optional[Any] = None) -> None:
+                     storage_options: Optional[Any] = None, background: bool = False,
+                     copies: Sequence[Union[str, os.PathLike]] = ()) -> Optional[PendingCheckpoint]:
     """Dump the state and write it through the strategy's checkpoint IO plugin (global rank zero writes the file;
-    FSDP's ranks each write their shards); every rank waits for the write."""
+    FSDP's ranks each write their shards); every rank waits for the write, or with ``background`` for the snapshot
+    (the write's handle is returned on rank zero)."""
     checkpoint = _dump_checkpoint(trainer, weights_only)
-    trainer.strategy.save_checkpoint(checkpoint, filepath, storage_options=storage_options)
-    trainer.strategy.barrier("save_checkpoint")
+    strategy = trainer.strategy
+    if background:
+        pending = strategy.save_checkpoint_in_background(checkpoint, [filepath, *copies],
+                                                         storage_options=storage_options)
+    else:
+        pending = strategy.save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+        for path in copies:
+            if pending is not None:  # a plugin that writes in the background: one write at a time
+                pending.wait()
+            pending = strategy.save_checkpoint(checkpoint, path, storage_options=storage_options)
+    strategy.barrier("save_checkpoint")
+    return pending
 
 
 def _resolve_ckpt_path(trainer: "Trainer", ckpt_path: Any, fn: Any,

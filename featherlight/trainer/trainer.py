@@ -18,7 +18,7 @@ import contextlib
 import math
 import os
 from datetime import timedelta
-from typing import Any, Iterable, Iterator, Optional, Union
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
 
@@ -28,6 +28,7 @@ from featherlight.core.mixins.hparams_mixin import drop_unpicklable_hparams
 from featherlight.core.module import LightningModule
 from featherlight.core.optimizer import LRSchedulerConfig
 from featherlight.accelerators.accelerator import Accelerator, accelerator_for
+from featherlight.io.async_checkpoint_io import PendingCheckpoint
 from featherlight.io.checkpoint_io import CheckpointIO
 # imported (not only for type checking) so the `logger`/`profiler` annotations resolve for LightningCLI, which
 # offers `--trainer.logger CSVLogger` from them; jsonargparse would re-read this whole file to resolve them otherwise
@@ -517,9 +518,29 @@ class Trainer:
         return out
 
     # ================================================================== checkpointing
-    def save_checkpoint(self, filepath: _PATH, weights_only: bool = False, storage_options: Optional[Any] = None) -> None:
+    def save_checkpoint(
+        self,
+        filepath: _PATH,
+        weights_only: bool = False,
+        storage_options: Optional[Any] = None,
+        *,
+        background: bool = False,
+        copies: Sequence[_PATH] = (),
+    ) -> Optional[PendingCheckpoint]:
         """Write a checkpoint of the current run to ``filepath`` through the strategy's checkpoint IO plugin
-        (by default atomically: temporary file, fsync, rename); ``storage_options`` go to that plugin."""
+        (by default atomically: temporary file, fsync, rename); ``storage_options`` go to that plugin.
+
+        featherlight additions (keyword-only):
+
+        * ``background=True``: the state is copied into host memory now (training may go on at once) and written on
+          a background thread; the call returns a :class:`~featherlight.io.async_checkpoint_io.PendingCheckpoint`
+          (on global rank zero; None elsewhere). Call its ``wait()`` before reading the file; one background write
+          runs at a time (a second waits for the first), and the run's end waits for the last one. A failure is
+          raised as a ``CheckpointError`` naming the file, by ``wait()`` or the next save, else when the run ends.
+        * ``copies``: more paths to write the same checkpoint to, after ``filepath`` (one snapshot for all).
+
+        With ``Trainer(plugins=[AsyncCheckpointIO()])`` every save is a background write and returns its handle.
+        """
         if self.lightning_module is None:
             raise AttributeError(
                 "Saving a checkpoint is only possible if a model is attached to the Trainer. Did you call "
@@ -527,7 +548,7 @@ class Trainer:
             )
         from featherlight.trainer.checkpoint import _save_checkpoint
 
-        _save_checkpoint(self, filepath, weights_only, storage_options)
+        return _save_checkpoint(self, filepath, weights_only, storage_options, background=background, copies=copies)
 
     # ================================================================== properties users read
     @property

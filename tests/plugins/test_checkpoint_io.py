@@ -221,12 +221,13 @@ def test_async_error_is_raised_by_the_next_call_and_by_teardown(tmp_path):
     inner.release.set()
     io = AsyncCheckpointIO(inner)
     io.save_checkpoint({"w": torch.zeros(1)}, tmp_path / "a.ckpt")
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointError, match="a.ckpt.*No space left") as info:
         io.save_checkpoint({"w": torch.zeros(1)}, tmp_path / "b.ckpt")
+    assert isinstance(info.value.__cause__, OSError)  # the cause, chained
 
     io = AsyncCheckpointIO(inner)
     io.save_checkpoint({"w": torch.zeros(1)}, tmp_path / "c.ckpt")
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointError, match="c.ckpt.*No space left"):
         io.teardown()
 
 
@@ -270,6 +271,106 @@ def test_async_in_a_trainer_wraps_the_strategy_default(tmp_path):
     trainer = _trainer(tmp_path, plugins=[AsyncCheckpointIO()], max_epochs=2, enable_checkpointing=False)
     trainer.fit(model, ckpt_path=tmp_path / "ckpts" / names[-1])
     assert trainer.global_step == 4
+
+
+def test_async_snapshot_keeps_shared_storage_and_copies_mutable_objects(tmp_path):
+    inner = BlockingIO()
+    io = AsyncCheckpointIO(inner)
+    weight = torch.arange(6.0).reshape(2, 3)
+    extra = {"history": [1, 2]}
+    checkpoint = {"w": weight, "tied": weight, "view": weight.t(), "row": weight[1], "extra": extra}
+    io.save_checkpoint(checkpoint, tmp_path / "a.ckpt")
+    weight.zero_()  # training goes on: tensors and objects change after the save
+    extra["history"].append(3)
+    inner.release.set()
+    io.teardown()
+    loaded = torch.load(tmp_path / "a.ckpt", weights_only=True)
+    assert torch.equal(loaded["w"], torch.arange(6.0).reshape(2, 3))
+    assert loaded["extra"] == {"history": [1, 2]}
+    # views of one storage are still views of one storage, as torch.save writes them
+    assert loaded["tied"].untyped_storage().data_ptr() == loaded["w"].untyped_storage().data_ptr()
+    assert loaded["view"].untyped_storage().data_ptr() == loaded["w"].untyped_storage().data_ptr()
+    assert torch.equal(loaded["view"], loaded["w"].t()) and torch.equal(loaded["row"], loaded["w"][1])
+
+
+class PointerIO(TorchCheckpointIO):
+    """Records where the tensors it is given live."""
+
+    def __init__(self):
+        self.pointers = []
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        self.pointers.append(checkpoint["w"].untyped_storage().data_ptr())
+        super().save_checkpoint(checkpoint, path)
+
+
+class MemoryIO(CheckpointIO):
+    """Keeps checkpoints in memory: it holds on to the tensors it is given."""
+
+    def __init__(self):
+        self.kept = {}
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        self.kept[os.fspath(path)] = checkpoint
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        return self.kept[os.fspath(path)]
+
+    def remove_checkpoint(self, path):
+        self.kept.pop(os.fspath(path), None)
+
+
+def test_async_snapshot_reuses_its_host_buffers_only_for_file_writers(tmp_path):
+    io = AsyncCheckpointIO(PointerIO())
+    weights = torch.zeros(1000)
+    for i in range(3):
+        weights.fill_(i)
+        io.save_checkpoint({"w": weights}, tmp_path / f"{i}.ckpt")
+    io.teardown()
+    assert len(set(io.checkpoint_io.pointers)) == 1  # the second and third saves copied into the first's buffer
+    assert [float(torch.load(tmp_path / f"{i}.ckpt", weights_only=True)["w"][0]) for i in range(3)] == [0, 1, 2]
+
+    memory = MemoryIO()
+    io = AsyncCheckpointIO(memory)
+    for i in range(3):
+        weights.fill_(i)
+        io.save_checkpoint({"w": weights}, f"{i}.ckpt")
+    io.teardown()
+    # a plugin that keeps what it is given gets a fresh copy each time
+    assert [float(memory.kept[f"{i}.ckpt"]["w"][0]) for i in range(3)] == [0, 1, 2]
+
+
+def test_async_removal_after_a_failed_write_is_skipped(tmp_path):
+    inner = BlockingIO()
+    io = AsyncCheckpointIO(inner)
+    io.save_checkpoint({"w": torch.zeros(1)}, tmp_path / "old.ckpt")
+    inner.release.set()
+    io.load_checkpoint(tmp_path / "old.ckpt")  # written
+    inner.fail = OSError(28, "No space left on device")
+    pending = io.save_checkpoint({"w": torch.ones(1)}, tmp_path / "new.ckpt")
+    io.remove_checkpoint(tmp_path / "old.ckpt")  # pruning that assumed the new file would exist
+    io.wait_idle()
+    assert (tmp_path / "old.ckpt").exists()  # still the last good checkpoint
+    with pytest.raises(CheckpointError, match="new.ckpt.*No space left"):
+        pending.wait()
+    pending.wait()  # raised once: by the first to wait
+    io.teardown()  # already raised: not again
+
+
+def test_async_copies_share_one_snapshot_and_stop_at_a_failure(tmp_path):
+    inner = BlockingIO()
+    inner.release.set()
+    io = AsyncCheckpointIO(inner)
+    pending = io.write_in_background({"w": torch.ones(2)}, [tmp_path / "a.ckpt", tmp_path / "last.ckpt"])
+    pending.wait()
+    assert [name for name, _ in inner.saved] == ["a.ckpt", "last.ckpt"]
+    inner.fail = OSError(28, "No space left on device")
+    pending = io.write_in_background({"w": torch.ones(2)}, [tmp_path / "b.ckpt", tmp_path / "last.ckpt"])
+    with pytest.raises(CheckpointError, match="b.ckpt"):
+        pending.wait()
+    assert torch.equal(torch.load(tmp_path / "last.ckpt", weights_only=True)["w"], torch.ones(2))  # untouched
+    assert pending.failed and len(inner.saved) == 2
+    io.teardown()
 
 
 def test_async_checkpoint_io_pickles_before_use():
