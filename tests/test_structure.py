@@ -46,6 +46,8 @@ FOREIGN_PRIVATE = {
     "_fields": "a namedtuple's public field list",
     "_legacy_state_key": "Callback's (Lightning's) key for older checkpoints",
     "_actions": "argparse's list of a parser's actions (jsonargparse builds on argparse; the CLI reads its options)",
+    "_version": "a tensor's in-place edit counter (autograd's; the pitfall check of in-place batch edits)",
+    "_is_view": "whether a tensor is a view of another (the same check: a view into a cached dataset)",
     "_attach": "wandb's way to re-attach to a run from another process (spawned DDP ranks), as Lightning uses",
 }
 

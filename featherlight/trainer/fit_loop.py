@@ -11,7 +11,7 @@ import itertools
 import math
 from typing import Any, Iterator
 
-from featherlight.trainer import eval_loop
+from featherlight.trainer import eval_loop, pitfalls
 from featherlight.trainer.data import _MaxSizeCycle
 from featherlight.trainer.logging import ResultStore
 from featherlight.trainer.progress import Phase
@@ -53,6 +53,7 @@ def run_fit(trainer: "Trainer") -> None:
     results.train_store = first
     results.switch(trainer, first)
     call("on_train_start")
+    first_epoch = True
     while not _fit_done(trainer):
         if data.should_reload_train():
             data.load_train()
@@ -81,6 +82,8 @@ def run_fit(trainer: "Trainer") -> None:
         epoch_profile.__enter__()
         batches = () if resume is not None and _epoch_done(trainer) else \
             _batches(trainer, data.train_iterable, num_batches, start, resume)
+        if first_epoch:  # the seed's pitfalls: in-place edits of a batch the loader hands out again
+            batches = pitfalls.watch_batches(trainer, batches)
         resumed, resume = resume is not None, None
         for batch_idx, batch, is_last in batches:
             progress.batch_idx, progress.phase = batch_idx, _BATCH
@@ -113,6 +116,9 @@ def run_fit(trainer: "Trainer") -> None:
         progress.phase = Phase.EPOCH_END
         results.end_epoch(trainer)
         call("on_train_epoch_end")
+        if first_epoch:  # graphs kept on the module grow memory every step: said once, at the first epoch's end
+            pitfalls.check_graph_kept_on_module(trainer)
+            first_epoch = False
         _end_epoch(trainer, store)
     call("on_train_end")
 

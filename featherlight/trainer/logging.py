@@ -16,6 +16,7 @@ from torch import Tensor
 from featherlight.utilities.apply_func import extract_batch_size
 from featherlight.utilities.enums import RunningStage
 from featherlight.utilities.exceptions import MisconfigurationException
+from featherlight.utilities.warnings import PossibleUserWarning
 
 # Where `self.log` may be called, and what it may do there (Lightning's table): (allowed on_step, allowed on_epoch,
 # default on_step, default on_epoch). Hooks missing from this table forbid logging.
@@ -552,6 +553,15 @@ class LogState:
             for entry in self.store.entries.values():
                 if entry.meta.on_epoch and entry.meta.sync_dist:
                     entry.compute(trainer)
+                elif entry.meta.on_epoch and entry.metric is None:
+                    # each rank would report the mean of its own share of the data: Lightning's warning, plus why
+                    trainer.warnings.warn(
+                        f"It is recommended to use `self.log({entry.meta.name!r}, ..., sync_dist=True)` when logging "
+                        "on epoch level in distributed setting to accumulate the metric across devices. (Without "
+                        f"it, the epoch value of {entry.meta.name!r} logged in `{entry.meta.fx}` is the reduction "
+                        "over this process's batches only, and differs between ranks.)",
+                        PossibleUserWarning,
+                    )
 
     def reset(self) -> None:
         """Forget every logged value and the metric dicts: when a run starts (a `validate` after a `fit` starts

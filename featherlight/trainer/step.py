@@ -120,8 +120,10 @@ class Optimization:
                     zero_grad(progress.epoch, batch_idx, raw_optimizer)
                     hooks.current = None
             if loss is None:
-                warn("`training_step` returned `None`. If this was on purpose, ignore this warning: the batch is "
-                     "skipped.")
+                what = "`None`" if output is None else "a dict whose 'loss' is `None`"
+                warn(f"`training_step` returned {what}. If this was on purpose, ignore this warning: the batch is "
+                     "skipped (no backward, no optimizer step). Otherwise end `training_step` with `return loss` (or "
+                     "`return {'loss': loss, ...}`): a step that computes the loss but returns nothing trains nothing.")
             else:
                 if accumulate > 1:
                     loss = loss / accumulate
@@ -306,7 +308,7 @@ def _loss_from_output(output: Any) -> Optional[Tensor]:
         return None
     if isinstance(output, dict):
         loss = output.get("loss")
-        if loss is None:
+        if loss is None and "loss" not in output:
             raise MisconfigurationException(
                 "`training_step` returned a dict without a 'loss' key. In automatic optimization the dict must "
                 "hold the loss to backpropagate under 'loss', e.g. `return {'loss': loss, 'acc': acc}`."

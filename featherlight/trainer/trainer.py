@@ -38,7 +38,7 @@ from featherlight.profilers.profiler import Profiler
 from featherlight.strategies.select import select_strategy
 from featherlight.strategies.strategy import Strategy
 from featherlight.trainer import data as _data
-from featherlight.trainer import fit_loop, flags, restart, run
+from featherlight.trainer import fit_loop, flags, pitfalls, restart, run
 from featherlight.trainer.checkpoint import _resolve_ckpt_path, _restore_module_and_callbacks, _restore_training_state
 from featherlight.trainer.data import DataConnector
 from featherlight.trainer.dispatch import HookDispatcher
@@ -445,6 +445,7 @@ class Trainer:
             run.teardown(self, fn.value)
         except BaseException as exc:
             self.state.status = TrainerStatus.INTERRUPTED
+            pitfalls.device_hint(exc, self.hooks.current)
             run.on_exception(self, exc)
             if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, SystemExit):
                 raise TrainingInterrupted() from exc  # a KeyboardInterrupt that is also Lightning's SystemExit
@@ -486,6 +487,8 @@ class Trainer:
         run.check_module(self, fn)
         strategy.setup(self.lightning_module)
         hooks.rebuild()  # the module may have been replaced by a wrapper's conversion
+        if fn == TrainerFn.FITTING:
+            pitfalls.check_data_on_module(self)
         self.data.resolve_transfer()
         self.data.start_run()
         self.interrupts.start(strategy.world_size)

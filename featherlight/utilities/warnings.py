@@ -1,6 +1,4 @@
-"""Warning categories Lightning users filter on."""
+"""Warning categories Lightning users filter on (one class each, wherever it is imported from)."""
+from featherlight.utilities.rank_zero import PossibleUserWarning
 
-
-class PossibleUserWarning(UserWarning):
-    """A warning about something that may be on purpose (e.g. ``max_epochs`` left unset): silence it with
-    ``warnings.filterwarnings("ignore", category=PossibleUserWarning)`` once you have checked it."""
+__all__ = ["PossibleUserWarning"]
