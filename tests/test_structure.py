@@ -17,7 +17,7 @@ FLOORS = {
     "utilities": 0, "__about__": 0, "_aliases": 0, "_logo": 0,
     "io": 1,
     "core": 2, "precision": 2, "profilers": 2, "accelerators": 2,
-    "loggers": 3, "strategies": 3, "callbacks": 3,
+    "loggers": 3, "strategies": 3, "callbacks": 3, "serve": 3,
     "trainer": 4,
     "tuner": 5, "cli": 5,
     "__init__": 6, "pytorch": 6, "demos": 6, "fabric": 6, "plugins": 6,
