@@ -6,6 +6,7 @@ epoch only, then hands the loader's batches through untouched.
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 from typing import Any, Optional
 
@@ -86,14 +87,15 @@ def watch_batches(trainer: Any, batches: Iterable[tuple[int, Any, bool]]) -> Ite
 
     An in-place edit (``x.mul_(2)``, ``batch[0] += 1``) of a tensor the loader hands out again (a view into a
     cached dataset, a batch ``overfit_batches`` repeats) changes the data for every later epoch. A collated batch
-    is a fresh tensor each time, so editing it is harmless and stays silent.
+    is a fresh tensor each time, so editing it is harmless and stays silent. After the two watched batches the
+    rest come straight from the loader's iterator (``itertools.chain``: no Python frame per batch).
     """
     iterator = iter(batches)
-    for _ in range(_WATCHED_BATCHES):
-        try:
-            item = next(iterator)
-        except StopIteration:
-            return
+    return itertools.chain(_watch_first(trainer, iterator), iterator)
+
+
+def _watch_first(trainer: Any, iterator: Iterator[tuple[int, Any, bool]]) -> Iterator[tuple[int, Any, bool]]:
+    for item in itertools.islice(iterator, _WATCHED_BATCHES):
         tensors: list[Tensor] = []
         apply_to_collection(item[1], Tensor, tensors.append)
         versions = [t._version for t in tensors]
@@ -105,7 +107,6 @@ def watch_batches(trainer: Any, batches: Iterable[tuple[int, Any, bool]]) -> Ite
                 "hands the same tensors out again (a view into a cached dataset, or `overfit_batches`): every later "
                 "epoch trains on the edited data. Edit a copy (`x = x * 2`, or `x = x.clone()` first).",
             )
-    yield from iterator
 
 
 def device_hint(exc: BaseException, hook: Optional[str]) -> None:
