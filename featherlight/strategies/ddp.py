@@ -24,6 +24,7 @@ from featherlight.io.checkpoint_io import CheckpointIO
 from featherlight.strategies.launch import (
     _REGISTRY,
     _first_slurm_host,
+    elastic_attempt_store,
     env_job,
     join_job,
     launch_multiprocessing,
@@ -296,6 +297,9 @@ class DDPStrategy(ParallelStrategy):
         kwargs: dict[str, Any] = {}
         if self._timeout is not None:
             kwargs["timeout"] = self._timeout
+        store = elastic_attempt_store(ranks["world_size"], self._timeout)
+        if store is not None:
+            kwargs["store"] = store
         dist.init_process_group(self.process_group_backend, rank=ranks["global_rank"],
                                 world_size=ranks["world_size"], **kwargs)
         # kept across runs of this process (fit then test reuse it); destroyed at exit

@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import traceback
+from datetime import timedelta
 from typing import Any, Iterator, Optional
 
 import torch
@@ -241,6 +242,23 @@ def env_job() -> Optional[dict[str, Any]]:
                 "local_world_size": None,
             }
     return None
+
+
+def elastic_attempt_store(world_size: int, timeout: Optional[timedelta]) -> Optional["dist.Store"]:
+    """The store for this attempt of a torchrun job, or None where torch's ``env://`` handler is right.
+
+    torchrun's agent keeps one TCP store for its whole life, across restarts, and ``env://`` connects the workers
+    to it without a per-attempt prefix: keys the failed attempt wrote (each rank's gloo/NCCL address) are still
+    there, a restarted rank reads its peer's old address, and the new group fails to connect or hangs (seen on a
+    loaded machine after a rank was killed). A prefix per attempt keeps attempts apart: the restart count, and the
+    world size, which a membership change alters.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False,
+                          timeout=timeout or timedelta(minutes=30))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"featherlight/attempt_{attempt}/world_{world_size}/", store)
 
 
 # =============================================================================== launching

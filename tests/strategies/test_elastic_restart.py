@@ -34,3 +34,30 @@ def test_killed_worker_is_restarted_and_resumes_exactly(tmp_path):
     for ref, res in zip(reference, killed):
         assert res["global_step"] == ref["global_step"]
         assert res["weights"] == ref["weights"]  # exact, not close
+
+
+def test_each_torchrun_attempt_gets_its_own_keys_in_the_agent_store(monkeypatch):
+    """torchrun's agent store outlives a restart: what the failed attempt wrote (a rank's address) must not be read
+    by the next one, or the restarted group connects to a dead port (the failure this test file once saw)."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from featherlight.strategies.launch import elastic_attempt_store
+
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE", raising=False)
+    assert elastic_attempt_store(2, None) is None  # env:// builds a fresh store itself
+    port = free_port()
+    agent = dist.TCPStore("127.0.0.1", port, 3, is_master=True, wait_for_workers=False)  # the agent's
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    first = elastic_attempt_store(2, timedelta(seconds=10))
+    first.set("rank_1", "old address")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    second = elastic_attempt_store(2, timedelta(seconds=10))
+    assert not second.check(["rank_1"])
+    second.set("rank_1", "new address")
+    assert first.get("rank_1") == b"old address" and second.get("rank_1") == b"new address"
+    del agent

@@ -7,9 +7,11 @@ the newest periodic checkpoint (no ckpt_path). MODE=reference runs uninterrupted
 import os
 import signal
 import sys
+from datetime import timedelta
 
 import featherlight as L
 from featherlight.callbacks import ModelCheckpoint
+from featherlight.strategies import DDPStrategy
 from fl_dist_models import FLAGS, Regressor, outdir_from_argv, save_json, state_to_lists, train_loader
 
 out = outdir_from_argv()
@@ -28,7 +30,10 @@ if __name__ == "__main__":
     restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     checkpoint = ModelCheckpoint(dirpath=os.path.join(out, "ckpts"), every_n_train_steps=3, save_top_k=1)
     callbacks = [checkpoint] + ([KillOnce()] if mode == "kill" else [])
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=3, limit_val_batches=0,
+    # a short collective timeout: on a loaded machine gloo's connection after a restart can stall; the worker then
+    # fails within a minute and the agent restarts the group again, instead of waiting out the default 30 minutes
+    strategy = DDPStrategy(timeout=timedelta(seconds=60))
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_epochs=3, limit_val_batches=0,
                         default_root_dir=out, callbacks=callbacks, **FLAGS)
     model = Regressor()
     trainer.fit(model, train_loader(batch_size=2))
