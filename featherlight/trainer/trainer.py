@@ -450,6 +450,8 @@ class Trainer:
             if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, SystemExit):
                 raise TrainingInterrupted() from exc  # a KeyboardInterrupt that is also Lightning's SystemExit
             raise
+        finally:
+            pitfalls.stop_sync_watch()  # a run that ended inside a watched step leaves torch's Tensor as it was
         self.state.status = TrainerStatus.FINISHED
         self.state.stage = None
 

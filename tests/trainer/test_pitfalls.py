@@ -149,6 +149,76 @@ def test_cuda_in_a_step_without_cuda_names_self_device():
     assert not matching(fit(UsesSelfDevice(), loader()), "by hand")
 
 
+# ---------------------------------------------------------------- a host read of a device value every step
+class ItemEveryStep(Base):
+    def __init__(self):
+        super().__init__()
+        self.total = 0.0
+
+    def training_step(self, batch, batch_idx):
+        loss = self.loss(batch)
+        self.total += loss.item()  # waits for the device on every step
+        return loss
+
+
+class LogsTheTensor(Base):
+    def training_step(self, batch, batch_idx):
+        loss = self.loss(batch)
+        self.log("loss", loss)  # reduced at the logging interval, no host read here
+        if batch_idx == 0:
+            print(loss.item())  # once is not "every step"
+        return loss
+
+
+class CpuInCallback(L.Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.last = outputs["loss"].detach().cpu()
+
+
+@pytest.fixture
+def as_accelerator(monkeypatch):
+    """Without a GPU here, count CPU tensors as device tensors (the watch is on only off the host)."""
+    from featherlight.trainer import pitfalls
+
+    monkeypatch.setattr(pitfalls, "_HOST_DEVICES", ("meta",))
+
+
+def test_a_host_read_on_every_step_names_the_hook_and_line(as_accelerator):
+    bad = matching(fit(ItemEveryStep(), loader()), "on every step")
+    assert len(bad) == 1 and "`training_step` (test_pitfalls.py:" in bad[0] and "`.item()`" in bad[0]
+    assert "self.log(" in bad[0]
+    bad = matching(fit(LogsTheTensor(), loader(), callbacks=[CpuInCallback()]), "on every step")
+    assert len(bad) == 1 and "`on_train_batch_end`" in bad[0] and "`.cpu()`" in bad[0]
+    assert "training_step" not in bad[0]
+    assert not matching(fit(LogsTheTensor(), loader()), "on every step")
+    assert torch.Tensor.item is torch._C.TensorBase.item  # the wrapping is gone after the watched steps
+
+
+def test_no_watch_on_the_host_and_none_left_after_a_failed_step():
+    assert not matching(fit(ItemEveryStep(), loader()), "on every step")  # a CPU run: .item() costs no wait
+
+    class Fails(ItemEveryStep):
+        def training_step(self, batch, batch_idx):
+            raise ValueError("boom")
+
+    from featherlight.trainer import pitfalls
+
+    original = pitfalls._HOST_DEVICES
+    pitfalls._HOST_DEVICES = ("meta",)
+    try:
+        with pytest.raises(ValueError):
+            fit(Fails(), loader())
+    finally:
+        pitfalls._HOST_DEVICES = original
+    assert torch.Tensor.item is torch._C.TensorBase.item and "__bool__" not in vars(torch.Tensor)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_host_read_on_every_step_on_cuda():
+    assert matching(fit(ItemEveryStep(), loader(), accelerator="cuda", devices=1), "on every step")
+    assert not matching(fit(LogsTheTensor(), loader(), accelerator="cuda", devices=1), "on every step")
+
+
 # ---------------------------------------------------------------- under DDP: sync_dist, a dataset in __init__
 @pytest.fixture(scope="module")
 def ddp_pitfalls(tmp_path_factory):
