@@ -15,10 +15,11 @@ from featherlight.callbacks.model_summary import ModelSummary
 from featherlight.callbacks.progress.progress_bar import ProgressBar
 from featherlight.callbacks.progress.tqdm_progress import TQDMProgressBar
 from featherlight.callbacks.timer import Timer
+from featherlight.io.checkpoint_io import CheckpointIO
 from featherlight.profilers import AdvancedProfiler, PassThroughProfiler, PyTorchProfiler, SimpleProfiler
 from featherlight.trainer.run import order_callbacks
 from featherlight.utilities.exceptions import MisconfigurationException
-from featherlight.utilities.rank_zero import WarningCache, rank_zero_warn
+from featherlight.utilities.rank_zero import WarningCache, rank_zero_info, rank_zero_warn
 
 _warnings = WarningCache()
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -200,3 +201,87 @@ def build_callbacks(user: list[Callback], *, enable_checkpointing: bool, enable_
     if enable_checkpointing and not has(ModelCheckpoint):
         callbacks.append(ModelCheckpoint())
     return order_callbacks(callbacks)
+
+
+# ---------------------------------------------------------------------------------------- checks of Trainer flags
+def check_barebones(**flags: Any) -> None:
+    """``barebones=True`` turns off everything that costs speed: asking for one of them too is a contradiction."""
+    for flag, value in flags.items():
+        if value not in (None, False, 0):
+            raise ValueError(
+                f"`Trainer(barebones=True, {flag}={value!r})` was passed, but barebones mode turns "
+                f"{flag} off because it costs speed. Remove `{flag}` or set `barebones=False`."
+            )
+    rank_zero_info(
+        "You are running in `Trainer(barebones=True)` mode: checkpointing, the progress bar, the model "
+        "summary, logging (`self.log` is a no-op), sanity checking, fast_dev_run, anomaly detection and "
+        "profiling are off."
+    )
+
+
+def check_validation_schedule(check_val_every_n_epoch: Any, val_check_interval: Any) -> None:
+    if check_val_every_n_epoch is not None and (not isinstance(check_val_every_n_epoch, int)
+                                                or isinstance(check_val_every_n_epoch, bool)):
+        raise MisconfigurationException(
+            f"`check_val_every_n_epoch` should be an integer, found {check_val_every_n_epoch!r}. Pass a positive "
+            "int, or None to validate by `val_check_interval` training batches across epochs."
+        )
+    if check_val_every_n_epoch is not None and check_val_every_n_epoch < 1:
+        raise MisconfigurationException(
+            f"`check_val_every_n_epoch` must be a positive int or None, got {check_val_every_n_epoch!r}."
+        )
+    if isinstance(val_check_interval, int) and not isinstance(val_check_interval, bool) and val_check_interval == 0:
+        # an int counts training batches between validations: 0 would fail with a ZeroDivisionError after the
+        # first step (Lightning accepts it here); negative ints are refused by `check_limit`
+        raise MisconfigurationException(
+            "`val_check_interval=0` is invalid: an int is the number of training batches between validations "
+            "and must be at least 1. Pass e.g. `val_check_interval=100`, a fraction of the epoch such as "
+            "`val_check_interval=0.25`, or `limit_val_batches=0` to turn validation off."
+        )
+    if check_val_every_n_epoch is None and isinstance(val_check_interval, float):
+        raise MisconfigurationException(
+            "`val_check_interval` should be an integer or a time-based duration (str 'DD:HH:MM:SS', "
+            "datetime.timedelta, or dict kwargs for timedelta) when `check_val_every_n_epoch=None`. Pass the "
+            "number of training batches between validations as an int."
+        )
+
+
+def check_reload_every(reload_dataloaders_every_n_epochs: Any) -> None:
+    if not isinstance(reload_dataloaders_every_n_epochs, int) or isinstance(reload_dataloaders_every_n_epochs, bool) \
+            or reload_dataloaders_every_n_epochs < 0:
+        raise MisconfigurationException(
+            f"`reload_dataloaders_every_n_epochs` should be an int >= 0, got {reload_dataloaders_every_n_epochs}."
+        )
+
+
+def check_optimisation(accumulate_grad_batches: Any, gradient_clip_val: Any, gradient_clip_algorithm: Any) -> None:
+    if not isinstance(accumulate_grad_batches, int) or accumulate_grad_batches < 1:
+        raise MisconfigurationException(
+            f"`accumulate_grad_batches` must be a positive int, got {accumulate_grad_batches!r}."
+        )
+    if gradient_clip_val is not None and (not isinstance(gradient_clip_val, (int, float))
+                                          or isinstance(gradient_clip_val, bool)):
+        raise TypeError(f"`gradient_clip_val` should be an int or a float. Got {gradient_clip_val}.")
+    if gradient_clip_algorithm is not None and gradient_clip_algorithm.lower() not in ("norm", "value"):
+        raise MisconfigurationException(
+            f"`gradient_clip_algorithm` {gradient_clip_algorithm} is invalid. Allowed algorithms: ['value', 'norm']."
+        )
+
+
+def split_plugins(plugins: Any, precision: Any) -> tuple[Any, Optional[CheckpointIO]]:
+    """``Trainer(plugins=...)``: at most one precision plugin and one checkpoint IO plugin, returned in that order."""
+    plugin_list = list(plugins) if isinstance(plugins, (list, tuple)) else ([plugins] if plugins is not None else [])
+    precision_plugins = [p for p in plugin_list if hasattr(p, "optimizer_step")]
+    checkpoint_ios = [p for p in plugin_list if isinstance(p, CheckpointIO)]
+    unknown = [p for p in plugin_list if not hasattr(p, "optimizer_step") and not isinstance(p, CheckpointIO)]
+    if unknown or len(precision_plugins) > 1 or len(checkpoint_ios) > 1:
+        raise MisconfigurationException(
+            "`Trainer(plugins=...)` accepts one precision plugin (e.g. `MixedPrecision(...)`) and one checkpoint IO "
+            f"plugin (a `CheckpointIO`, e.g. `AsyncCheckpointIO()`); got {[type(p).__name__ for p in plugin_list]}."
+        )
+    precision_plugin = precision_plugins[0] if precision_plugins else None
+    if precision_plugin is not None and precision is not None:
+        raise MisconfigurationException(
+            "Received both `precision=` and a precision plugin in `plugins=`. Choose one of them."
+        )
+    return precision_plugin, (checkpoint_ios[0] if checkpoint_ios else None)

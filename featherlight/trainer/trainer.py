@@ -29,7 +29,6 @@ from featherlight.core.module import LightningModule
 from featherlight.core.optimizer import LRSchedulerConfig
 from featherlight.accelerators.accelerator import Accelerator, accelerator_for
 from featherlight.io.async_checkpoint_io import PendingCheckpoint
-from featherlight.io.checkpoint_io import CheckpointIO
 # imported (not only for type checking) so the `logger`/`profiler` annotations resolve for LightningCLI, which
 # offers `--trainer.logger CSVLogger` from them; jsonargparse would re-read this whole file to resolve them otherwise
 from featherlight.loggers.logger import Logger
@@ -147,25 +146,13 @@ class Trainer:
 
         # ---- barebones and fast_dev_run switch features off as Lightning does
         if barebones:
-            # everything that costs speed is off; asking for one of them explicitly is a contradiction
-            for flag, value in (("logger", logger), ("enable_checkpointing", enable_checkpointing),
-                                ("enable_progress_bar", enable_progress_bar),
-                                ("enable_model_summary", enable_model_summary),
-                                ("log_every_n_steps", log_every_n_steps), ("profiler", profiler),
-                                ("num_sanity_val_steps", num_sanity_val_steps), ("fast_dev_run", fast_dev_run),
-                                ("detect_anomaly", detect_anomaly)):
-                if value not in (None, False, 0):
-                    raise ValueError(
-                        f"`Trainer(barebones=True, {flag}={value!r})` was passed, but barebones mode turns "
-                        f"{flag} off because it costs speed. Remove `{flag}` or set `barebones=False`."
-                    )
+            flags.check_barebones(logger=logger, enable_checkpointing=enable_checkpointing,
+                                  enable_progress_bar=enable_progress_bar, enable_model_summary=enable_model_summary,
+                                  log_every_n_steps=log_every_n_steps, profiler=profiler,
+                                  num_sanity_val_steps=num_sanity_val_steps, fast_dev_run=fast_dev_run,
+                                  detect_anomaly=detect_anomaly)
             logger, enable_checkpointing, enable_progress_bar, enable_model_summary = False, False, False, False
             num_sanity_val_steps = 0
-            rank_zero_info(
-                "You are running in `Trainer(barebones=True)` mode: checkpointing, the progress bar, the model "
-                "summary, logging (`self.log` is a no-op), sanity checking, fast_dev_run, anomaly detection and "
-                "profiling are off."
-            )
         if isinstance(fast_dev_run, bool):
             fast_dev_run_n = 1 if fast_dev_run else 0
         elif isinstance(fast_dev_run, int) and fast_dev_run >= 0:
@@ -210,38 +197,11 @@ class Trainer:
             raise MisconfigurationException(
                 f"`num_sanity_val_steps` must be -1 (all batches), 0 (off) or a positive int, got {num_sanity_val_steps!r}."
             )
-        if check_val_every_n_epoch is not None and (not isinstance(check_val_every_n_epoch, int)
-                                                    or isinstance(check_val_every_n_epoch, bool)):
-            raise MisconfigurationException(
-                f"`check_val_every_n_epoch` should be an integer, found {check_val_every_n_epoch!r}. Pass a positive "
-                "int, or None to validate by `val_check_interval` training batches across epochs."
-            )
-        if check_val_every_n_epoch is not None and check_val_every_n_epoch < 1:
-            raise MisconfigurationException(
-                f"`check_val_every_n_epoch` must be a positive int or None, got {check_val_every_n_epoch!r}."
-            )
-        if isinstance(val_check_interval, int) and not isinstance(val_check_interval, bool) and val_check_interval == 0:
-            # an int counts training batches between validations: 0 would fail with a ZeroDivisionError after the
-            # first step (Lightning accepts it here); negative ints are refused by `check_limit` below
-            raise MisconfigurationException(
-                "`val_check_interval=0` is invalid: an int is the number of training batches between validations "
-                "and must be at least 1. Pass e.g. `val_check_interval=100`, a fraction of the epoch such as "
-                "`val_check_interval=0.25`, or `limit_val_batches=0` to turn validation off."
-            )
-        if check_val_every_n_epoch is None and isinstance(val_check_interval, float):
-            raise MisconfigurationException(
-                "`val_check_interval` should be an integer or a time-based duration (str 'DD:HH:MM:SS', "
-                "datetime.timedelta, or dict kwargs for timedelta) when `check_val_every_n_epoch=None`. Pass the "
-                "number of training batches between validations as an int."
-            )
+        flags.check_validation_schedule(check_val_every_n_epoch, val_check_interval)
         self.val_check_interval: Union[int, float] = (
             1.0 if fast_dev_run_n else _data.check_limit(val_check_interval, "val_check_interval"))
         self.check_val_every_n_epoch = check_val_every_n_epoch
-        if not isinstance(reload_dataloaders_every_n_epochs, int) or isinstance(reload_dataloaders_every_n_epochs, bool) \
-                or reload_dataloaders_every_n_epochs < 0:
-            raise MisconfigurationException(
-                f"`reload_dataloaders_every_n_epochs` should be an int >= 0, got {reload_dataloaders_every_n_epochs}."
-            )
+        flags.check_reload_every(reload_dataloaders_every_n_epochs)
         self.reload_dataloaders_every_n_epochs = reload_dataloaders_every_n_epochs
         self.log_every_n_steps = 50 if log_every_n_steps is None else log_every_n_steps
         if fast_dev_run_n:
@@ -256,18 +216,8 @@ class Trainer:
             )
 
         # ---- optimisation
-        if not isinstance(accumulate_grad_batches, int) or accumulate_grad_batches < 1:
-            raise MisconfigurationException(
-                f"`accumulate_grad_batches` must be a positive int, got {accumulate_grad_batches!r}."
-            )
+        flags.check_optimisation(accumulate_grad_batches, gradient_clip_val, gradient_clip_algorithm)
         self.accumulate_grad_batches = accumulate_grad_batches
-        if gradient_clip_val is not None and (not isinstance(gradient_clip_val, (int, float))
-                                              or isinstance(gradient_clip_val, bool)):
-            raise TypeError(f"`gradient_clip_val` should be an int or a float. Got {gradient_clip_val}.")
-        if gradient_clip_algorithm is not None and gradient_clip_algorithm.lower() not in ("norm", "value"):
-            raise MisconfigurationException(
-                f"`gradient_clip_algorithm` {gradient_clip_algorithm} is invalid. Allowed algorithms: ['value', 'norm']."
-            )
         self.gradient_clip_val = gradient_clip_val
         self.gradient_clip_algorithm = gradient_clip_algorithm.lower() if gradient_clip_algorithm else None
 
@@ -275,22 +225,9 @@ class Trainer:
         self.strategy: Strategy = select_strategy(strategy, accelerator, devices, num_nodes)
         self.strategy.num_nodes = num_nodes
         self.num_nodes = num_nodes
-        plugin_list = list(plugins) if isinstance(plugins, (list, tuple)) else ([plugins] if plugins is not None else [])
-        precision_plugins = [p for p in plugin_list if hasattr(p, "optimizer_step")]
-        checkpoint_ios = [p for p in plugin_list if isinstance(p, CheckpointIO)]
-        unknown = [p for p in plugin_list if not hasattr(p, "optimizer_step") and not isinstance(p, CheckpointIO)]
-        if unknown or len(precision_plugins) > 1 or len(checkpoint_ios) > 1:
-            raise MisconfigurationException(
-                "`Trainer(plugins=...)` accepts one precision plugin (e.g. `MixedPrecision(...)`) and one checkpoint IO "
-                f"plugin (a `CheckpointIO`, e.g. `AsyncCheckpointIO()`); got {[type(p).__name__ for p in plugin_list]}."
-            )
-        if checkpoint_ios:
-            self.strategy.checkpoint_io = checkpoint_ios[0]
-        precision_plugin = precision_plugins[0] if precision_plugins else None
-        if precision_plugin is not None and precision is not None:
-            raise MisconfigurationException(
-                "Received both `precision=` and a precision plugin in `plugins=`. Choose one of them."
-            )
+        precision_plugin, checkpoint_io = flags.split_plugins(plugins, precision)
+        if checkpoint_io is not None:
+            self.strategy.checkpoint_io = checkpoint_io
         self.strategy.precision = _select_precision(
             "32-true" if precision is None else precision, self.strategy.root_device, precision_plugin
         )
