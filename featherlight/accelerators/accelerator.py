@@ -11,11 +11,15 @@ from typing import Any, Union
 
 import torch
 
+from featherlight.utilities.exceptions import MisconfigurationException
+
 __all__ = [
     "Accelerator",
     "CPUAccelerator",
     "CUDAAccelerator",
     "MPSAccelerator",
+    "TPUAccelerator",
+    "XLAAccelerator",
     "find_usable_cuda_devices",
     "is_cuda_available",
     "num_cuda_devices",
@@ -172,6 +176,39 @@ class MPSAccelerator(Accelerator):
     def is_available() -> bool:
         mps = getattr(torch.backends, "mps", None)
         return mps is not None and mps.is_available()
+
+
+class XLAAccelerator(Accelerator):
+    """TPUs and other XLA devices: named so that code written for Lightning can ask ``is_available()`` (and branch on
+    the answer); featherlight does not train on XLA devices, so building one is an error that says so."""
+
+    name = "tpu"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise MisconfigurationException(
+            "featherlight does not train on TPUs or other XLA devices (torch_xla). Use `accelerator='cpu'`, "
+            "`'cuda'` or `'mps'`, or run this program with Lightning on the TPU machine."
+        )
+
+    @staticmethod
+    def parse_devices(devices: Any) -> list[int]:
+        return []
+
+    @staticmethod
+    def get_parallel_devices(devices: Any) -> list[torch.device]:
+        return []
+
+    @staticmethod
+    def auto_device_count() -> int:
+        return 0
+
+    @staticmethod
+    def is_available() -> bool:
+        return False  # never usable here, whether torch_xla is installed or not
+
+
+class TPUAccelerator(XLAAccelerator):
+    """Lightning's deprecated name of :class:`XLAAccelerator`."""
 
 
 def accelerator_for(device: torch.device) -> Accelerator:

@@ -44,7 +44,7 @@ def run_fit(trainer: "Trainer") -> None:
         resume.restore_epoch(trainer, store)
         resume = None
         results.end_epoch(trainer)
-        _end_epoch(trainer, store)
+        _end_epoch(trainer, store, resumed=True)
     if data.val_enabled() and validates_epoch(trainer):
         # loaded before training starts (for the progress bar) only if this epoch validates, as in Lightning
         data.ensure_val_loaders()
@@ -119,7 +119,7 @@ def run_fit(trainer: "Trainer") -> None:
         if first_epoch:  # graphs kept on the module grow memory every step: said once, at the first epoch's end
             pitfalls.check_graph_kept_on_module(trainer)
             first_epoch = False
-        _end_epoch(trainer, store)
+        _end_epoch(trainer, store, resumed)
     call("on_train_end")
 
 
@@ -159,14 +159,15 @@ def run_sanity_check(trainer: "Trainer") -> None:
         trainer.state.stage = None
 
 
-def _end_epoch(trainer: "Trainer", store: ResultStore) -> None:
-    """After ``on_train_epoch_end``: log the epoch's values, step plateau schedulers, count the epoch."""
+def _end_epoch(trainer: "Trainer", store: ResultStore, resumed: bool = False) -> None:
+    """After ``on_train_epoch_end``: log the epoch's values, step plateau schedulers, count the epoch
+    (``resumed``: the epoch a run resumed in)."""
     progress = trainer.progress
     trainer.results.log_train_epoch(trainer)
     if trainer.lightning_module.automatic_optimization and progress.batch_is_last:
         # only after an epoch that ran all its batches (not one `max_steps` or a -1 from on_train_batch_start cut
         # short), as in Lightning
-        trainer.optimization.step_schedulers("epoch", None, plateau=True)
+        trainer.optimization.step_schedulers("epoch", None, plateau=True, resumed=resumed)
     progress.epoch += 1
     # a checkpoint taken from here on (e.g. after fit) resumes at the start of the next epoch
     progress.phase, progress.batch_idx = Phase.EPOCH_START, 0

@@ -565,10 +565,11 @@ class LogState:
 
     def reset(self) -> None:
         """Forget every logged value and the metric dicts: when a run starts (a `validate` after a `fit` starts
-        empty) and after the sanity check (whose values must not reach the training run)."""
-        self.callback.clear()
-        self.logged.clear()
-        self.pbar.clear()
+        empty) and after the sanity check (whose values must not reach the training run).
+
+        New dicts, not cleared ones, as in Lightning: a reference to ``trainer.callback_metrics`` taken after a fit
+        (``train_metrics = trainer.callback_metrics``, then ``trainer.test()``) keeps the fit's values."""
+        self.callback, self.logged, self.pbar = {}, {}, {}
         self.store = self.train_store = None
         self.epoch_end_reached = False
         self.eval_step_counters = {}

@@ -64,6 +64,9 @@ class LoopState:
     val_start_rng: Optional[dict] = None
     # a mid-epoch position read from a checkpoint (``resume.ResumePoint``); the fit loop consumes it
     resume: Any = None
+    # the plateau schedulers' monitors as they were when the resumed epoch's checkpoint was taken: their step at
+    # that epoch's end uses them (the values were logged before the interruption, not in this run)
+    resumed_monitors: Optional[dict] = None
 
     def counters(self) -> dict[str, Any]:
         """The counters and the position, as a checkpoint stores them."""

@@ -60,6 +60,11 @@ def _position_state(trainer: "Trainer") -> dict[str, Any]:
         out["results"] = results.train_store.state_dict()
     if loop.phase == Phase.VALIDATING and loop.val_start_rng is not None:
         out["val_start_rng"] = rng_states_to_tensors(loop.val_start_rng)
+    monitors = {config.monitor: trainer.callback_metrics[config.monitor].detach().cpu().clone()
+                for config in trainer.lr_scheduler_configs
+                if config.reduce_on_plateau and config.monitor in trainer.callback_metrics}
+    if monitors:  # what the plateau schedulers step on at this epoch's end (see ``ResumePoint.monitors``)
+        out["monitors"] = monitors
     return out
 
 
@@ -107,11 +112,14 @@ class ResumePoint:
         self.results: Optional[dict] = state.get("results")
         self.world_size: Optional[int] = int(state["world_size"]) if "world_size" in state else None
         self.data_order: Optional[dict] = state.get("data_order")
+        # plateau schedulers' monitors when the checkpoint was taken: the epoch's end steps them with these
+        self.monitors: Optional[dict] = state.get("monitors")
         self.continued = False  # the epoch goes on from ``data_order`` (another world size), see ``_continue``
 
     def restore_epoch(self, trainer: "Trainer", store: "ResultStore") -> int:
         """Put back the epoch's logged values and accumulated gradients; returns the first batch to run."""
         trainer.progress.epoch_start_rng = self.epoch_start_rng
+        trainer.progress.resumed_monitors = self.monitors
         if self.results:
             store.load_state_dict(self.results)
         if self.grads:

@@ -244,8 +244,14 @@ class Optimization:
         self.hooks.call_module("configure_gradient_clipping", optimizer, gradient_clip_val=trainer.gradient_clip_val,
                                gradient_clip_algorithm=trainer.gradient_clip_algorithm)
 
-    def step_schedulers(self, interval: str, batch_idx: Optional[int], plateau: bool = False) -> None:
-        """Step the schedulers of ``interval`` whose frequency is due (plateau ones with their monitor)."""
+    def step_schedulers(self, interval: str, batch_idx: Optional[int], plateau: bool = False,
+                        resumed: bool = False) -> None:
+        """Step the schedulers of ``interval`` whose frequency is due (plateau ones with their monitor).
+
+        ``resumed``: the end of the epoch a run resumed in. A plateau scheduler's monitor logged before the
+        interruption (by the validation that ran before the checkpoint) comes from the checkpoint, so the step is
+        the uninterrupted run's; a monitor the checkpoint lacks skips this epoch's step, as Lightning skips plateau
+        schedulers while restarting, instead of failing the resumed run."""
         trainer = self.trainer
         configs = trainer.lr_scheduler_configs
         if not configs:
@@ -260,6 +266,10 @@ class Optimization:
             metric = None
             if config.reduce_on_plateau:
                 metric = trainer.callback_metrics.get(config.monitor)
+                if metric is None and resumed:
+                    metric = (trainer.progress.resumed_monitors or {}).get(config.monitor)
+                    if metric is None:
+                        continue
                 if metric is None:
                     if config.strict:
                         available = list(trainer.callback_metrics)

@@ -100,7 +100,45 @@ def set_global_rank(rank: int) -> None:
     share_rank_with_lightning_utilities()
 
 
-share_rank_with_lightning_utilities(overwrite=False)
+class _ShareRankWhenImported:
+    """A ``sys.meta_path`` entry that waits for ``lightning_utilities.core.rank_zero`` to be imported (by the user's
+    code, after featherlight) and gives its ``rank_zero_only`` the rank as soon as the module has run, as importing
+    Lightning does. It imports nothing itself, answers None for every other module, and leaves after its one use."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != _LIGHTNING_UTILITIES_RANK_ZERO:
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        from importlib.util import find_spec
+
+        spec = find_spec(name)  # the finders after this one find the real module
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _RankSharingLoader(spec.loader)
+        return spec
+
+
+class _RankSharingLoader:
+    """The module's own loader, then the rank (every other attribute is the original loader's)."""
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._loader.exec_module(module)
+        share_rank_with_lightning_utilities(overwrite=False)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+
+if _LIGHTNING_UTILITIES_RANK_ZERO in sys.modules:
+    share_rank_with_lightning_utilities(overwrite=False)
+else:
+    sys.meta_path.insert(0, _ShareRankWhenImported())
 
 
 def _is_rank_zero() -> bool:

@@ -48,7 +48,8 @@ FABRIC_NAMES = {
     "plugins.io.checkpoint_io": ["CheckpointIO"],
     "plugins.io.torch_io": ["TorchCheckpointIO"],
     "plugins.precision": ["Precision", "MixedPrecision", "HalfPrecision", "DoublePrecision"],
-    "accelerators": ["Accelerator", "CPUAccelerator", "CUDAAccelerator", "MPSAccelerator", "find_usable_cuda_devices"],
+    "accelerators": ["Accelerator", "CPUAccelerator", "CUDAAccelerator", "MPSAccelerator", "XLAAccelerator",
+                     "TPUAccelerator", "find_usable_cuda_devices"],
     "accelerators.cuda": ["CUDAAccelerator", "find_usable_cuda_devices", "is_cuda_available", "num_cuda_devices"],
     "accelerators.mps": ["MPSAccelerator"],
     "accelerators.cpu": ["CPUAccelerator"],
@@ -323,6 +324,17 @@ def test_distributed_helpers_across_two_processes(tmp_path):
         assert torch.equal(results["sum"], torch.tensor([3])) and torch.equal(results["max"], torch.tensor([2]))
         assert torch.equal(results["stacked"], torch.tensor([[0], [1]]))
         assert [t.tolist() for t in results["uneven"]] == [[[0]], [[0, 1]]]  # each cut back to its own size
+
+
+def test_xla_and_tpu_accelerators_are_named_and_never_available():
+    """lightning-hydra-template checks `TPUAccelerator.is_available()` at import to decide what to test."""
+    from featherlight.fabric.accelerators import TPUAccelerator, XLAAccelerator
+    from featherlight.utilities.exceptions import MisconfigurationException
+
+    assert TPUAccelerator.is_available() is False and XLAAccelerator.auto_device_count() == 0
+    assert issubclass(TPUAccelerator, XLAAccelerator)
+    with pytest.raises(MisconfigurationException, match="accelerator='cpu'"):
+        XLAAccelerator()
 
 
 def test_accelerators():

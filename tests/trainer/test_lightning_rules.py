@@ -375,3 +375,70 @@ def test_barebones_log_and_log_dict_warn_once_per_run():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model.log("foo", 1.0)  # said once per run already
+
+
+# ------------------------------------------------------------------ found by running lightning-hydra-template
+class PlateauOnValLoss(BoringModel):
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", self.step(batch))
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=0)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
+
+
+def _plateau_trainer(tmp_path, epochs):
+    return L.Trainer(default_root_dir=tmp_path, max_epochs=epochs, limit_train_batches=4, limit_val_batches=2,
+                     callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)], logger=False,
+                     enable_progress_bar=False, enable_model_summary=False)
+
+
+def test_resuming_from_an_epoch_end_checkpoint_with_a_plateau_scheduler(tmp_path):
+    """The monitor a plateau scheduler steps on at the end of the resumed epoch was logged before the interruption:
+    the checkpoint carries it, so the resumed run steps exactly as the uninterrupted one (Lightning skips plateau
+    schedulers while restarting; featherlight failed the run with "not available")."""
+    L.seed_everything(0)
+    reference = _plateau_trainer(tmp_path / "reference", 3)
+    reference.fit(PlateauOnValLoss())
+    L.seed_everything(0)
+    _plateau_trainer(tmp_path / "run", 1).fit(PlateauOnValLoss())
+    resumed = _plateau_trainer(tmp_path / "run", 3)
+    resumed.fit(PlateauOnValLoss(), ckpt_path=str(tmp_path / "run" / "last.ckpt"))
+    expected = reference.lr_scheduler_configs[0].scheduler.state_dict()
+    assert resumed.lr_scheduler_configs[0].scheduler.state_dict() == expected and expected["last_epoch"] == 3
+
+
+def test_a_plateau_monitor_the_checkpoint_lacks_skips_the_resumed_epoch_as_in_lightning(tmp_path):
+    _plateau_trainer(tmp_path, 1).fit(PlateauOnValLoss())
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    for state in (checkpoint["featherlight_loop"],):
+        assert "val_loss" in state.pop("monitors")  # as a checkpoint from before this was recorded
+    torch.save(checkpoint, tmp_path / "older.ckpt")
+    resumed = _plateau_trainer(tmp_path, 3)
+    resumed.fit(PlateauOnValLoss(), ckpt_path=str(tmp_path / "older.ckpt"))
+    assert resumed.lr_scheduler_configs[0].scheduler.last_epoch == 2  # epochs 1 and 2 stepped, the resumed one not
+    with pytest.raises(MisconfigurationException, match="val_loss which is not available"):
+        lean(limit_train_batches=2, limit_val_batches=0).fit(PlateauOnValLoss())  # a fresh run still says so
+
+
+def test_a_reference_to_callback_metrics_keeps_the_fit_values_after_test():
+    """`train_metrics = trainer.callback_metrics; trainer.test(...)`: Lightning starts the test with new dicts, so
+    the reference still holds the fit's values (templates merge both afterwards)."""
+    trainer = lean(limit_train_batches=2, limit_val_batches=2, limit_test_batches=2)
+
+    class Logs(BoringModel):
+        def training_step(self, batch, batch_idx):
+            out = super().training_step(batch, batch_idx)
+            self.log("train_loss", out["loss"])
+            return out
+
+        def test_step(self, batch, batch_idx):
+            self.log("test_loss", self.step(batch))
+
+    model = Logs()
+    trainer.fit(model)
+    train_metrics = trainer.callback_metrics
+    trainer.test(model, verbose=False)
+    assert "train_loss" in train_metrics and "test_loss" not in train_metrics
+    assert "test_loss" in trainer.callback_metrics and "train_loss" not in trainer.callback_metrics

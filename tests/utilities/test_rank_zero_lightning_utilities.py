@@ -56,18 +56,21 @@ def test_set_global_rank_updates_lightning_utilities():
     assert out == "2 2 None"
 
 
-def test_a_run_shares_the_rank_when_lightning_utilities_came_later(tmp_path):
-    # imported after featherlight: nothing set it at import; the Trainer's run does
+def test_lightning_utilities_imported_later_gets_the_rank_at_its_import():
+    # a template's logger calls lightning_utilities' rank_zero_only before any Trainer exists (importing Lightning
+    # sets that rank; featherlight watches for the module's import instead of importing it)
     out = _run(
         "import featherlight as L\nimport lightning_utilities.core.rank_zero as lu\n"
-        "from featherlight.demos.boring_classes import BoringModel\n"
-        "assert getattr(lu.rank_zero_only, 'rank', None) is None\n"
-        "seen = []\n"
-        "class M(BoringModel):\n"
-        "    def on_fit_start(self):\n"
-        "        seen.append(lu.rank_zero_only(lambda: 'ran')())\n"
-        f"L.Trainer(default_root_dir={str(tmp_path)!r}, max_steps=1, logger=False, enable_checkpointing=False,\n"
-        "          enable_progress_bar=False, enable_model_summary=False).fit(M())\n"
-        "print(seen)\n"
+        "print(lu.rank_zero_only.rank, lu.rank_zero_only(lambda: 'ran')())\n"
+        "import sys; print([type(f).__name__ for f in sys.meta_path if 'Share' in type(f).__name__])\n"
     )
-    assert out.splitlines()[-1] == "['ran']"
+    assert out.splitlines() == ["0 ran", "[]"]  # the watcher left after its one use
+    assert _run("import featherlight\nimport lightning_utilities.core.rank_zero as lu\nprint(lu.rank_zero_only.rank)",
+                RANK="3") == "3"
+
+
+def test_the_watcher_answers_nothing_for_other_modules():
+    out = _run("import featherlight, json, email.mime.text, inspect\n"
+               "import lightning_utilities.core.rank_zero as lu\n"
+               "print(lu.__spec__.name, inspect.getsource(lu.rank_zero_only).startswith('def'))")
+    assert out == "lightning_utilities.core.rank_zero True"  # the module's loader still serves its source

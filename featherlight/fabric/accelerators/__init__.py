@@ -4,7 +4,10 @@ from featherlight.accelerators.accelerator import (
     CPUAccelerator,
     CUDAAccelerator,
     MPSAccelerator,
+    TPUAccelerator,
+    XLAAccelerator,
     find_usable_cuda_devices,
 )
 
-__all__ = ["Accelerator", "CPUAccelerator", "CUDAAccelerator", "MPSAccelerator", "find_usable_cuda_devices"]
+__all__ = ["Accelerator", "CPUAccelerator", "CUDAAccelerator", "MPSAccelerator", "TPUAccelerator", "XLAAccelerator",
+           "find_usable_cuda_devices"]
