@@ -213,6 +213,7 @@ def test_no_watch_on_the_host_and_none_left_after_a_failed_step():
     assert torch.Tensor.item is torch._C.TensorBase.item and "__bool__" not in vars(torch.Tensor)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_a_host_read_on_every_step_on_cuda():
     assert matching(fit(ItemEveryStep(), loader(), accelerator="cuda", devices=1), "on every step")
