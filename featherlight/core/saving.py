@@ -263,12 +263,59 @@ def plain_hparams(hparams: Any) -> Any:
     return hparams
 
 
+_PLAIN = (bool, int, float, str, type(None))
+_TORCH_NN = "torch.nn.modules."
+
+
+def torch_module_records(hparams: Any, left_out: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """For the ``nn.Module`` hyperparameters left out of a checkpoint, those that are torch's own layers without
+    parameters, buffers or submodules (activations, dropout, pooling): their class and plain attributes, as plain
+    data. ``load_from_checkpoint`` rebuilds them from that instead of asking for them, as Lightning (which pickles
+    them) needs no argument either."""
+    records: dict[str, dict[str, Any]] = {}
+    for name in left_out:
+        value = hparams.get(name) if isinstance(hparams, Mapping) else None
+        if not isinstance(value, torch.nn.Module) or not type(value).__module__.startswith(_TORCH_NN):
+            continue
+        if any(True for _ in value.parameters(recurse=False)) or any(True for _ in value.buffers(recurse=False)) \
+                or any(True for _ in value.children()):
+            continue
+        attributes = {k: v for k, v in vars(value).items() if not k.startswith("_")}
+        if all(isinstance(v, _PLAIN) or (isinstance(v, tuple) and all(isinstance(i, _PLAIN) for i in v))
+               for v in attributes.values()):
+            records[name] = {"class": f"{type(value).__module__}.{type(value).__qualname__}",
+                             "attributes": attributes}
+    return records
+
+
+def rebuild_torch_module(record: Mapping[str, Any]) -> Optional[torch.nn.Module]:
+    """The layer :func:`torch_module_records` described, or None when the record is not one of torch's own
+    ``torch.nn`` classes (nothing else is looked up: no code named by a checkpoint is imported)."""
+    path = str(record.get("class", ""))
+    module_name, _, qualname = path.rpartition(".")
+    if not path.startswith(_TORCH_NN) or "." in qualname:
+        return None
+    import sys
+
+    cls = getattr(sys.modules.get(module_name), qualname, None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        return None
+    layer = cls.__new__(cls)
+    torch.nn.Module.__init__(layer)  # torch's own tables, then the attributes __init__ had set
+    layer.__dict__.update({k: v for k, v in dict(record.get("attributes", {})).items() if not k.startswith("_")})
+    return layer
+
+
 # ------------------------------------------------------------------------------------------- load_from_checkpoint
 # keys LightningCLI adds to hparams to rebuild a class by import path; we never import from a checkpoint
 _INSTANTIATOR_KEYS = ("_instantiator", "_class_path")
 # nn.Module hyperparameters left out of a checkpoint: {argument name: class}, for load_from_checkpoint to ask for
 HPARAMS_LEFT_OUT_KEY = "featherlight_hparams_left_out"
 DM_HPARAMS_LEFT_OUT_KEY = "featherlight_datamodule_hparams_left_out"
+# left-out hyperparameters that are stateless torch.nn modules (nn.SiLU(), nn.LeakyReLU(0.2)): their class and
+# plain attributes, enough for load_from_checkpoint to rebuild them without asking (see `torch_module_records`)
+HPARAMS_TORCH_MODULES_KEY = "featherlight_hparams_torch_modules"
+DM_HPARAMS_TORCH_MODULES_KEY = "featherlight_datamodule_hparams_torch_modules"
 # the saved hyperparameters that were `__init__` arguments (not set by hand): a renamed argument is warned about
 HPARAMS_INIT_KEY = "featherlight_hparams_init_args"
 DM_HPARAMS_INIT_KEY = "featherlight_datamodule_hparams_init_args"
@@ -396,6 +443,22 @@ def _rebuild_with_cli(cls: type, saved: Any, hparams_file: Any, overrides: dict[
     return instantiate_module(cls, config)
 
 
+def _rebuilt_torch_modules(cls: type, records: Any, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The stateless torch layers the checkpoint describes, for ``__init__`` arguments not passed by hand."""
+    if not isinstance(records, Mapping):
+        return {}
+    params = inspect.signature(cls.__init__).parameters
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    out = {}
+    for name, record in records.items():
+        if name in overrides or not (name in params or takes_kwargs) or not isinstance(record, Mapping):
+            continue
+        layer = rebuild_torch_module(record)
+        if layer is not None:
+            out[name] = layer
+    return out
+
+
 def _check_rebuildable(cls: type, kwargs: dict[str, Any], overrides: dict[str, Any], left_out: Any,
                        path: Any) -> None:
     """Before ``cls(**kwargs)``: every argument ``__init__`` needs is there as plain data.
@@ -486,7 +549,9 @@ def rebuild_module(cls: type, path: Any, map_location: Any, hparams_file: Any, w
         # named in a shape-mismatch error: the ones that look renamed, else all of them
         dropped = _dropped_hparams(cls, dropped, checkpoint, "hyper_parameters", HPARAMS_INIT_KEY, hparams_file,
                                    kwargs, path) or dropped
-        _check_rebuildable(cls, init_kwargs, kwargs, checkpoint.get(HPARAMS_LEFT_OUT_KEY), path)
+        rebuilt = _rebuilt_torch_modules(cls, checkpoint.get(HPARAMS_TORCH_MODULES_KEY), kwargs)
+        init_kwargs.update(rebuilt)
+        _check_rebuildable(cls, init_kwargs, {**kwargs, **rebuilt}, checkpoint.get(HPARAMS_LEFT_OUT_KEY), path)
         model = _instantiate(cls, init_kwargs, hparams, path)
     return model, checkpoint, dropped
 
@@ -530,7 +595,9 @@ def load_datamodule_from_checkpoint(cls: type, path: Any, map_location: Any, hpa
                                                      "datamodule_hparams_name", hparams_file, kwargs)
         _dropped_hparams(cls, dropped, checkpoint, "datamodule_hyper_parameters", DM_HPARAMS_INIT_KEY, hparams_file,
                          kwargs, path)
-        _check_rebuildable(cls, init_kwargs, kwargs, checkpoint.get(DM_HPARAMS_LEFT_OUT_KEY), path)
+        rebuilt = _rebuilt_torch_modules(cls, checkpoint.get(DM_HPARAMS_TORCH_MODULES_KEY), kwargs)
+        init_kwargs.update(rebuilt)
+        _check_rebuildable(cls, init_kwargs, {**kwargs, **rebuilt}, checkpoint.get(DM_HPARAMS_LEFT_OUT_KEY), path)
         dm = _instantiate(cls, init_kwargs, hparams, path)
     key = cls.__qualname__
     if key in checkpoint:

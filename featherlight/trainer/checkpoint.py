@@ -15,9 +15,12 @@ from featherlight.core.mixins.hparams_mixin import checkpoint_hparams, init_hpar
 from featherlight.core.saving import (
     DM_HPARAMS_INIT_KEY,
     DM_HPARAMS_LEFT_OUT_KEY,
+    DM_HPARAMS_TORCH_MODULES_KEY,
     HPARAMS_INIT_KEY,
     HPARAMS_LEFT_OUT_KEY,
+    HPARAMS_TORCH_MODULES_KEY,
     plain_hparams,
+    torch_module_records,
 )
 from featherlight.io.async_checkpoint_io import PendingCheckpoint
 from featherlight.io.load import checkpoint_mtime, is_checkpoint_path, load_checkpoint
@@ -80,6 +83,9 @@ def _dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> dict[str
         checkpoint["hparams_name"], checkpoint["hyper_parameters"] = saved[0], plain_hparams(hparams)
         if left_out:  # nn.Module hyperparameters: `load_from_checkpoint` asks for them by name
             checkpoint[HPARAMS_LEFT_OUT_KEY] = left_out
+            records = torch_module_records(saved[1], left_out)
+            if records:  # ... except torch's own stateless layers, which it rebuilds
+                checkpoint[HPARAMS_TORCH_MODULES_KEY] = records
         checkpoint[HPARAMS_INIT_KEY] = init_hparam_names(module)
     dm = trainer.datamodule
     if dm is not None:
@@ -90,6 +96,9 @@ def _dump_checkpoint(trainer: "Trainer", weights_only: bool = False) -> dict[str
             checkpoint["datamodule_hyper_parameters"] = plain_hparams(hparams)
             if left_out:
                 checkpoint[DM_HPARAMS_LEFT_OUT_KEY] = left_out
+                records = torch_module_records(saved[1], left_out)
+                if records:
+                    checkpoint[DM_HPARAMS_TORCH_MODULES_KEY] = records
             checkpoint[DM_HPARAMS_INIT_KEY] = init_hparam_names(dm)
         dm_state = trainer.hooks.call_datamodule("state_dict")
         if dm_state:

@@ -242,12 +242,58 @@ def test_module_hparam_with_a_default_of_the_same_class_loads(tmp_path):
     with pytest.warns(UserWarning, match="Attribute 'encoder'"):
         loaded = WithDefaultEncoder.load_from_checkpoint(path)
     torch.testing.assert_close(loaded.encoder.weight, model.encoder.weight)
-    # another class than the default: the saved run's module cannot be guessed
+    # another class than the default (and not one of torch's stateless layers): it cannot be guessed
     with pytest.warns(UserWarning, match="Attribute 'encoder'"):
-        other = WithDefaultEncoder(torch.nn.Identity())
+        other = WithDefaultEncoder(Doubler())
     path = _fit_and_save(tmp_path / "other", other)
-    with pytest.raises(TypeError, match=r"`encoder`.*torch.nn.modules.linear.Identity.*defaults to a Linear"):
+    with pytest.raises(TypeError, match=r"`encoder`.*test_saving.Doubler.*defaults to a Linear"):
         WithDefaultEncoder.load_from_checkpoint(path)
+
+
+class Doubler(torch.nn.Module):
+    def forward(self, x):
+        return 2 * x
+
+
+class WithActivation(BoringModel):
+    def __init__(self, activation: torch.nn.Module, head: torch.nn.Module = None):
+        super().__init__()
+        self.activation, self.head = activation, head
+        self.save_hyperparameters()
+
+
+def test_torchs_stateless_layers_as_hparams_are_rebuilt_without_asking(tmp_path):
+    """pytorch-forecasting's NBeatsKAN passes `base_fun=nn.SiLU()`; Lightning pickles it, featherlight stores its
+    class and plain attributes (torch.nn classes only, nothing imported from the checkpoint) and rebuilds it."""
+    with pytest.warns(UserWarning, match="Attribute 'activation'"):
+        model = WithActivation(torch.nn.LeakyReLU(0.2, inplace=True))
+    path = _fit_and_save(tmp_path, model)
+    raw = torch.load(path, weights_only=True)
+    assert raw["featherlight_hparams_torch_modules"]["activation"] == {
+        "class": "torch.nn.modules.activation.LeakyReLU", "attributes": {"training": True, "negative_slope": 0.2,
+                                                                         "inplace": True}}
+    with pytest.warns(UserWarning, match="Attribute 'activation'"):
+        loaded = WithActivation.load_from_checkpoint(path)
+    assert type(loaded.activation) is torch.nn.LeakyReLU and loaded.activation.negative_slope == 0.2
+    assert loaded.activation.inplace and repr(loaded.activation) == repr(model.activation)
+    x = torch.randn(5)
+    assert torch.equal(loaded.activation(x.clone()), model.activation(x.clone()))
+    # a layer with weights, or a class of the user's, is still asked for by name
+    with pytest.warns(UserWarning, match="Attribute"):
+        path = _fit_and_save(tmp_path / "head", WithActivation(torch.nn.SiLU(), head=torch.nn.Linear(2, 2)))
+    with pytest.raises(TypeError, match=r"needs the argument `head`"):
+        WithActivation.load_from_checkpoint(path)
+    with pytest.warns(UserWarning, match="Attribute"):
+        assert type(WithActivation.load_from_checkpoint(path, head=torch.nn.Linear(2, 2)).activation) is \
+            torch.nn.SiLU
+
+
+def test_a_torch_module_record_names_nothing_outside_torch_nn():
+    from featherlight.core.saving import rebuild_torch_module
+
+    assert rebuild_torch_module({"class": "os.system", "attributes": {}}) is None
+    assert rebuild_torch_module({"class": "torch.nn.modules.activation.os", "attributes": {}}) is None
+    assert rebuild_torch_module({"class": "torch.nn.modules.linear.Linear.__init__", "attributes": {}}) is None
 
 
 class WithPartial(BoringModel):
